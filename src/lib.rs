@@ -1,0 +1,15 @@
+//! imagecache: a node-local OCI image cache.
+//!
+//! Images are pulled in parallel into a loop-mounted ext4 image, frozen into a read-only,
+//! content-addressed snapshot, and cloned copy-on-write into per-pod disks. See
+//! `docs/` and the module docs for how the pieces fit.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod image;
+pub mod registry;
+pub mod snapshot;
+pub mod store;
+pub mod sys;
+pub mod unpack;

@@ -1,0 +1,1 @@
+//! Per-entry filesystem calls made beneath a directory fd.
