@@ -1,0 +1,9 @@
+//! Shared test support: a scratch XFS filesystem, a real registry on 127.0.0.1, a
+//! deterministic OCI image generator and a tree walker to compare results with.
+#![allow(dead_code)]
+
+pub mod gen;
+pub mod oci;
+pub mod registry;
+pub mod scratch;
+pub mod tree;
