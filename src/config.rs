@@ -1,1 +1,182 @@
-//! config
+//! Daemon configuration: `/etc/imagecache/config.toml`, every key optional, unknown keys
+//! refused (a typo must not silently fall back to a default on a production node).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/imagecache/config.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// State root: state.db, snapshots/, disks/, work/.
+    pub root: PathBuf,
+    /// The API's unix socket.
+    pub socket: PathBuf,
+    /// Registries (`host[:port]`) spoken to over plain HTTP, as containerd and docker do.
+    pub insecure_registries: Vec<String>,
+    /// Mirrors tried before a registry: `{ "docker.io" = ["mirror.local:5000"] }`.
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    /// Upper bound on layers downloading and unpacking at once, across all builds.
+    pub max_concurrent_downloads: usize,
+    /// Pull secrets: `<secrets_dir>/<namespace>/<name>/.dockerconfigjson`.
+    pub secrets_dir: PathBuf,
+    /// A docker config.json whose credentials apply to every image (after pull secrets).
+    pub docker_config: Option<PathBuf>,
+    /// imageCacheSize when a spec leaves it out.
+    pub default_cache_size_gib: u32,
+    /// An XFS filesystem in a sparse file under which the state root lives, for reflinks on
+    /// hosts whose root filesystem lacks them.
+    pub backing_image: Option<PathBuf>,
+    /// The containerd proxy snapshotter's socket.
+    pub snapshotter_socket: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/imagecache"),
+            socket: PathBuf::from("/run/imagecache/imagecache.sock"),
+            insecure_registries: Vec::new(),
+            registry_mirrors: BTreeMap::new(),
+            max_concurrent_downloads: 8,
+            secrets_dir: PathBuf::from("/etc/imagecache/secrets"),
+            docker_config: None,
+            default_cache_size_gib: 20,
+            backing_image: None,
+            snapshotter_socket: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Loads `path`. A missing file at the default location means "all defaults"; a missing
+    /// file the operator named explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned()
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max_concurrent_downloads == 0 || self.max_concurrent_downloads > 256 {
+            return Err(format!(
+                "max_concurrent_downloads = {} is out of range: use 1 to 256",
+                self.max_concurrent_downloads
+            ));
+        }
+        if !(crate::api::MIN_CACHE_SIZE_GIB..=crate::api::MAX_CACHE_SIZE_GIB)
+            .contains(&self.default_cache_size_gib)
+        {
+            return Err(format!(
+                "default_cache_size_gib = {} is out of range: use {} to {}",
+                self.default_cache_size_gib,
+                crate::api::MIN_CACHE_SIZE_GIB,
+                crate::api::MAX_CACHE_SIZE_GIB
+            ));
+        }
+        if !self.root.is_absolute() {
+            return Err(format!("root = {:?} must be an absolute path", self.root));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(
+            Config::parse("", Path::new("c.toml")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn every_documented_key_parses() {
+        let text = r#"
+            root = "/srv/ic"
+            socket = "/run/ic.sock"
+            insecure_registries = ["127.0.0.1:5000"]
+            registry_mirrors = { "docker.io" = ["127.0.0.1:5001"] }
+            max_concurrent_downloads = 4
+            secrets_dir = "/etc/ic/secrets"
+            docker_config = "/root/.docker/config.json"
+            default_cache_size_gib = 30
+            backing_image = "/var/lib/imagecache.xfs"
+            snapshotter_socket = "/run/ic/snap.sock"
+        "#;
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/ic"));
+        assert_eq!(
+            c.registry_mirrors["docker.io"],
+            vec!["127.0.0.1:5001".to_string()]
+        );
+        assert_eq!(c.max_concurrent_downloads, 4);
+        assert_eq!(c.default_cache_size_gib, 30);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let err = Config::parse("max_concurent_downloads = 3", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("max_concurent_downloads"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_say_the_range() {
+        let err = Config::parse("default_cache_size_gib = 10", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("20 to 32768"), "{err}");
+        let err = Config::parse("max_concurrent_downloads = 0", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("1 to 256"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_missing_named_file_is_an_error() {
+        let p = Path::new("/nonexistent/imagecache/config.toml");
+        assert_eq!(Config::load(p, false).unwrap(), Config::default());
+        assert!(Config::load(p, true).is_err());
+    }
+}

@@ -5,9 +5,11 @@
 //! `docs/` and the module docs for how the pieces fit.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod image;
+pub mod layout;
 pub mod registry;
 pub mod snapshot;
 pub mod store;

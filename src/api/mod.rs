@@ -1,1 +1,11 @@
-//! api
+//! The HTTP+JSON API over the unix socket. This layer parses and validates requests and turns
+//! each into one `daemon::Action`; it never touches the disk.
+
+pub mod error;
+pub mod parse;
+pub mod routes;
+pub mod types;
+pub mod validate;
+
+pub use error::ApiError;
+pub use types::*;

@@ -1,1 +1,137 @@
-fn main() {}
+//! imagecached: the node-local image cache daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use imagecache::config::{Config, DEFAULT_CONFIG_PATH};
+use imagecache::daemon::Daemon;
+use imagecache::sys::LinuxSys;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+/// Builds frozen ext4 snapshots of OCI images and serves the imagecache.io/v1 API on a unix
+/// socket. Flags override the config file.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Config file (TOML; every key optional, unknown keys refused).
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// State root.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// API socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// A registry (host[:port]) to speak plain HTTP to; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Upper bound on layers downloading at once.
+    #[arg(long)]
+    max_concurrent_downloads: Option<usize>,
+    /// Pull secrets directory (<ns>/<name>/.dockerconfigjson).
+    #[arg(long)]
+    secrets_dir: Option<PathBuf>,
+    /// imageCacheSize (GiB) when a spec leaves it out.
+    #[arg(long)]
+    default_cache_size_gib: Option<u32>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMAGECACHE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = load_config(&args)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(config))
+}
+
+fn load_config(args: &Args) -> Result<Config> {
+    let explicit = args.config != Path::new(DEFAULT_CONFIG_PATH);
+    let mut config = Config::load(&args.config, explicit)?;
+    if let Some(root) = &args.root {
+        config.root = root.clone();
+    }
+    if let Some(socket) = &args.socket {
+        config.socket = socket.clone();
+    }
+    config
+        .insecure_registries
+        .extend(args.insecure_registries.iter().cloned());
+    if let Some(n) = args.max_concurrent_downloads {
+        config.max_concurrent_downloads = n;
+    }
+    if let Some(dir) = &args.secrets_dir {
+        config.secrets_dir = dir.clone();
+    }
+    if let Some(size) = args.default_cache_size_gib {
+        config.default_cache_size_gib = size;
+    }
+    // Flags go through the same checks as the file.
+    let text = toml::to_string(&config).context("cannot render the effective config")?;
+    Ok(Config::parse(&text, Path::new("<flags>"))?)
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let socket = config.socket.clone();
+    let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
+    let listener = bind(&socket)?;
+    info!(socket = %socket.display(), root = %daemon.config().root.display(), "imagecached serving");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let app = imagecache::api::routes::router(daemon.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .context("API server failed")?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    info!("stopping: cancelling builds");
+    daemon.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    info!("stopped");
+    Ok(())
+}
+
+/// Binds the API socket, replacing a stale socket file but refusing to steal the socket of a
+/// daemon that is still running.
+fn bind(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            bail!(
+                "another imagecached is serving {}: stop it first",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+    }
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    // Root and the socket's group (the kubelet side) may call the API; nobody else.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+async fn stop_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

@@ -1,1 +1,109 @@
-//! daemon
+//! The daemon: actions, the build scheduler, the state store and restart recovery.
+
+pub mod action;
+mod build;
+pub mod clock;
+mod error;
+pub mod events;
+mod handlers;
+pub mod ids;
+mod pipe;
+mod progress;
+mod recovery;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use action::{Action, Reply};
+pub use error::DaemonError;
+
+use crate::config::Config;
+use crate::registry::{RegistryClient, RegistryConfig};
+use crate::snapshot::SnapshotStore;
+use crate::store::Store;
+use crate::sys::Sys;
+
+/// Everything the actions share. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    store: Store,
+    sys: Arc<dyn Sys>,
+    registry: RegistryClient,
+    snapshots: SnapshotStore,
+    /// One bound on layers downloading and unpacking at once, across every build.
+    downloads: Arc<Semaphore>,
+    /// Running builds by cache name, to cancel one when its cache is deleted.
+    builds: Mutex<HashMap<String, CancellationToken>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Daemon {
+    /// Opens the state under `config.root`, cleans what an earlier run left behind, and
+    /// returns a daemon ready to take actions.
+    pub fn start(config: Config, sys: Arc<dyn Sys>) -> Result<Daemon, DaemonError> {
+        for dir in [
+            config.root.clone(),
+            config.root.join("snapshots"),
+            config.root.join("work"),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let store = Store::open(&config.root.join("state.db"))?;
+        let registry = RegistryClient::new(RegistryConfig {
+            insecure_registries: config.insecure_registries.clone(),
+            mirrors: config.registry_mirrors.clone(),
+            docker_config: config.docker_config.clone(),
+            ..RegistryConfig::default()
+        });
+        let snapshots = SnapshotStore::new(config.root.join("snapshots"));
+        let inner = Inner {
+            downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads)),
+            config,
+            store,
+            sys,
+            registry,
+            snapshots,
+            builds: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        };
+        let daemon = Daemon {
+            inner: Arc::new(inner),
+        };
+        recovery::recover(&daemon)?;
+        Ok(daemon)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn work_root(&self) -> PathBuf {
+        self.inner.config.root.join("work")
+    }
+
+    /// Carries out one action.
+    pub async fn dispatch(&self, action: Action) -> Result<Reply, crate::api::ApiError> {
+        handlers::dispatch(self, action).await
+    }
+
+    /// Stops every build (each cleans up its loop device, mount and work files) and waits.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

@@ -1,1 +1,248 @@
-//! store
+//! Embedded state in SQLite (WAL): caches with their status and events, snapshot reference
+//! counts, and builds in progress. Everything an operator sees survives a restart.
+
+mod schema;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::api::{ImageCache, Phase};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database holds a record that does not parse ({0}): restore state.db from a backup or delete the record")]
+    Corrupt(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A build in progress: its work directory is cleaned (or resumed) at restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRecord {
+    pub id: String,
+    pub cache_name: String,
+    pub work_dir: String,
+}
+
+/// The state database. One connection behind a mutex: every operation is a short
+/// transaction, far below the cost of the work it records.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        schema::migrate(&conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (each call is one
+        // transaction), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert_cache(&self, cache: &ImageCache) -> Result<()> {
+        let status = cache
+            .status
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("cache without status".into()))?;
+        let json = serde_json::to_string(cache).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let res = self.conn().execute(
+            "INSERT INTO caches (name, cache_id, phase, object) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                cache.metadata.name,
+                status.image_cache_id,
+                status.phase.as_str(),
+                json
+            ],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::AlreadyExists(format!(
+                    "ImageCache {:?}",
+                    cache.metadata.name
+                )))
+            }
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    pub fn get_cache(&self, name: &str) -> Result<Option<ImageCache>> {
+        let json: Option<String> = self
+            .conn()
+            .query_row("SELECT object FROM caches WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        json.map(|j| parse_cache(&j)).transpose()
+    }
+
+    pub fn cache_by_id(&self, cache_id: &str) -> Result<Option<ImageCache>> {
+        let json: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT object FROM caches WHERE cache_id = ?1",
+                [cache_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        json.map(|j| parse_cache(&j)).transpose()
+    }
+
+    pub fn list_caches(&self) -> Result<Vec<ImageCache>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT object FROM caches ORDER BY created_seq")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|j| parse_cache(&j?)).collect()
+    }
+
+    /// Applies `change` to the stored cache in one transaction and returns the new object.
+    pub fn update_cache(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut ImageCache),
+    ) -> Result<ImageCache> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let json: String = tx
+            .query_row("SELECT object FROM caches WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("ImageCache {name:?}")))?;
+        let mut cache = parse_cache(&json)?;
+        change(&mut cache);
+        let phase = cache
+            .status
+            .as_ref()
+            .map(|s| s.phase)
+            .unwrap_or(Phase::Pending);
+        let json = serde_json::to_string(&cache).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "UPDATE caches SET object = ?2, phase = ?3 WHERE name = ?1",
+            params![name, json, phase.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(cache)
+    }
+
+    pub fn delete_cache(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM caches WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    /// Takes a reference on a snapshot, recording it on first use.
+    pub fn snapshot_ref(&self, digest: &str) -> Result<u64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO snapshots (digest, refs) VALUES (?1, 1) ON CONFLICT(digest) DO UPDATE SET refs = refs + 1",
+            [digest],
+        )?;
+        Ok(conn.query_row(
+            "SELECT refs FROM snapshots WHERE digest = ?1",
+            [digest],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Drops a reference; returns the references left (0: the caller removes the files and
+    /// then calls `forget_snapshot`).
+    pub fn snapshot_unref(&self, digest: &str) -> Result<u64> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE snapshots SET refs = MAX(refs - 1, 0) WHERE digest = ?1",
+            [digest],
+        )?;
+        Ok(conn
+            .query_row(
+                "SELECT refs FROM snapshots WHERE digest = ?1",
+                [digest],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    pub fn snapshot_refs(&self, digest: &str) -> Result<u64> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT refs FROM snapshots WHERE digest = ?1",
+                [digest],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    pub fn forget_snapshot(&self, digest: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM snapshots WHERE digest = ?1 AND refs = 0",
+            [digest],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_build(&self, build: &BuildRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO builds (id, cache_name, work_dir) VALUES (?1, ?2, ?3)",
+            params![build.id, build.cache_name, build.work_dir],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_build(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM builds WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn list_builds(&self) -> Result<Vec<BuildRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, cache_name, work_dir FROM builds")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(BuildRecord {
+                id: r.get(0)?,
+                cache_name: r.get(1)?,
+                work_dir: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn parse_cache(json: &str) -> Result<ImageCache> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("ImageCache: {e}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+//! API errors, answered as Kubernetes `Status` objects with the matching HTTP code.
+
+use serde::{Deserialize, Serialize};
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    pub reason: String,
+    pub message: String,
+    pub field: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The body could not be read as JSON or YAML of the expected shape (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed but invalid fields (422), each naming the field and what is allowed.
+    #[error("{kind} {name:?} is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<Cause>,
+    },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: String, name: String },
+    #[error("{kind} {name:?} already exists: delete it first or choose another name")]
+    AlreadyExists { kind: String, name: String },
+    /// The request is valid but the object's state does not allow it (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Invalid { .. } => 422,
+            ApiError::NotFound { .. } => 404,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict(_) => 409,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Invalid { .. } => "Invalid",
+            ApiError::NotFound { .. } => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict(_) => "Conflict",
+            ApiError::Internal(_) => "InternalError",
+        }
+    }
+
+    pub fn not_found(kind: &str, name: &str) -> Self {
+        ApiError::NotFound {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn to_status(&self) -> Status {
+        let (details, causes) = match self {
+            ApiError::Invalid { kind, name, causes } => (Some((kind, name)), causes.clone()),
+            ApiError::NotFound { kind, name } | ApiError::AlreadyExists { kind, name } => {
+                (Some((kind, name)), Vec::new())
+            }
+            _ => (None, Vec::new()),
+        };
+        Status {
+            api_version: "v1".into(),
+            kind: "Status".into(),
+            status: "Failure".into(),
+            message: self.to_string(),
+            reason: self.reason().into(),
+            details: details.map(|(kind, name)| StatusDetails {
+                name: name.clone(),
+                group: crate::api::API_GROUP.into(),
+                kind: kind.clone(),
+                causes,
+            }),
+            code: self.code(),
+        }
+    }
+
+    /// Rebuilds an error from a `Status` the server sent (for the CLI).
+    pub fn message_of(status: &Status) -> String {
+        status.message.clone()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub api_version: String,
+    pub kind: String,
+    pub status: String,
+    pub message: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<StatusDetails>,
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDetails {
+    pub name: String,
+    pub group: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<Cause>,
+}
+
+impl Status {
+    pub fn success(message: String) -> Status {
+        Status {
+            api_version: "v1".into(),
+            kind: "Status".into(),
+            status: "Success".into(),
+            message,
+            reason: String::new(),
+            details: None,
+            code: 200,
+        }
+    }
+}

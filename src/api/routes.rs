@@ -1,0 +1,98 @@
+//! HTTP routes: each handler parses and validates, builds one `Action`, and renders the reply.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::parse::parse_body;
+use super::validate::validate_image_cache;
+use super::{ApiError, ImageCache};
+use crate::daemon::{Action, Daemon, Reply};
+
+pub const IMAGECACHES: &str = "/apis/imagecache.io/v1/imagecaches";
+
+pub fn router(daemon: Daemon) -> Router {
+    Router::new()
+        .route(IMAGECACHES, post(create_cache).get(list_caches))
+        .route(
+            &format!("{IMAGECACHES}/{{name}}"),
+            get(get_cache).delete(delete_cache),
+        )
+        .route(
+            &format!("{IMAGECACHES}/{{name}}/verify"),
+            post(verify_cache),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/version", get(version))
+        .fallback(not_found)
+        .with_state(daemon)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(self.to_status())).into_response()
+    }
+}
+
+fn render(reply: Reply, created: bool) -> Response {
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    match reply {
+        Reply::ImageCache(c) => (code, Json(c)).into_response(),
+        Reply::ImageCacheList(l) => (code, Json(l)).into_response(),
+        Reply::Status(s) => (code, Json(s)).into_response(),
+        Reply::Verify(v) => (code, Json(v)).into_response(),
+    }
+}
+
+async fn run(d: &Daemon, action: Action) -> Response {
+    let created = matches!(action, Action::CreateImageCache(_));
+    match d.dispatch(action).await {
+        Ok(reply) => render(reply, created),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn create_cache(State(d): State<Daemon>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parsed = parse_body::<ImageCache>(&body, content_type)
+        .and_then(|c| validate_image_cache(c, d.config().default_cache_size_gib));
+    match parsed {
+        Ok(valid) => run(&d, Action::CreateImageCache(Box::new(valid))).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_caches(State(d): State<Daemon>) -> Response {
+    run(&d, Action::ListImageCaches).await
+}
+
+async fn get_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
+    run(&d, Action::GetImageCache(name)).await
+}
+
+async fn delete_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
+    run(&d, Action::DeleteImageCache(name)).await
+}
+
+async fn verify_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
+    run(&d, Action::VerifyImageCache(name)).await
+}
+
+async fn version() -> Response {
+    Json(serde_json::json!({ "name": "imagecache", "version": env!("CARGO_PKG_VERSION") }))
+        .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    ApiError::not_found("endpoint", uri.path()).into_response()
+}

@@ -1,0 +1,195 @@
+//! Wire types of the `imagecache.io/v1` API, in the Kubernetes object shape.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const API_GROUP: &str = "imagecache.io";
+pub const API_VERSION: &str = "imagecache.io/v1";
+/// apiVersions whose ImageCache objects are accepted as they are, so the YAML operators
+/// already write for Alibaba ECI and Tencent EKS works unchanged.
+pub const ACCEPTED_API_VERSIONS: [&str; 3] = [
+    API_VERSION,
+    "eci.alibabacloud.com/v1",
+    "eks.cloud.tencent.com/v1",
+];
+
+pub const KIND_IMAGE_CACHE: &str = "ImageCache";
+pub const KIND_IMAGE_CACHE_LIST: &str = "ImageCacheList";
+
+pub const MIN_CACHE_SIZE_GIB: u32 = 20;
+pub const MAX_CACHE_SIZE_GIB: u32 = 32768;
+pub const MIN_RETENTION_DAYS: u32 = 1;
+pub const MAX_RETENTION_DAYS: u32 = 65536;
+
+/// The subset of Kubernetes ObjectMeta an ImageCache uses. Fields Kubernetes itself fills in
+/// are accepted (so `kubectl get -o yaml` output can be fed back) but not required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageCache {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: ImageCacheSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ImageCacheStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageCacheSpec {
+    /// Image references, normalised by the daemon when the cache is created.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// `namespace:name` of kubernetes.io/dockerconfigjson secrets under the secrets dir.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+    /// GiB, 20..=32768; the daemon's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_cache_size: Option<u32>,
+    /// Days, 1..=65536; absent means the cache never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Pending,
+    Pulling,
+    Freezing,
+    Ready,
+    Failed,
+}
+
+impl Phase {
+    /// Whether no more work will happen on a cache in this phase.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Ready | Phase::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Pulling => "Pulling",
+            Phase::Freezing => "Freezing",
+            Phase::Ready => "Ready",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCacheStatus {
+    pub phase: Phase,
+    /// Bytes of layer blobs fetched so far over bytes to fetch, as "NN%".
+    pub progress: String,
+    pub image_cache_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    pub last_updated_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_date_time: Option<String>,
+    /// Bytes of data blocks in the frozen image (what a clone shares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_size_bytes: Option<u64>,
+    /// Human form of `dataSizeBytes`, e.g. "450 MiB".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_size: Option<String>,
+    /// Why the cache failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The resolved images, once pulled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<CachedImage>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// An image held by a cache, as resolved for this host's platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedImage {
+    /// Normalised reference (`docker.io/library/nginx:latest`).
+    pub image: String,
+    /// Digest of the platform manifest.
+    pub digest: String,
+    /// Digest the reference resolved to (the index's when it pointed at one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_digest: Option<String>,
+    /// ChainIDs of its layers, bottom first: `snapshots/<chainID>/fs` in the cache.
+    pub chain_ids: Vec<String>,
+    /// Compressed bytes of its layers.
+    pub size_bytes: u64,
+}
+
+/// A Kubernetes Event, as the `events` of an object's status carry them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// "Normal" or "Warning".
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+    pub count: u32,
+    pub first_timestamp: String,
+    pub last_timestamp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCacheList {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ListMeta,
+    pub items: Vec<ImageCache>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListMeta {}
+
+/// The answer of `verify`: the snapshot re-hashed against its manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyResult {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub snapshot_digest: String,
+    pub ok: bool,
+    pub chunks_checked: u64,
+    /// One line per chunk or extent that differs.
+    pub problems: Vec<String>,
+}

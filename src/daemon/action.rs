@@ -1,0 +1,28 @@
+//! The one way into the daemon: the API turns every request into an `Action`.
+
+use crate::api::validate::ValidImageCache;
+use crate::api::{ImageCache, ImageCacheList, Status, VerifyResult};
+
+#[derive(Debug)]
+pub enum Action {
+    /// Record a validated ImageCache as Pending and schedule its build. Fails with
+    /// AlreadyExists when the name is taken.
+    CreateImageCache(Box<ValidImageCache>),
+    /// One cache with its current status and events.
+    GetImageCache(String),
+    /// Every cache, oldest first.
+    ListImageCaches,
+    /// Stop the cache's build if one runs, remove the cache, and drop its snapshot when nothing
+    /// else references it.
+    DeleteImageCache(String),
+    /// Re-hash a Ready cache's snapshot against its manifest.
+    VerifyImageCache(String),
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    ImageCache(Box<ImageCache>),
+    ImageCacheList(ImageCacheList),
+    Status(Status),
+    Verify(VerifyResult),
+}

@@ -1,0 +1,113 @@
+//! Why a build failed, in words an operator can act on. The message becomes the cache's
+//! `status.message` and a Warning event.
+
+use std::path::{Path, PathBuf};
+
+use crate::registry::RegistryError;
+use crate::unpack::UnpackError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("pull secrets: {0}")]
+    Secrets(#[from] RegistryError),
+    #[error("failed to resolve image {image}: {source}")]
+    Resolve {
+        image: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("failed to fetch layer {digest} of image {image}: {source}")]
+    Fetch {
+        image: String,
+        digest: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("layer {digest} of image {image} was refused: {source}")]
+    Layer {
+        image: String,
+        digest: String,
+        #[source]
+        source: UnpackError,
+    },
+    #[error(
+        "the images do not fit in imageCacheSize {size_gib} GiB: their layers hold {} of files; \
+         create the cache again with imageCacheSize of at least {} GiB",
+        crate::daemon::clock::human_bytes(*needed_bytes),
+        suggested_gib(*needed_bytes)
+    )]
+    NoSpace { needed_bytes: u64, size_gib: u32 },
+    #[error("cache image: {0}")]
+    Image(#[from] crate::image::ImageError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("build cancelled")]
+    Cancelled,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The size to ask for: the files plus room for ext4's metadata and journal, rounded up to
+/// whole GiB and never below the API's minimum.
+pub fn suggested_gib(needed_bytes: u64) -> u64 {
+    let with_overhead = needed_bytes + needed_bytes / 10 + (512 << 20);
+    with_overhead
+        .div_ceil(1 << 30)
+        .max(u64::from(crate::api::MIN_CACHE_SIZE_GIB))
+}
+
+impl BuildError {
+    pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        BuildError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Worth another attempt: the network or the registry may do better next time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BuildError::Fetch { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// The reason of the Warning event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BuildError::Secrets(_) => "FailedPullSecret",
+            BuildError::Resolve { .. } | BuildError::Fetch { .. } => "FailedPull",
+            BuildError::Layer { .. } => "FailedUnpack",
+            BuildError::NoSpace { .. } => "InsufficientSize",
+            BuildError::Image(_) | BuildError::Snapshot(_) => "FailedFreeze",
+            _ => "Failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_space_says_what_size_to_use() {
+        let e = BuildError::NoSpace {
+            needed_bytes: 21 << 30,
+            size_gib: 20,
+        };
+        let text = e.to_string();
+        assert!(text.contains("imageCacheSize 20 GiB"), "{text}");
+        assert!(text.contains("at least 25 GiB"), "{text}");
+        assert_eq!(suggested_gib(1 << 20), 20);
+    }
+}

@@ -1,0 +1,260 @@
+//! Fetching and unpacking every distinct layer of a build at once, under the daemon-wide
+//! download bound. Each layer streams from the registry through a small channel into the
+//! unpacker on a blocking thread: bytes are verified on the way and never held whole.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{Plan, PlannedLayer};
+use super::{event, BuildError, BuildSpec};
+use crate::daemon::events::NORMAL;
+use crate::daemon::progress::Progress;
+use crate::daemon::{clock, pipe, Daemon};
+use crate::layout::layer_dir;
+use crate::registry::Keyring;
+use crate::unpack::{self, Compression, LayerStats, UnpackError};
+
+/// Attempts per layer when the transfer fails for a reason that may pass.
+const ATTEMPTS: u32 = 4;
+/// How often progress is written to the store while layers stream.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+#[allow(clippy::too_many_arguments)]
+pub async fn pull_all(
+    d: &Daemon,
+    spec: &BuildSpec,
+    plan: &Plan,
+    keyring: &Arc<Keyring>,
+    root: &Path,
+    progress: Arc<Progress>,
+    started: Instant,
+    cancel: &CancellationToken,
+) -> Result<HashMap<String, LayerStats>, BuildError> {
+    let mut tasks = JoinSet::new();
+    for layer in &plan.layers {
+        let (d, layer, keyring, dest) = (
+            d.clone(),
+            layer.clone(),
+            keyring.clone(),
+            layer_dir(root, &layer.chain_id),
+        );
+        let (progress, cancel) = (progress.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let result = pull_layer(&d, &layer, &keyring, &dest, &progress, &cancel).await;
+            (layer.chain_id, result)
+        });
+    }
+    // Layers left to finish per image, to say when each image is complete.
+    let mut remaining: Vec<usize> = plan.images.iter().map(|i| i.chain_ids.len()).collect();
+    let mut stats = HashMap::new();
+    let mut no_space_needed: Option<u64> = None;
+    let mut first_error = None;
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            _ = ticker.tick() => {
+                write_progress(d, &spec.name, &progress);
+                continue;
+            }
+        };
+        let Some(joined) = joined else { break };
+        let (chain_id, result) =
+            joined.map_err(|e| BuildError::Internal(format!("layer task: {e}")))?;
+        match result {
+            Ok(layer_stats) => {
+                for (i, image) in plan.images.iter().enumerate() {
+                    if image.chain_ids.contains(&chain_id) {
+                        remaining[i] -= 1;
+                        if remaining[i] == 0 {
+                            let message = format!(
+                                "Pulled image {} in {:.1}s ({})",
+                                image.resolved.reference,
+                                started.elapsed().as_secs_f64(),
+                                clock::human_mb(image.size_bytes)
+                            );
+                            event(d, &spec.name, NORMAL, "Pulled", message);
+                        }
+                    }
+                }
+                if no_space_needed.is_some() {
+                    *no_space_needed.as_mut().unwrap() += layer_stats.file_bytes;
+                }
+                stats.insert(chain_id, layer_stats);
+            }
+            Err(BuildError::NoSpace { needed_bytes, .. }) => {
+                // Every layer measures what it would need; the sum says how big the cache must be.
+                let done: u64 = stats.values().map(|s: &LayerStats| s.file_bytes).sum();
+                let prev = no_space_needed.take().unwrap_or(done);
+                no_space_needed = Some(prev + needed_bytes);
+            }
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                    cancel.cancel();
+                }
+            }
+        }
+    }
+    write_progress(d, &spec.name, &progress);
+    if let Some(needed_bytes) = no_space_needed {
+        return Err(BuildError::NoSpace {
+            needed_bytes,
+            size_gib: spec.size_gib,
+        });
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None if cancel.is_cancelled() => Err(BuildError::Cancelled),
+        None => Ok(stats),
+    }
+}
+
+fn write_progress(d: &Daemon, name: &str, progress: &Progress) {
+    let pct = progress.percent();
+    let _ = d.inner.store.update_cache(name, |c| {
+        if let Some(s) = c.status.as_mut() {
+            if s.progress != pct {
+                s.progress = pct;
+                s.last_updated_time = clock::now_string();
+            }
+        }
+    });
+}
+
+async fn pull_layer(
+    d: &Daemon,
+    layer: &PlannedLayer,
+    keyring: &Keyring,
+    dest: &Path,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<LayerStats, BuildError> {
+    let _permit = tokio::select! {
+        p = d.inner.downloads.clone().acquire_owned() => p.map_err(|_| BuildError::Cancelled)?,
+        _ = cancel.cancelled() => return Err(BuildError::Cancelled),
+    };
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=ATTEMPTS {
+        reset_dir(dest)?;
+        let mut counted = 0u64;
+        let result =
+            fetch_and_unpack(d, layer, keyring, dest, progress, &mut counted, cancel).await;
+        match result {
+            Ok(stats) => return Ok(stats),
+            Err(e) => {
+                progress.sub(counted);
+                // A mismatch or refused layer leaves nothing behind: no partial layer survives.
+                let _ = std::fs::remove_dir_all(dest.parent().unwrap_or(dest));
+                if !e.is_transient() || attempt == ATTEMPTS || cancel.is_cancelled() {
+                    return Err(e);
+                }
+                tracing::warn!(layer = %layer.descriptor.digest, attempt, error = %e, "layer transfer failed, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => return Err(BuildError::Cancelled),
+                }
+                backoff *= 2;
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn reset_dir(dest: &Path) -> Result<(), BuildError> {
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(|e| BuildError::io("clear", dest, e))?;
+    }
+    std::fs::create_dir_all(dest).map_err(|e| BuildError::io("create", dest, e))
+}
+
+async fn fetch_and_unpack(
+    d: &Daemon,
+    layer: &PlannedLayer,
+    keyring: &Keyring,
+    dest: &Path,
+    progress: &Progress,
+    counted: &mut u64,
+    cancel: &CancellationToken,
+) -> Result<LayerStats, BuildError> {
+    let desc = &layer.descriptor;
+    let creds = keyring.credentials_for(layer.source.registry());
+    let layer_error = |source| BuildError::Layer {
+        image: layer.source.to_string(),
+        digest: desc.digest.clone(),
+        source,
+    };
+    let mut stream = d
+        .inner
+        .registry
+        .open_blob(&layer.source, desc, &creds)
+        .await
+        .map_err(|source| BuildError::Fetch {
+            image: layer.source.to_string(),
+            digest: desc.digest.clone(),
+            source,
+        })?;
+    let compression = Compression::from_media_type(&desc.media_type).unwrap_or(Compression::None);
+    let (tx, mut reader) = pipe::channel();
+    let (dest_owned, diff_id): (PathBuf, String) = (dest.to_owned(), desc.diff_id.clone());
+    let unpacker = tokio::task::spawn_blocking(move || -> Result<LayerStats, UnpackError> {
+        let stats = unpack::apply_layer(&mut reader, compression, &dest_owned, &diff_id)?;
+        // The blob's digest is checked when its last byte has passed: read to the end so a
+        // mismatch after the tar's end is still seen.
+        io::copy(&mut reader, &mut io::sink()).map_err(UnpackError::from)?;
+        Ok(stats)
+    });
+
+    let mut fetch_error = None;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = cancel.cancelled() => {
+                let _ = tx.send(Err(io::Error::other("build cancelled"))).await;
+                fetch_error = Some(BuildError::Cancelled);
+                break;
+            }
+        };
+        match item {
+            None => break,
+            Some(Ok(chunk)) => {
+                let n = chunk.len() as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break; // the unpacker stopped; its error says why
+                }
+                progress.add(n);
+                *counted += n;
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                fetch_error = Some(BuildError::Fetch {
+                    image: layer.source.to_string(),
+                    digest: desc.digest.clone(),
+                    source: e,
+                });
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let unpacked = unpacker
+        .await
+        .map_err(|e| BuildError::Internal(format!("unpack task: {e}")))?;
+    if let Some(e) = fetch_error {
+        return Err(e);
+    }
+    unpacked.map_err(|e| match e {
+        UnpackError::NoSpace { needed_bytes, .. } => BuildError::NoSpace {
+            needed_bytes,
+            size_gib: 0,
+        },
+        other => layer_error(other),
+    })
+}

@@ -1,0 +1,264 @@
+//! Building a cache: resolve the images, pull and unpack every layer of every image in
+//! parallel into a fresh loop-mounted ext4 image, write the OCI layout, then freeze the image
+//! into a snapshot. Status, progress and events are written to the store as it goes.
+
+mod error;
+mod layers;
+mod plan;
+mod workdir;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use error::BuildError;
+pub(crate) use workdir::clean_work_dir;
+
+use super::events::{NORMAL, WARNING};
+use super::progress::Progress;
+use super::{clock, ids, Daemon};
+use crate::api::{CachedImage, Phase};
+use crate::image::MountedImage;
+use crate::registry::{ImageReference, Keyring};
+use crate::snapshot::Snapshot;
+use crate::store::BuildRecord;
+
+/// What to build, from a validated ImageCache.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub name: String,
+    pub images: Vec<ImageReference>,
+    pub pull_secrets: Vec<String>,
+    pub size_gib: u32,
+}
+
+/// Starts the build of `spec` in the background. Its token cancels it (cache deleted, daemon
+/// stopping); the build then cleans up and leaves the record alone.
+pub fn spawn(daemon: &Daemon, spec: BuildSpec) {
+    let cancel = daemon.inner.shutdown.child_token();
+    daemon
+        .inner
+        .builds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(spec.name.clone(), cancel.clone());
+    let d = daemon.clone();
+    daemon.inner.tasks.spawn(async move {
+        run(&d, &spec, &cancel).await;
+        d.inner
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&spec.name);
+    });
+}
+
+async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
+    let build_id = ids::new_build_id();
+    let work_dir = d.work_root().join(&build_id);
+    let record = BuildRecord {
+        id: build_id.clone(),
+        cache_name: spec.name.clone(),
+        work_dir: work_dir.to_string_lossy().into_owned(),
+    };
+    if let Err(e) = d.inner.store.insert_build(&record) {
+        fail(d, spec, &BuildError::Internal(e.to_string()));
+        return;
+    }
+    let started = Instant::now();
+    let result = build(d, spec, &work_dir, cancel).await;
+    if let Err(e) = clean_work_dir(d.inner.sys.as_ref(), &work_dir) {
+        warn!(cache = %spec.name, error = %e, "could not clean the build's work directory");
+    }
+    let _ = d.inner.store.delete_build(&build_id);
+    match result {
+        Ok(built) => {
+            info!(cache = %spec.name, digest = %built.snapshot.digest, secs = started.elapsed().as_secs_f64(), "cache ready");
+        }
+        Err(BuildError::Cancelled) => info!(cache = %spec.name, "build cancelled"),
+        Err(e) => {
+            warn!(cache = %spec.name, error = %e, "build failed");
+            fail(d, spec, &e);
+        }
+    }
+}
+
+/// The result of a successful build.
+struct Built {
+    snapshot: Snapshot,
+}
+
+async fn build(
+    d: &Daemon,
+    spec: &BuildSpec,
+    work_dir: &std::path::Path,
+    cancel: &CancellationToken,
+) -> Result<Built, BuildError> {
+    let started = Instant::now();
+    let cfg = &d.inner.config;
+    let mut keyring = Keyring::from_pull_secrets(&cfg.secrets_dir, &spec.pull_secrets)?;
+    if let Some(path) = &cfg.docker_config {
+        keyring = keyring.with_docker_config(path)?;
+    }
+    let keyring = Arc::new(keyring);
+    set_phase(d, &spec.name, Phase::Pulling, None);
+
+    // mkfs and mount while the manifests resolve: both take a few hundred ms.
+    std::fs::create_dir_all(work_dir)
+        .map_err(|e| BuildError::io("create the work directory", work_dir, e))?;
+    let image_path = work_dir.join("disk.img");
+    let mountpoint = work_dir.join("mnt");
+    let size_bytes = u64::from(spec.size_gib) << 30;
+    let prepare = {
+        let (sys, image_path, mountpoint) =
+            (d.inner.sys.clone(), image_path.clone(), mountpoint.clone());
+        tokio::task::spawn_blocking(move || -> Result<MountedImage, BuildError> {
+            crate::image::create_sparse(&image_path, size_bytes)?;
+            crate::image::mkfs_ext4(&image_path, "imagecache")?;
+            std::fs::create_dir_all(&mountpoint)
+                .map_err(|e| BuildError::io("create the mountpoint", &mountpoint, e))?;
+            Ok(MountedImage::mount(
+                sys.as_ref(),
+                &image_path,
+                &mountpoint,
+                false,
+            )?)
+        })
+    };
+    for image in &spec.images {
+        event(
+            d,
+            &spec.name,
+            NORMAL,
+            "Pulling",
+            format!("Pulling image {image}"),
+        );
+    }
+    let resolved = cancellable(cancel, plan::resolve_all(d, &spec.images, &keyring)).await;
+    let mounted = prepare
+        .await
+        .map_err(|e| BuildError::Internal(e.to_string()))??;
+    let plan = plan::Plan::new(resolved?)?;
+    d.inner.store.update_cache(&spec.name, |c| {
+        if let Some(s) = c.status.as_mut() {
+            s.images = plan
+                .images
+                .iter()
+                .map(|i| CachedImage {
+                    image: i.resolved.reference.to_string(),
+                    digest: i.resolved.manifest.digest.clone(),
+                    resolved_digest: i.resolved.index.as_ref().map(|x| x.digest.clone()),
+                    chain_ids: i.chain_ids.clone(),
+                    size_bytes: i.size_bytes,
+                })
+                .collect();
+        }
+    })?;
+
+    let root = mounted.mountpoint().to_owned();
+    plan.write_layout(&root)?;
+    let progress = Arc::new(Progress::default());
+    progress
+        .total
+        .store(plan.total_bytes(), std::sync::atomic::Ordering::Relaxed);
+    let stats =
+        layers::pull_all(d, spec, &plan, &keyring, &root, progress, started, cancel).await?;
+    plan.write_snapshots(&root, &stats)?;
+
+    set_phase(d, &spec.name, Phase::Freezing, Some("100%".into()));
+    let sys = d.inner.sys.clone();
+    let snapshots = d.inner.snapshots.clone();
+    let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, BuildError> {
+        mounted.unmount_and_detach(sys.as_ref())?;
+        crate::image::fsck(&image_path)?;
+        let manifest = crate::snapshot::hash_image(&image_path)?;
+        Ok(snapshots.commit(&image_path, &manifest)?)
+    })
+    .await
+    .map_err(|e| BuildError::Internal(e.to_string()))??;
+    if cancel.is_cancelled() {
+        return Err(BuildError::Cancelled);
+    }
+    d.inner.store.snapshot_ref(&snapshot.digest)?;
+    let now = clock::now_string();
+    let message = format!(
+        "Froze snapshot {} ({} of {} GiB) in {:.1}s",
+        snapshot.digest,
+        clock::human_bytes(snapshot.data_bytes),
+        spec.size_gib,
+        started.elapsed().as_secs_f64()
+    );
+    d.inner.store.update_cache(&spec.name, |c| {
+        if let Some(s) = c.status.as_mut() {
+            s.phase = Phase::Ready;
+            s.progress = "100%".into();
+            s.snapshot_digest = Some(snapshot.digest.clone());
+            s.data_size_bytes = Some(snapshot.data_bytes);
+            s.data_size = Some(clock::human_bytes(snapshot.data_bytes));
+            s.last_updated_time = now.clone();
+            super::events::record(&mut s.events, NORMAL, "Frozen", message, &now);
+        }
+    })?;
+    Ok(Built { snapshot })
+}
+
+/// Runs `fut` unless the build is cancelled first.
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = Result<T, BuildError>>,
+) -> Result<T, BuildError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(BuildError::Cancelled),
+        r = fut => r,
+    }
+}
+
+pub(super) fn event(d: &Daemon, name: &str, type_: &str, reason: &str, message: String) {
+    let now = clock::now_string();
+    let _ = d.inner.store.update_cache(name, |c| {
+        if let Some(s) = c.status.as_mut() {
+            s.last_updated_time = now.clone();
+            super::events::record(&mut s.events, type_, reason, message, &now);
+        }
+    });
+}
+
+fn set_phase(d: &Daemon, name: &str, phase: Phase, progress: Option<String>) {
+    let now = clock::now_string();
+    let _ = d.inner.store.update_cache(name, |c| {
+        if let Some(s) = c.status.as_mut() {
+            s.phase = phase;
+            if s.start_time.is_none() {
+                s.start_time = Some(now.clone());
+            }
+            if let Some(p) = progress {
+                s.progress = p;
+            }
+            s.last_updated_time = now.clone();
+        }
+    });
+}
+
+/// Marks the cache Failed with the cause; a failed cache expires 24 h after failing.
+fn fail(d: &Daemon, spec: &BuildSpec, error: &BuildError) {
+    let now = clock::now();
+    let now_s = clock::format(now);
+    let expire = clock::format(now + time::Duration::hours(24));
+    let _ = d.inner.store.update_cache(&spec.name, |c| {
+        if let Some(s) = c.status.as_mut() {
+            s.phase = Phase::Failed;
+            s.message = Some(error.to_string());
+            s.expire_date_time = Some(expire);
+            s.last_updated_time = now_s.clone();
+            super::events::record(
+                &mut s.events,
+                WARNING,
+                error.reason(),
+                error.to_string(),
+                &now_s,
+            );
+        }
+    });
+}

@@ -1,0 +1,200 @@
+//! One handler per action.
+
+use std::time::Duration;
+
+use tracing::info;
+
+use super::build::{self, BuildSpec};
+use super::events::NORMAL;
+use super::{clock, ids, Action, Daemon, Reply};
+use crate::api::validate::ValidImageCache;
+use crate::api::*;
+use crate::store::StoreError;
+
+/// How long a delete waits for a cancelled build to release its loop device and mount.
+const CANCEL_WAIT: Duration = Duration::from_secs(60);
+
+pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, ApiError> {
+    match action {
+        Action::CreateImageCache(valid) => create(d, *valid),
+        Action::GetImageCache(name) => Ok(Reply::ImageCache(Box::new(get(d, &name)?))),
+        Action::ListImageCaches => Ok(Reply::ImageCacheList(ImageCacheList {
+            api_version: API_VERSION.into(),
+            kind: KIND_IMAGE_CACHE_LIST.into(),
+            metadata: ListMeta::default(),
+            items: d.inner.store.list_caches().map_err(internal)?,
+        })),
+        Action::DeleteImageCache(name) => delete(d, &name).await,
+        Action::VerifyImageCache(name) => verify(d, &name).await,
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn get(d: &Daemon, name: &str) -> Result<ImageCache, ApiError> {
+    d.inner
+        .store
+        .get_cache(name)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found(KIND_IMAGE_CACHE, name))
+}
+
+fn create(d: &Daemon, valid: ValidImageCache) -> Result<Reply, ApiError> {
+    let ValidImageCache {
+        mut object,
+        images,
+        size_gib,
+    } = valid;
+    let now = clock::now();
+    let now_s = clock::format(now);
+    object.metadata.uid = Some(uuid_like());
+    object.metadata.creation_timestamp = Some(now_s.clone());
+    let mut events = Vec::new();
+    let cache_id = ids::new_cache_id();
+    super::events::record(
+        &mut events,
+        NORMAL,
+        "Created",
+        format!(
+            "Created image cache {cache_id} of {} image(s), {size_gib} GiB",
+            images.len()
+        ),
+        &now_s,
+    );
+    object.status = Some(ImageCacheStatus {
+        phase: Phase::Pending,
+        progress: "0%".into(),
+        image_cache_id: cache_id,
+        snapshot_digest: None,
+        start_time: None,
+        last_updated_time: now_s,
+        expire_date_time: object
+            .spec
+            .retention_days
+            .map(|days| clock::format(now + time::Duration::days(i64::from(days)))),
+        data_size_bytes: None,
+        data_size: None,
+        message: None,
+        images: Vec::new(),
+        events,
+    });
+    match d.inner.store.insert_cache(&object) {
+        Ok(()) => {}
+        Err(StoreError::AlreadyExists(_)) => {
+            return Err(ApiError::AlreadyExists {
+                kind: KIND_IMAGE_CACHE.into(),
+                name: object.metadata.name,
+            })
+        }
+        Err(e) => return Err(internal(e)),
+    }
+    info!(cache = %object.metadata.name, images = images.len(), size_gib, "image cache created");
+    build::spawn(
+        d,
+        BuildSpec {
+            name: object.metadata.name.clone(),
+            images,
+            pull_secrets: object.spec.image_pull_secrets.clone(),
+            size_gib,
+        },
+    );
+    Ok(Reply::ImageCache(Box::new(object)))
+}
+
+async fn delete(d: &Daemon, name: &str) -> Result<Reply, ApiError> {
+    let cache = get(d, name)?;
+    let running = d
+        .inner
+        .builds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned();
+    if let Some(token) = running {
+        token.cancel();
+        // The build cleans its loop device, mount and work files; the record goes after that.
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        while d
+            .inner
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+        {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ApiError::Conflict(format!(
+                    "the build of ImageCache {name:?} did not stop within {}s: try the delete again",
+                    CANCEL_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    d.inner.store.delete_cache(name).map_err(internal)?;
+    if let Some(digest) = cache.status.and_then(|s| s.snapshot_digest) {
+        release_snapshot(d, &digest).map_err(internal)?;
+    }
+    info!(cache = %name, "image cache deleted");
+    Ok(Reply::Status(Status::success(format!(
+        "ImageCache {name:?} deleted"
+    ))))
+}
+
+/// Drops one reference; the files go with the last one.
+pub(super) fn release_snapshot(d: &Daemon, digest: &str) -> Result<(), Box<dyn std::error::Error>> {
+    if d.inner.store.snapshot_unref(digest)? == 0 {
+        d.inner.snapshots.remove(digest)?;
+        d.inner.store.forget_snapshot(digest)?;
+        info!(%digest, "snapshot removed: no cache or disk uses it");
+    }
+    Ok(())
+}
+
+async fn verify(d: &Daemon, name: &str) -> Result<Reply, ApiError> {
+    let cache = get(d, name)?;
+    let status = cache
+        .status
+        .unwrap_or_else(|| unreachable!("stored caches always have a status"));
+    let digest = match (status.phase, status.snapshot_digest) {
+        (Phase::Ready, Some(digest)) => digest,
+        (phase, _) => {
+            return Err(ApiError::Conflict(format!(
+                "ImageCache {name:?} is {phase}, not Ready: only a Ready cache has a snapshot to verify"
+            )))
+        }
+    };
+    let snapshots = d.inner.snapshots.clone();
+    let digest2 = digest.clone();
+    let report = tokio::task::spawn_blocking(move || snapshots.verify(&digest2))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(Reply::Verify(VerifyResult {
+        api_version: API_VERSION.into(),
+        kind: "VerifyResult".into(),
+        name: name.into(),
+        snapshot_digest: digest,
+        ok: report.is_ok(),
+        chunks_checked: report.chunks_checked,
+        problems: report.problems(),
+    }))
+}
+
+/// A random UUID (version 4 layout) for metadata.uid, as Kubernetes objects carry.
+fn uuid_like() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the kernel's random source is available");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

@@ -1,0 +1,28 @@
+//! Identifiers: `imc-<16 hex>` for caches, `build-<16 hex>` for build work dirs.
+
+fn random_hex16() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the kernel's random source is available");
+    hex::encode(bytes)
+}
+
+pub fn new_cache_id() -> String {
+    format!("imc-{}", random_hex16())
+}
+
+pub fn new_build_id() -> String {
+    format!("build-{}", random_hex16())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_have_the_documented_shape() {
+        let id = super::new_cache_id();
+        assert_eq!(id.len(), 4 + 16);
+        assert!(id[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_ne!(id, super::new_cache_id());
+    }
+}

@@ -1,0 +1,37 @@
+//! Schema and its migrations, applied in order and recorded in `user_version` so an older
+//! state.db is upgraded in place at start-up.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE caches (
+        name TEXT PRIMARY KEY,
+        cache_id TEXT NOT NULL UNIQUE,
+        phase TEXT NOT NULL,
+        object TEXT NOT NULL,
+        created_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TRIGGER caches_seq AFTER INSERT ON caches BEGIN
+        UPDATE caches SET created_seq = NEW.rowid WHERE rowid = NEW.rowid;
+    END;
+    CREATE TABLE snapshots (
+        digest TEXT PRIMARY KEY,
+        refs INTEGER NOT NULL
+    );
+    CREATE TABLE builds (
+        id TEXT PRIMARY KEY,
+        cache_name TEXT NOT NULL,
+        work_dir TEXT NOT NULL
+    );
+"#];
+
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
