@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use imagecache::registry::{
-    Credentials, ImageReference, Platform, RegistryClient, RegistryConfig, RegistryError,
+    Credentials, ImageReference, Keyring, Platform, RegistryClient, RegistryConfig, RegistryError,
     ResolvedImage,
 };
 use sha2::{Digest as _, Sha256};
@@ -466,6 +466,24 @@ async fn htpasswd_registry_needs_the_right_credentials() {
     let (data, error) = read_blob(&client, &image, 0, &right).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(data, pushed.layers[0]);
+
+    // The same credentials found through a pull secret, as the daemon resolves them.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_dir = secrets.path().join("team").join("regcred");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("puller:correct-horse");
+    std::fs::write(
+        secret_dir.join(".dockerconfigjson"),
+        format!(
+            r#"{{"auths":{{"http://{}":{{"auth":"{auth}"}}}}}}"#,
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let keyring = Keyring::from_pull_secrets(secrets.path(), &["team:regcred".into()]).unwrap();
+    let from_secret = keyring.credentials_for(r.registry());
+    assert_eq!(from_secret, right);
+    client.resolve(&r, &from_secret).await.unwrap();
 
     // Blobs are protected too: anonymous streams are refused, not served.
     let e = client

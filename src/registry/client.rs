@@ -127,6 +127,15 @@ struct Context<'a> {
     scheme: &'static str,
 }
 
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("config", &self.config)
+            .field("platform", &self.host_platform)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RegistryClient {
     pub fn new(config: RegistryConfig) -> Self {
         let insecure = config

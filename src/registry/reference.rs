@@ -19,7 +19,12 @@ const MAX_TAG_LEN: usize = 128;
 ///
 /// When both tag and digest are present the digest decides what is pulled and the tag is kept
 /// for display, as Docker does.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Serialises as its normalised string, so stored and wire forms are the familiar one.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct ImageReference {
     registry: String,
     repository: String,
@@ -62,7 +67,8 @@ impl ImageReference {
             .unwrap_or(DEFAULT_TAG)
     }
 
-    /// The reference in oci-client's terms, addressed at `host` (the registry or a mirror).
+    /// The reference in oci-client's terms; with `mirror`, requests go to that host (with
+    /// `?ns=<registry>`, which pull-through caches use to pick the upstream).
     pub(crate) fn to_oci(&self, mirror: Option<&str>) -> oci_client::Reference {
         let (registry, repository) = (self.registry.clone(), self.repository.clone());
         let mut reference = match (&self.tag, &self.digest) {
@@ -98,6 +104,20 @@ impl fmt::Display for ImageReference {
             write!(f, "@{digest}")?;
         }
         Ok(())
+    }
+}
+
+impl From<ImageReference> for String {
+    fn from(reference: ImageReference) -> String {
+        reference.to_string()
+    }
+}
+
+impl TryFrom<String> for ImageReference {
+    type Error = RegistryError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 
@@ -400,6 +420,17 @@ mod tests {
             let once = norm(input);
             assert_eq!(norm(&once), once);
         }
+    }
+
+    #[test]
+    fn serde_uses_the_normalised_string() {
+        let r: ImageReference = serde_json::from_str("\"nginx\"").unwrap();
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            "\"docker.io/library/nginx:latest\""
+        );
+        let e = serde_json::from_str::<ImageReference>("\"Bad/Name\"").unwrap_err();
+        assert!(e.to_string().contains("invalid image reference"), "{e}");
     }
 
     #[test]
