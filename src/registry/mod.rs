@@ -1,1 +1,29 @@
-//! registry
+//! Registry access: image references, credentials, manifest resolution for this node's
+//! platform, and layer blobs streamed with their size and digest verified.
+//!
+//! Built on `oci-client`, but never its `pull()`, which buffers whole layers in memory: each
+//! layer is a [`BlobStream`] the caller writes to disk as it arrives, discarding it if the
+//! stream's last item is an error.
+
+mod auth;
+mod chain;
+mod client;
+mod digest;
+mod error;
+mod manifest;
+mod platform;
+mod reference;
+mod retry;
+mod stream;
+
+pub use auth::{Credentials, Keyring};
+pub use chain::chain_ids;
+pub use client::{RegistryClient, RegistryConfig, ResolvedImage};
+pub use error::RegistryError;
+pub use manifest::{
+    LayerDescriptor, RawBlob, RawManifest, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX,
+    OCI_MANIFEST,
+};
+pub use platform::Platform;
+pub use reference::ImageReference;
+pub use stream::BlobStream;

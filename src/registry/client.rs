@@ -1,0 +1,605 @@
+//! Talking to registries: resolve a reference to the node's manifest and config, and open
+//! verified layer streams, through mirrors first and with retries of transient failures.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::TryStreamExt as _;
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use sha2::{Digest as _, Sha256};
+
+use super::auth::{Credentials, Keyring};
+use super::error::RegistryError;
+use super::manifest::{self, LayerDescriptor, Parsed, RawBlob, RawManifest};
+use super::platform::{self, Platform};
+use super::reference::{normalize_registry_host, ImageReference};
+use super::retry::with_retries;
+use super::stream::{BlobStream, VerifyingStream};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between two reads of a response, not for the whole layer: a stalled registry is caught
+/// without limiting how long a big layer may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const USER_AGENT: &str = concat!("imagecache/", env!("CARGO_PKG_VERSION"));
+/// Registry error bodies can be whole HTML pages.
+const MAX_DETAIL: usize = 300;
+
+/// How to reach registries.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// `host[:port]` of registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Registry host -> mirror hosts tried first, in order, before the registry itself.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// docker config.json holding credentials for mirrors (pull secrets are never sent to a
+    /// mirror: they belong to the upstream registry).
+    pub docker_config: Option<PathBuf>,
+    /// Retries of transient failures against the upstream registry.
+    pub max_retries: u32,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            insecure_registries: Vec::new(),
+            mirrors: BTreeMap::new(),
+            docker_config: None,
+            max_retries: 3,
+        }
+    }
+}
+
+/// Everything the cache stores about one image.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference as requested.
+    pub reference: ImageReference,
+    /// The image index, if the reference pointed at one.
+    pub index: Option<RawManifest>,
+    /// This platform's image manifest.
+    pub manifest: RawManifest,
+    pub config: RawBlob,
+    /// In manifest order, each with its config `diff_id`.
+    pub layers: Vec<LayerDescriptor>,
+}
+
+impl ResolvedImage {
+    /// The reference pinned to what it resolved to (the index if there was one, as
+    /// `docker pull` reports), so later pulls get exactly this image.
+    pub fn pinned_reference(&self) -> ImageReference {
+        let digest = self.index.as_ref().unwrap_or(&self.manifest).digest.clone();
+        self.reference.with_digest(digest)
+    }
+
+    pub fn diff_ids(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.diff_id.clone()).collect()
+    }
+}
+
+/// A registry client shared by all builds.
+pub struct RegistryClient {
+    config: RegistryConfig,
+    insecure: Vec<String>,
+    mirrors: BTreeMap<String, Vec<String>>,
+    host_platform: Platform,
+    /// One oci-client per set of credentials: oci-client remembers the first credentials it
+    /// sees for a registry, so builds with different pull secrets must not share one.
+    clients: Mutex<HashMap<ClientKey, oci_client::Client>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum ClientKey {
+    Anonymous,
+    /// A hash, so the map never holds a second copy of the password.
+    Basic([u8; 32]),
+}
+
+impl ClientKey {
+    fn of(creds: &Credentials) -> ClientKey {
+        match creds {
+            Credentials::Anonymous => ClientKey::Anonymous,
+            Credentials::Basic { username, password } => {
+                let mut hasher = Sha256::new();
+                hasher.update(username.as_bytes());
+                hasher.update([0]);
+                hasher.update(password.as_bytes());
+                ClientKey::Basic(hasher.finalize().into())
+            }
+        }
+    }
+}
+
+/// Where one attempt goes: a mirror or the upstream registry.
+struct Endpoint {
+    /// Host as written in the config or reference, for messages and credentials.
+    host: String,
+    mirror: bool,
+    creds: Credentials,
+    retries: u32,
+}
+
+/// What error messages need to know about an attempt.
+struct Context<'a> {
+    image: String,
+    endpoint: &'a Endpoint,
+    scheme: &'static str,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("config", &self.config)
+            .field("platform", &self.host_platform)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryClient {
+    pub fn new(config: RegistryConfig) -> Self {
+        let insecure = config
+            .insecure_registries
+            .iter()
+            .map(|h| strip_scheme(h))
+            .collect();
+        let mirrors = config
+            .mirrors
+            .iter()
+            .map(|(registry, mirrors)| {
+                (
+                    normalize_registry_host(&strip_scheme(registry)),
+                    mirrors.iter().map(|m| strip_scheme(m)).collect(),
+                )
+            })
+            .collect();
+        RegistryClient {
+            config,
+            insecure,
+            mirrors,
+            host_platform: Platform::host(),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The platform index entries are chosen for.
+    pub fn platform(&self) -> &Platform {
+        &self.host_platform
+    }
+
+    /// Resolves `reference` to this platform's manifest and config.
+    pub async fn resolve(
+        &self,
+        reference: &ImageReference,
+        creds: &Credentials,
+    ) -> Result<ResolvedImage, RegistryError> {
+        let endpoints = self.endpoints(reference, creds);
+        let last = endpoints.len() - 1;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let what = format!("resolve {reference} via {}", endpoint.host);
+            let result = with_retries(endpoint.retries, &what, || {
+                self.resolve_at(endpoint, reference)
+            })
+            .await;
+            match result {
+                Err(e) if i < last => {
+                    tracing::warn!(mirror = %endpoint.host, image = %reference, error = %e, "mirror failed; trying the next source");
+                }
+                result => return result,
+            }
+        }
+        unreachable!("the upstream registry is always the last endpoint")
+    }
+
+    /// Opens a verified stream of `layer`. Failures before the first byte are retried (and
+    /// fall back from mirrors); failures mid-stream end the stream with an error and the
+    /// caller retries the whole layer.
+    pub async fn open_blob(
+        &self,
+        reference: &ImageReference,
+        layer: &LayerDescriptor,
+        creds: &Credentials,
+    ) -> Result<BlobStream, RegistryError> {
+        let endpoints = self.endpoints(reference, creds);
+        let last = endpoints.len() - 1;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let what = format!("open blob {} via {}", layer.digest, endpoint.host);
+            let result = with_retries(endpoint.retries, &what, || {
+                self.open_blob_at(endpoint, reference, &layer.digest, layer.size)
+            })
+            .await;
+            match result {
+                Err(e) if i < last => {
+                    tracing::warn!(mirror = %endpoint.host, blob = %layer.digest, error = %e, "mirror failed; trying the next source");
+                }
+                result => return result.map(|s| Box::pin(s) as BlobStream),
+            }
+        }
+        unreachable!("the upstream registry is always the last endpoint")
+    }
+
+    /// Mirrors first (one attempt each, so a dead mirror costs little), then the registry.
+    fn endpoints(&self, reference: &ImageReference, creds: &Credentials) -> Vec<Endpoint> {
+        let mut endpoints = Vec::new();
+        if let Some(mirrors) = self.mirrors.get(reference.registry()) {
+            let keyring = self.mirror_keyring();
+            for mirror in mirrors {
+                endpoints.push(Endpoint {
+                    host: mirror.clone(),
+                    mirror: true,
+                    creds: keyring.credentials_for(mirror),
+                    retries: 0,
+                });
+            }
+        }
+        endpoints.push(Endpoint {
+            host: reference.registry().to_string(),
+            mirror: false,
+            creds: creds.clone(),
+            retries: self.config.max_retries,
+        });
+        endpoints
+    }
+
+    fn mirror_keyring(&self) -> Keyring {
+        let Some(path) = &self.config.docker_config else {
+            return Keyring::default();
+        };
+        Keyring::default()
+            .with_docker_config(path)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "ignoring docker config for mirror credentials");
+                Keyring::default()
+            })
+    }
+
+    fn oci_client(&self, creds: &Credentials) -> oci_client::Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(ClientKey::of(creds))
+            .or_insert_with(|| {
+                oci_client::Client::new(oci_client::client::ClientConfig {
+                    protocol: oci_client::client::ClientProtocol::HttpsExcept(
+                        self.insecure.clone(),
+                    ),
+                    // Index entries are chosen here, with arm variants considered.
+                    platform_resolver: None,
+                    connect_timeout: Some(CONNECT_TIMEOUT),
+                    read_timeout: Some(READ_TIMEOUT),
+                    user_agent: USER_AGENT,
+                    ..Default::default()
+                })
+            })
+            .clone()
+    }
+
+    fn oci_reference(endpoint: &Endpoint, reference: &ImageReference) -> oci_client::Reference {
+        reference.to_oci(endpoint.mirror.then_some(endpoint.host.as_str()))
+    }
+
+    fn context<'a>(&self, endpoint: &'a Endpoint, reference: &ImageReference) -> Context<'a> {
+        let contacted = Self::oci_reference(endpoint, reference)
+            .resolve_registry()
+            .to_string();
+        Context {
+            image: reference.to_string(),
+            endpoint,
+            scheme: if self.insecure.contains(&contacted) {
+                "HTTP"
+            } else {
+                "HTTPS"
+            },
+        }
+    }
+
+    async fn resolve_at(
+        &self,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+    ) -> Result<ResolvedImage, RegistryError> {
+        let image = reference.to_string();
+        let top = self.fetch_manifest(endpoint, reference).await?;
+        if let Some(pinned) = reference.digest() {
+            manifest::verify("manifest", &top.1, pinned, None)?;
+        }
+
+        let (index, manifest_bytes, manifest_digest) = match manifest::parse(&top.1, &image)? {
+            Parsed::Image { .. } => (None, top.1, top.0),
+            Parsed::Index {
+                media_type,
+                manifests,
+            } => {
+                let candidates = manifest::platforms(&manifests);
+                let chosen =
+                    platform::select(&self.host_platform, candidates.iter().map(|(i, p)| (*i, p)))
+                        .ok_or_else(|| RegistryError::NoMatchingPlatform {
+                            image: image.clone(),
+                            platform: self.host_platform.to_string(),
+                            available: available(&candidates),
+                        })?;
+                let entry = &manifests[chosen];
+                super::reference::validate_digest(&entry.digest).map_err(|reason| {
+                    RegistryError::Invalid {
+                        image: image.clone(),
+                        what: "image index",
+                        reason,
+                    }
+                })?;
+                let child = reference.with_digest(entry.digest.clone());
+                let (digest, bytes) = self.fetch_manifest(endpoint, &child).await?;
+                manifest::verify("manifest", &bytes, &entry.digest, Some(entry.size))?;
+                let index = RawManifest {
+                    digest: top.0,
+                    media_type,
+                    bytes: top.1,
+                };
+                (Some(index), bytes, digest)
+            }
+        };
+
+        let Parsed::Image {
+            media_type,
+            config,
+            layers,
+        } = manifest::parse(&manifest_bytes, &image)?
+        else {
+            return Err(RegistryError::Invalid {
+                image,
+                what: "image index",
+                reason: "the platform's entry is another index (nested indexes are not supported)"
+                    .into(),
+            });
+        };
+
+        let config_bytes = self
+            .fetch_small_blob(endpoint, reference, &config.digest, config.size)
+            .await?;
+        let layers = manifest::layers_with_diff_ids(&config_bytes, &layers, &image)?;
+        Ok(ResolvedImage {
+            reference: reference.clone(),
+            index,
+            manifest: RawManifest {
+                digest: manifest_digest,
+                media_type,
+                bytes: manifest_bytes,
+            },
+            config: RawBlob {
+                digest: config.digest,
+                media_type: config.media_type,
+                bytes: config_bytes,
+            },
+            layers,
+        })
+    }
+
+    /// The manifest bytes exactly as served, and their digest (verified by oci-client against
+    /// the reference's digest and the registry's Docker-Content-Digest header).
+    async fn fetch_manifest(
+        &self,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+    ) -> Result<(String, Vec<u8>), RegistryError> {
+        let ctx = self.context(endpoint, reference);
+        let client = self.oci_client(&endpoint.creds);
+        let (bytes, digest) = client
+            .pull_manifest_raw(
+                &Self::oci_reference(endpoint, reference),
+                &endpoint.creds.to_oci(),
+                manifest::ACCEPTED_MANIFESTS,
+            )
+            .await
+            .map_err(|e| ctx.map(e, None))?;
+        Ok((digest, bytes.to_vec()))
+    }
+
+    async fn fetch_small_blob(
+        &self,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        digest: &str,
+        size: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let stream = self.open_blob_at(endpoint, reference, digest, size).await?;
+        let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
+        Ok(chunks.concat())
+    }
+
+    async fn open_blob_at(
+        &self,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        digest: &str,
+        size: u64,
+    ) -> Result<VerifyingStream, RegistryError> {
+        let ctx = self.context(endpoint, reference);
+        let client = self.oci_client(&endpoint.creds);
+        let oci_reference = Self::oci_reference(endpoint, reference);
+        // pull_blob_stream, unlike the manifest calls, does not register credentials itself.
+        client
+            .store_auth_if_needed(oci_reference.resolve_registry(), &endpoint.creds.to_oci())
+            .await;
+        let sized = client
+            .pull_blob_stream(&oci_reference, digest)
+            .await
+            .map_err(|e| ctx.map(e, Some(digest)))?;
+        VerifyingStream::new(sized.stream, digest, size, &endpoint.host)
+    }
+}
+
+impl Context<'_> {
+    fn registry(&self) -> String {
+        self.endpoint.host.clone()
+    }
+
+    fn not_found(&self, blob: Option<&str>) -> RegistryError {
+        match blob {
+            Some(digest) => RegistryError::BlobNotFound {
+                image: self.image.clone(),
+                registry: self.registry(),
+                digest: digest.to_string(),
+            },
+            None => RegistryError::NotFound {
+                image: self.image.clone(),
+                registry: self.registry(),
+            },
+        }
+    }
+
+    fn auth(&self) -> RegistryError {
+        if self.endpoint.creds.is_anonymous() {
+            RegistryError::AuthenticationRequired {
+                image: self.image.clone(),
+                registry: self.registry(),
+            }
+        } else {
+            RegistryError::CredentialsRefused {
+                image: self.image.clone(),
+                registry: self.registry(),
+            }
+        }
+    }
+
+    fn rate_limited(&self) -> RegistryError {
+        RegistryError::RateLimited {
+            image: self.image.clone(),
+            registry: self.registry(),
+        }
+    }
+
+    /// Turns an oci-client error into one that says what to do. `blob` is set for blob
+    /// requests, so a 404 blames the blob rather than the image name.
+    fn map(&self, e: OciDistributionError, blob: Option<&str>) -> RegistryError {
+        use OciDistributionError as E;
+        match e {
+            E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => self.auth(),
+            E::RegistryError { envelope, .. } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                let has = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(c));
+                if has(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
+                    self.auth()
+                } else if has(&[OciErrorCode::Toomanyrequests]) {
+                    self.rate_limited()
+                } else if has(&[
+                    OciErrorCode::ManifestUnknown,
+                    OciErrorCode::NameUnknown,
+                    OciErrorCode::NotFound,
+                    OciErrorCode::BlobUnknown,
+                ]) {
+                    self.not_found(blob)
+                } else {
+                    self.protocol(envelope.to_string())
+                }
+            }
+            E::ServerError { code, message, .. } => match code {
+                404 => self.not_found(blob),
+                401 | 403 => self.auth(),
+                429 => self.rate_limited(),
+                status => RegistryError::Server {
+                    image: self.image.clone(),
+                    registry: self.registry(),
+                    status,
+                    detail: truncate(message.trim()),
+                },
+            },
+            E::RequestError(e) => {
+                let detail = root_cause(&e);
+                if e.is_connect() {
+                    RegistryError::Connect {
+                        registry: self.registry(),
+                        scheme: self.scheme,
+                        detail,
+                        hint: self.connect_hint(),
+                    }
+                } else if e.is_timeout() {
+                    RegistryError::Timeout {
+                        registry: self.registry(),
+                        detail,
+                    }
+                } else {
+                    RegistryError::Transport {
+                        registry: self.registry(),
+                        detail,
+                    }
+                }
+            }
+            E::IoError(e) => RegistryError::Transport {
+                registry: self.registry(),
+                detail: root_cause(&e),
+            },
+            E::DigestError(DigestError::VerificationError { expected, actual }) => {
+                RegistryError::DigestMismatch {
+                    what: if blob.is_some() { "blob" } else { "manifest" },
+                    expected,
+                    actual,
+                }
+            }
+            E::UnsupportedSchemaVersionError(1) => RegistryError::Schema1 {
+                image: self.image.clone(),
+            },
+            other => self.protocol(other.to_string()),
+        }
+    }
+
+    fn protocol(&self, detail: String) -> RegistryError {
+        RegistryError::Protocol {
+            image: self.image.clone(),
+            registry: self.registry(),
+            detail: truncate(&detail),
+        }
+    }
+
+    fn connect_hint(&self) -> String {
+        let host = &self.endpoint.host;
+        if self.scheme == "HTTPS" {
+            format!(
+                "if {host} serves plain HTTP, add it to insecure_registries; \
+                 otherwise check the address, TLS setup and that the registry is up"
+            )
+        } else {
+            format!(
+                "{host} is in insecure_registries so plain HTTP was used; \
+                 check the address and that the registry is up"
+            )
+        }
+    }
+}
+
+fn available(candidates: &[(usize, Platform)]) -> String {
+    if candidates.is_empty() {
+        return "none".into();
+    }
+    candidates
+        .iter()
+        .map(|(_, p)| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn strip_scheme(host: &str) -> String {
+    let host = host
+        .strip_prefix("https://")
+        .or_else(|| host.strip_prefix("http://"))
+        .unwrap_or(host);
+    host.trim_end_matches('/').to_string()
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= MAX_DETAIL {
+        return s.to_string();
+    }
+    let mut end = MAX_DETAIL;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The innermost cause ("Connection refused (os error 111)") is what an operator can act on;
+/// the outer layers only repeat the URL.
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &(dyn std::error::Error + 'static) = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
