@@ -7,5 +7,5 @@ pub mod routes;
 pub mod types;
 pub mod validate;
 
-pub use error::ApiError;
+pub use error::{ApiError, Status};
 pub use types::*;

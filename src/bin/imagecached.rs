@@ -89,14 +89,14 @@ async fn serve(config: Config) -> Result<()> {
     let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
     let listener = bind(&socket)?;
     info!(socket = %socket.display(), root = %daemon.config().root.display(), "imagecached serving");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let app = imagecache::api::routes::router(daemon.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(stop_signal())
         .await
         .context("API server failed")?;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     info!("stopping: cancelling builds");
     daemon.shutdown().await;
     let _ = std::fs::remove_file(&socket);
@@ -107,6 +107,9 @@ async fn serve(config: Config) -> Result<()> {
 /// Binds the API socket, replacing a stale socket file but refusing to steal the socket of a
 /// daemon that is still running.
 fn bind(socket: &Path) -> Result<UnixListener> {
+    if let Some(listener) = activated_socket()? {
+        return Ok(listener);
+    }
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -125,6 +128,18 @@ fn bind(socket: &Path) -> Result<UnixListener> {
     // Root and the socket's group (the kubelet side) may call the API; nobody else.
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
+}
+
+/// The socket systemd passed (imagecached.socket), if the daemon was socket-activated.
+fn activated_socket() -> Result<Option<UnixListener>> {
+    let Ok(mut fds) = sd_notify::listen_fds() else { return Ok(None) };
+    let Some(fd) = fds.next() else { return Ok(None) };
+    // SAFETY: systemd hands this process ownership of the listening socket at fd 3 (checked
+    // through LISTEN_PID by listen_fds), and nothing else in the process uses it.
+    let std_listener = unsafe { <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std_listener.set_nonblocking(true)?;
+    info!("using the socket systemd passed");
+    Ok(Some(UnixListener::from_std(std_listener)?))
 }
 
 async fn stop_signal() {

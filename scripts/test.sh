@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test of imagecache on this machine, as root: lint, unit and integration tests
+# (real loop devices, XFS scratch filesystems, a real registry on 127.0.0.1), then the
+# benchmark against containerd with its acceptance thresholds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+cargo fmt --check
+cargo clippy --release --all-targets --locked -- -D warnings
+# Integration tests share the machine's loop devices and CPU: two at a time keeps them fast
+# without starving the ones that measure.
+cargo test --release --locked -- --test-threads=2
+bash scripts/bench-vs-containerd.sh --check

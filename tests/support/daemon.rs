@@ -1,0 +1,177 @@
+//! A real `imagecached` process for integration tests: its state root on a scratch XFS
+//! filesystem, its socket in a temp dir, the test registry marked insecure. The CLI binary is
+//! driven the way an operator would drive it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestDaemon {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub secrets_dir: PathBuf,
+    pub config_path: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl TestDaemon {
+    /// Starts a daemon whose state root is `root` (created if needed), trusting `registries`
+    /// over plain HTTP.
+    pub fn start(root: &Path, registries: &[&str]) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secrets_dir = dir.path().join("secrets");
+        std::fs::create_dir_all(&secrets_dir).unwrap();
+        let socket = dir.path().join("imagecache.sock");
+        let config_path = dir.path().join("config.toml");
+        let insecure: Vec<String> = registries.iter().map(|r| format!("{r:?}")).collect();
+        std::fs::write(
+            &config_path,
+            format!(
+                "root = {:?}\nsocket = {:?}\nsecrets_dir = {:?}\ninsecure_registries = [{}]\n",
+                root,
+                socket,
+                secrets_dir,
+                insecure.join(", ")
+            ),
+        )
+        .unwrap();
+        let mut d = TestDaemon { root: root.to_owned(), socket, secrets_dir, config_path, dir, child: None };
+        d.spawn();
+        d
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("imagecached.log")
+    }
+
+    /// Starts (or restarts) the daemon process and waits for its socket to answer.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_imagecached"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("IMAGECACHE_LOG", "info,imagecache=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("imagecached starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("imagecached exited with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("imagecached did not answer within 30 s:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait, as systemd stops it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("imagecached did not stop on SIGTERM within 120 s:\n{}", self.log());
+        }
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_imagecache"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("imagecache runs")
+    }
+
+    /// Runs the CLI and asserts it succeeded; returns its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "imagecache {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `get NAME -o json` as a JSON value.
+    pub fn get_json(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["get", name, "-o", "json"])).unwrap()
+    }
+
+    /// Writes a manifest file and runs `create -f FILE --wait`, returning the CLI's output.
+    pub fn create(&self, yaml: &str, wait: bool) -> Output {
+        let path = self.dir.path().join(format!("cache-{}.yaml", std::process::id() as u64 + rand_suffix()));
+        std::fs::write(&path, yaml).unwrap();
+        let path_s = path.to_str().unwrap().to_owned();
+        let mut args = vec!["create", "-f", path_s.as_str()];
+        if wait {
+            args.push("--wait");
+        }
+        self.cli(&args)
+    }
+
+    /// Writes a kubernetes.io/dockerconfigjson pull secret `ns/name` for `registry`.
+    pub fn write_pull_secret(&self, ns: &str, name: &str, registry: &str, user: &str, pass: &str) {
+        use base64::Engine;
+        let dir = self.secrets_dir.join(ns).join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        let json = serde_json::json!({"auths": {registry: {"auth": auth}}});
+        std::fs::write(dir.join(".dockerconfigjson"), json.to_string()).unwrap();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An ImageCache manifest for `images`.
+pub fn cache_yaml(name: &str, images: &[String], extra_spec: &str) -> String {
+    let list: Vec<String> = images.iter().map(|i| format!("    - {i:?}")).collect();
+    format!(
+        "apiVersion: imagecache.io/v1\nkind: ImageCache\nmetadata:\n  name: {name}\nspec:\n  images:\n{}\n{extra_spec}",
+        list.join("\n")
+    )
+}
