@@ -40,10 +40,12 @@ impl From<io::Error> for MetaError {
 }
 
 impl Meta {
-    /// Fill from `entry`, replacing what the previous entry left.
+    /// Fill from `entry`, replacing what the previous entry left. Device numbers are only
+    /// read for device entries: writers leave the fields blank on everything else.
     pub(crate) fn read_from<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        device: bool,
     ) -> Result<(), MetaError> {
         let header = entry.header();
         // The tar crate has already applied PAX uid/gid to the header.
@@ -53,8 +55,14 @@ impl Meta {
         self.mode = header.mode()? & 0o7777;
         let secs = i64::try_from(header.mtime()?).unwrap_or(i64::MAX);
         self.mtime = Time { secs, nanos: 0 };
-        self.dev_major = header.device_major()?.unwrap_or(0);
-        self.dev_minor = header.device_minor()?.unwrap_or(0);
+        (self.dev_major, self.dev_minor) = if device {
+            (
+                header.device_major()?.unwrap_or(0),
+                header.device_minor()?.unwrap_or(0),
+            )
+        } else {
+            (0, 0)
+        };
         self.xattrs.clear();
 
         let mut atime = None;

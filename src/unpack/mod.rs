@@ -229,7 +229,8 @@ impl Applier {
             // Only measuring now; tar skips the data on the next header read.
             return Ok(());
         }
-        match self.meta.read_from(entry) {
+        let device = matches!(kind, Kind::Node(NodeKind::Char | NodeKind::Block));
+        match self.meta.read_from(entry, device) {
             Ok(()) => {}
             Err(MetaError::Io(e)) => return Err(entry_io(&self.raw, "read its header", e)),
             Err(MetaError::Invalid(r)) => return Err(unsafe_entry(&self.raw, r)),
