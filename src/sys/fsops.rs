@@ -165,6 +165,11 @@ pub fn existing(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Existing, Errno> {
     )
 }
 
+/// The inode number of an open file, to recognise it again later.
+pub fn inode(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    Ok(rfs::fstat(fd)?.st_ino)
+}
+
 pub fn unlink(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
     rfs::unlinkat(dir, name, AtFlags::empty())
 }

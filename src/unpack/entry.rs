@@ -48,8 +48,8 @@ impl Failure {
 pub(crate) struct Created {
     /// Something was removed to make room: cached parent fds may be stale.
     pub removed: bool,
-    /// A directory's fd, worth caching as the next entries' parent.
-    pub dir: Option<OwnedFd>,
+    /// A directory's fd, worth caching as the next entries' parent, and its inode.
+    pub dir: Option<(OwnedFd, u64)>,
 }
 
 /// Run `make`; if the name is taken, remove what is there and run it once more. A directory
@@ -132,7 +132,8 @@ pub(crate) fn directory(dir: BorrowedFd<'_>, name: &[u8], meta: &Meta) -> Result
     .map_err(replace_failure)?;
     let fd = fsops::open_child_dir(dir, name).map_err(Failure::fs("open it"))?;
     fd_metadata(fd.as_fd(), meta)?;
-    created.dir = Some(fd);
+    let inode = fsops::inode(fd.as_fd()).map_err(Failure::fs("stat it"))?;
+    created.dir = Some((fd, inode));
     Ok(created)
 }
 

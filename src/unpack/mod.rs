@@ -104,6 +104,7 @@ fn stream_error(source: io::Error) -> UnpackError {
 /// A directory whose times wait until all of its children exist.
 struct DirTimes {
     path: Vec<u8>,
+    inode: u64,
     atime: Time,
     mtime: Time,
 }
@@ -275,15 +276,14 @@ impl Applier {
                 if created.removed {
                     self.parents.forget();
                 }
-                if matches!(kind, Kind::Dir) && whiteout == Whiteout::No {
+                if let Some((fd, inode)) = created.dir {
                     self.dir_times.push(DirTimes {
                         path: self.path.clone(),
+                        inode,
                         atime: self.meta.atime,
                         mtime: self.meta.mtime,
                     });
-                    if let Some(fd) = created.dir {
-                        self.parents.remember(&self.path, fd);
-                    }
+                    self.parents.remember(&self.path, fd);
                 }
                 Ok(())
             }
@@ -312,18 +312,14 @@ impl Applier {
             .sort_by_key(|d| std::cmp::Reverse(d.path.iter().filter(|&&b| b == b'/').count()));
         let root = self.root.as_fd();
         for d in &self.dir_times {
-            // Reopened through the confined resolver: the path may have become a symlink.
-            let fd = match fsops::open_dir_beneath(root, &d.path) {
-                Ok(fd) => fd,
-                // Replaced later in the layer by something that is not a directory.
-                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => continue,
-                Err(e) => {
-                    return Err(match safety::refusal(e) {
-                        Some(reason) => unsafe_entry(&d.path, reason),
-                        None => entry_io(&d.path, "reopen it to set its times", e),
-                    })
-                }
+            // The path may since have been replaced (by a file, or by a symlink leading
+            // elsewhere or outside); only the very directory the entry made gets its times.
+            let Ok(fd) = fsops::open_dir_beneath(root, &d.path) else {
+                continue;
             };
+            if fsops::inode(fd.as_fd()) != Ok(d.inode) {
+                continue;
+            }
             fsops::futimens(fd.as_fd(), d.atime, d.mtime)
                 .map_err(|e| entry_io(&d.path, "set its times", e))?;
         }
