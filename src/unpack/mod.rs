@@ -184,17 +184,20 @@ impl Applier {
             }
         };
         self.entries += 1;
+        // Bytes of data in the stream, and the file's apparent size: they differ only for a
+        // GNU sparse file, whose header carries the real size (holes are written as zeros).
         let size = entry.size();
-        if matches!(kind, Kind::File) {
-            // Apparent size: for a GNU sparse file the header carries the real size.
-            let apparent = entry
+        let apparent = if matches!(kind, Kind::File) {
+            entry
                 .header()
                 .as_gnu()
                 .filter(|_| type_byte == b'S')
                 .and_then(|gnu| gnu.real_size().ok())
-                .unwrap_or(size);
-            self.file_bytes += apparent;
-        }
+                .unwrap_or(size)
+        } else {
+            0
+        };
+        self.file_bytes += apparent;
 
         safety::normalise(&self.raw, &mut self.path)
             .map_err(|reason| unsafe_entry(&self.raw, reason))?;
@@ -238,7 +241,7 @@ impl Applier {
         }
         if matches!(kind, Kind::File) && whiteout == Whiteout::No {
             let root = self.root.as_fd();
-            if !self.space.fits(root, size) {
+            if !self.space.fits(root, apparent) {
                 self.space.exhaust(root, entry_name(&self.raw));
                 return Ok(());
             }
