@@ -83,7 +83,8 @@ pub type Result<T> = std::result::Result<T, SysError>;
 pub struct LoopOptions {
     pub read_only: bool,
     /// LO_FLAGS_DIRECT_IO: bypass the page cache of the backing file (falls back to buffered
-    /// I/O when the backing filesystem refuses it).
+    /// I/O when the backing filesystem refuses it). The device then has 4 KiB logical blocks,
+    /// so the filesystem inside must use 4 KiB sectors (ext4 `-b 4096`, XFS `-s size=4096`).
     pub direct_io: bool,
     /// LO_FLAGS_AUTOCLEAR: the kernel detaches the device when its last user (a mount) goes.
     pub autoclear: bool,
@@ -92,9 +93,11 @@ pub struct LoopOptions {
 /// A loop device we attached.
 ///
 /// With `autoclear` the kernel detaches the device as soon as nobody holds it open, which
-/// would be right after `attach_loop` returns. So the real implementation keeps the fd it
-/// configured the device through inside this handle (shared by clones): mount while you
-/// hold it; once mounted, dropping the handle leaves the mount as the only user.
+/// would be right after `attach_loop` returns. So for autoclear devices the real
+/// implementation keeps the fd it configured the device through inside this handle (shared
+/// by clones): mount while you hold it; once mounted, dropping the handle leaves the mount as
+/// the only user. While the handle is alive, `detach_loop` is deferred by the kernel until
+/// the handle (and any mount) goes.
 #[derive(Debug, Clone)]
 pub struct LoopDevice {
     pub number: u32,

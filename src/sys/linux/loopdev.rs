@@ -139,7 +139,13 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
         match configure(&device, config_for(&backing, file, opts, direct_io)) {
             Ok(()) => {
                 tracing::debug!(?file, device = ?path, ?opts, direct_io, "attached loop device");
-                return Ok(LoopDevice::with_holder(number, OwnedFd::from(device)));
+                // Without autoclear the binding outlives any fd; holding one would only
+                // turn a later LOOP_CLR_FD into a deferred detach.
+                return Ok(if opts.autoclear {
+                    LoopDevice::with_holder(number, OwnedFd::from(device))
+                } else {
+                    LoopDevice::new(number)
+                });
             }
             Err(Errno::BUSY) if attempt < GET_FREE_ATTEMPTS => {
                 // Someone else configured this device between GET_FREE and our ioctl.
