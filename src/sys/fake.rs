@@ -1,5 +1,482 @@
 //! A recording `Sys` for tests that must not need root.
+//!
+//! It keeps a simulated loop table and mount table so `loop_devices` and `mounts_under`
+//! reflect what was attached and mounted, mirrors the kernel's answers where logic depends
+//! on them (EBUSY unmounting a parent, lazy detach of a mounted loop device, autoclear on
+//! unmount), implements `reflink` as a plain copy so code that clones files works on any
+//! filesystem, and lets a test make the next call of an operation fail with a chosen errno.
 
-/// Records every call and pretends it succeeded.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rustix::io::Errno;
+
+use super::{LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
+
+/// One call made through the fake, with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    AttachLoop {
+        file: PathBuf,
+        opts: LoopOptions,
+    },
+    DetachLoop {
+        device: PathBuf,
+    },
+    LoopDevices,
+    Mount {
+        source: PathBuf,
+        target: PathBuf,
+        fstype: String,
+        opts: MountOptions,
+        data: String,
+    },
+    Unmount {
+        target: PathBuf,
+    },
+    MountsUnder {
+        prefix: PathBuf,
+    },
+    Reflink {
+        src: PathBuf,
+        dst: PathBuf,
+    },
+    Syncfs {
+        path: PathBuf,
+    },
+}
+
+/// The operations failures can be injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    AttachLoop,
+    DetachLoop,
+    LoopDevices,
+    Mount,
+    Unmount,
+    MountsUnder,
+    Reflink,
+    Syncfs,
+}
+
+#[derive(Debug)]
+struct BoundLoop {
+    file: PathBuf,
+    opts: LoopOptions,
+    /// LOOP_CLR_FD on a mounted device only marks it; it goes when the mount does.
+    clear_on_unmount: bool,
+}
+
+#[derive(Debug)]
+struct Mounted {
+    source: PathBuf,
+    target: PathBuf,
+}
+
 #[derive(Debug, Default)]
-pub struct FakeSys;
+struct State {
+    calls: Vec<Call>,
+    loops: BTreeMap<u32, BoundLoop>,
+    mounts: Vec<Mounted>,
+    failures: HashMap<Op, VecDeque<i32>>,
+}
+
+/// Records every call, simulates loop and mount tables, and pretends the rest succeeded.
+#[derive(Debug, Default)]
+pub struct FakeSys {
+    state: Mutex<State>,
+}
+
+fn errno(op: &'static str, path: &Path, e: Errno) -> SysError {
+    SysError::io(
+        op,
+        path,
+        std::io::Error::from_raw_os_error(e.raw_os_error()),
+    )
+}
+
+fn loop_number(device: &Path) -> Option<u32> {
+    device.to_str()?.strip_prefix("/dev/loop")?.parse().ok()
+}
+
+impl FakeSys {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state().calls.clone()
+    }
+
+    /// Make the next call of `op` fail with `errno` (queued: call twice to fail twice).
+    pub fn fail_next(&self, op: Op, errno: i32) {
+        self.state()
+            .failures
+            .entry(op)
+            .or_default()
+            .push_back(errno);
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock has already failed; the table is
+        // still the best account of what happened.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record the call, then fail it if a failure was injected for its operation.
+    fn enter(&self, op: Op, call: Call, path: &Path) -> Result<MutexGuard<'_, State>> {
+        let mut st = self.state();
+        st.calls.push(call);
+        if let Some(e) = st.failures.get_mut(&op).and_then(VecDeque::pop_front) {
+            return Err(errno(op_name(op), path, Errno::from_raw_os_error(e)));
+        }
+        Ok(st)
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::AttachLoop => "attach loop",
+        Op::DetachLoop => "detach loop",
+        Op::LoopDevices => "list loop devices",
+        Op::Mount => "mount",
+        Op::Unmount => "unmount",
+        Op::MountsUnder => "list mounts",
+        Op::Reflink => "reflink",
+        Op::Syncfs => "syncfs",
+    }
+}
+
+impl Sys for FakeSys {
+    fn attach_loop(&self, file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
+        let call = Call::AttachLoop {
+            file: file.to_owned(),
+            opts,
+        };
+        let mut st = self.enter(Op::AttachLoop, call, file)?;
+        let number = (0..).find(|n| !st.loops.contains_key(n)).unwrap_or(0);
+        st.loops.insert(
+            number,
+            BoundLoop {
+                file: file.to_owned(),
+                opts,
+                clear_on_unmount: false,
+            },
+        );
+        Ok(LoopDevice::new(number))
+    }
+
+    fn detach_loop(&self, device: &Path) -> Result<()> {
+        let call = Call::DetachLoop {
+            device: device.to_owned(),
+        };
+        let mut st = self.enter(Op::DetachLoop, call, device)?;
+        let Some(number) = loop_number(device) else {
+            return Err(errno("open", device, Errno::NOENT));
+        };
+        if st.mounts.iter().any(|m| m.source == device) {
+            if let Some(bound) = st.loops.get_mut(&number) {
+                bound.clear_on_unmount = true;
+            }
+        } else {
+            st.loops.remove(&number);
+        }
+        Ok(())
+    }
+
+    fn loop_devices(&self) -> Result<Vec<LoopInfo>> {
+        let st = self.enter(Op::LoopDevices, Call::LoopDevices, Path::new("/sys/block"))?;
+        Ok(st
+            .loops
+            .iter()
+            .map(|(n, bound)| LoopInfo {
+                device: LoopDevice::new(*n).path,
+                backing_file: bound.file.clone(),
+            })
+            .collect())
+    }
+
+    fn mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        fstype: &str,
+        opts: MountOptions,
+        data: &str,
+    ) -> Result<()> {
+        let call = Call::Mount {
+            source: source.to_owned(),
+            target: target.to_owned(),
+            fstype: fstype.to_owned(),
+            opts,
+            data: data.to_owned(),
+        };
+        let mut st = self.enter(Op::Mount, call, target)?;
+        if let Some(n) = loop_number(source) {
+            if !st.loops.contains_key(&n) {
+                return Err(errno("mount", target, Errno::NXIO));
+            }
+        }
+        st.mounts.push(Mounted {
+            source: source.to_owned(),
+            target: target.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        let call = Call::Unmount {
+            target: target.to_owned(),
+        };
+        let mut st = self.enter(Op::Unmount, call, target)?;
+        let Some(top) = st.mounts.iter().rposition(|m| m.target == target) else {
+            return Err(errno("unmount", target, Errno::INVAL));
+        };
+        let covered = st.mounts[top + 1..]
+            .iter()
+            .any(|m| m.target != target && m.target.starts_with(target));
+        if covered {
+            return Err(errno("unmount", target, Errno::BUSY));
+        }
+        let gone = st.mounts.remove(top);
+        if let Some(n) = loop_number(&gone.source) {
+            let still_used = st.mounts.iter().any(|m| m.source == gone.source);
+            let clears = st
+                .loops
+                .get(&n)
+                .is_some_and(|b| b.opts.autoclear || b.clear_on_unmount);
+            if clears && !still_used {
+                st.loops.remove(&n);
+            }
+        }
+        Ok(())
+    }
+
+    fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>> {
+        let call = Call::MountsUnder {
+            prefix: prefix.to_owned(),
+        };
+        let st = self.enter(Op::MountsUnder, call, prefix)?;
+        let mut hits: Vec<(usize, PathBuf)> = st
+            .mounts
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.target.starts_with(prefix))
+            .map(|(i, m)| (i, m.target.clone()))
+            .collect();
+        hits.sort_by(|(ia, a), (ib, b)| {
+            let depth = |p: &Path| p.components().count();
+            depth(b).cmp(&depth(a)).then(ib.cmp(ia))
+        });
+        Ok(hits.into_iter().map(|(_, p)| p).collect())
+    }
+
+    fn reflink(&self, src: &Path, dst: &Path) -> Result<()> {
+        let call = Call::Reflink {
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+        };
+        // The copy runs under the lock too: tests are small, and ordering stays simple.
+        let _st = self.enter(Op::Reflink, call, dst)?;
+        let mut input = std::fs::File::open(src).map_err(|e| SysError::io("open", src, e))?;
+        let mode = input
+            .metadata()
+            .map_err(|e| SysError::io("stat", src, e))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        let mut output = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(dst)
+            .map_err(|e| SysError::io("create", dst, e))?;
+        let copied = std::io::copy(&mut input, &mut output).and_then(|_| output.flush());
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(dst);
+            return Err(SysError::Reflink {
+                src: src.to_owned(),
+                dst: dst.to_owned(),
+                source: e,
+            });
+        }
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| SysError::io("chmod", dst, e))
+    }
+
+    fn syncfs(&self, path: &Path) -> Result<()> {
+        let call = Call::Syncfs {
+            path: path.to_owned(),
+        };
+        self.enter(Op::Syncfs, call, path).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn autoclear() -> LoopOptions {
+        LoopOptions {
+            autoclear: true,
+            ..LoopOptions::default()
+        }
+    }
+
+    #[test]
+    fn records_calls_in_order() {
+        let sys = FakeSys::new();
+        let dev = sys
+            .attach_loop(Path::new("/img"), LoopOptions::default())
+            .unwrap();
+        sys.mount(
+            &dev.path,
+            Path::new("/m"),
+            "ext4",
+            MountOptions::default(),
+            "noinit_itable",
+        )
+        .unwrap();
+        sys.unmount(Path::new("/m")).unwrap();
+        sys.detach_loop(&dev.path).unwrap();
+        let calls = sys.calls();
+        assert_eq!(calls.len(), 4);
+        assert!(matches!(&calls[1], Call::Mount { data, .. } if data == "noinit_itable"));
+        assert_eq!(
+            calls[3],
+            Call::DetachLoop {
+                device: PathBuf::from("/dev/loop0")
+            }
+        );
+    }
+
+    #[test]
+    fn loop_table_follows_attach_and_detach() {
+        let sys = FakeSys::new();
+        let a = sys
+            .attach_loop(Path::new("/a"), LoopOptions::default())
+            .unwrap();
+        let b = sys
+            .attach_loop(Path::new("/b"), LoopOptions::default())
+            .unwrap();
+        assert_ne!(a.number, b.number);
+        let files: Vec<_> = sys
+            .loop_devices()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.backing_file)
+            .collect();
+        assert_eq!(files, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        sys.detach_loop(&a.path).unwrap();
+        // Detaching twice is fine, as with the kernel's ENXIO.
+        sys.detach_loop(&a.path).unwrap();
+        assert_eq!(sys.loop_devices().unwrap().len(), 1);
+        // The freed number is handed out again, like LOOP_CTL_GET_FREE does.
+        assert_eq!(
+            sys.attach_loop(Path::new("/c"), LoopOptions::default())
+                .unwrap()
+                .number,
+            a.number
+        );
+    }
+
+    #[test]
+    fn autoclear_and_lazy_detach_follow_unmount() {
+        let sys = FakeSys::new();
+        let auto = sys.attach_loop(Path::new("/a"), autoclear()).unwrap();
+        let plain = sys
+            .attach_loop(Path::new("/b"), LoopOptions::default())
+            .unwrap();
+        sys.mount(
+            &auto.path,
+            Path::new("/ma"),
+            "ext4",
+            MountOptions::default(),
+            "",
+        )
+        .unwrap();
+        sys.mount(
+            &plain.path,
+            Path::new("/mb"),
+            "ext4",
+            MountOptions::default(),
+            "",
+        )
+        .unwrap();
+        sys.detach_loop(&plain.path).unwrap();
+        assert_eq!(
+            sys.loop_devices().unwrap().len(),
+            2,
+            "mounted devices stay bound"
+        );
+        sys.unmount(Path::new("/ma")).unwrap();
+        sys.unmount(Path::new("/mb")).unwrap();
+        assert!(sys.loop_devices().unwrap().is_empty());
+    }
+
+    #[test]
+    fn mount_table_orders_and_guards_unmounts() {
+        let sys = FakeSys::new();
+        let opts = MountOptions::default();
+        sys.mount(Path::new("none"), Path::new("/s"), "tmpfs", opts, "")
+            .unwrap();
+        sys.mount(Path::new("none"), Path::new("/s/a/b"), "tmpfs", opts, "")
+            .unwrap();
+        sys.mount(Path::new("none"), Path::new("/s/a"), "tmpfs", opts, "")
+            .unwrap();
+        sys.mount(Path::new("none"), Path::new("/sx"), "tmpfs", opts, "")
+            .unwrap();
+        let under = sys.mounts_under(Path::new("/s")).unwrap();
+        assert_eq!(under, [PathBuf::from("/s/a/b"), "/s/a".into(), "/s".into()]);
+        let busy = sys.unmount(Path::new("/s")).unwrap_err();
+        assert_eq!(busy.raw_os_error(), Some(Errno::BUSY.raw_os_error()));
+        for m in under {
+            sys.unmount(&m).unwrap();
+        }
+        let missing = sys.unmount(Path::new("/s")).unwrap_err();
+        assert_eq!(missing.raw_os_error(), Some(Errno::INVAL.raw_os_error()));
+        assert_eq!(
+            sys.mounts_under(Path::new("/")).unwrap(),
+            [PathBuf::from("/sx")]
+        );
+    }
+
+    #[test]
+    fn injected_failures_fire_once_each_and_are_recorded() {
+        let sys = FakeSys::new();
+        sys.fail_next(Op::AttachLoop, Errno::BUSY.raw_os_error());
+        let err = sys
+            .attach_loop(Path::new("/a"), LoopOptions::default())
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(Errno::BUSY.raw_os_error()));
+        assert!(sys.loop_devices().unwrap().is_empty());
+        sys.attach_loop(Path::new("/a"), LoopOptions::default())
+            .unwrap();
+        assert_eq!(sys.calls().len(), 3);
+    }
+
+    #[test]
+    fn reflink_copies_with_mode_and_refuses_existing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"frozen").unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let dst = dir.path().join("dst");
+        let sys = FakeSys::new();
+        sys.reflink(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"frozen");
+        let mode = std::fs::metadata(&dst).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o444);
+        let again = sys.reflink(&src, &dst).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(Errno::EXIST.raw_os_error()));
+
+        sys.fail_next(Op::Reflink, Errno::OPNOTSUPP.raw_os_error());
+        let err = sys.reflink(&src, &dir.path().join("other")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(Errno::OPNOTSUPP.raw_os_error()));
+        assert!(!dir.path().join("other").exists());
+    }
+}

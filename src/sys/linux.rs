@@ -1,5 +1,110 @@
 //! The real `Sys`: loop ioctls, mount(2), FICLONE.
 
+mod loopdev;
+mod mountinfo;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::mount::{MountFlags, UnmountFlags};
+
+use super::{LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
+
+pub use mountinfo::{parse_mountinfo, unescape_mountinfo_field};
+
 /// Performs the operations against the running kernel.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinuxSys;
+
+impl Sys for LinuxSys {
+    fn attach_loop(&self, file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
+        loopdev::attach(file, opts)
+    }
+
+    fn detach_loop(&self, device: &Path) -> Result<()> {
+        loopdev::detach(device)
+    }
+
+    fn loop_devices(&self) -> Result<Vec<LoopInfo>> {
+        loopdev::list(Path::new("/sys/block"))
+    }
+
+    fn mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        fstype: &str,
+        opts: MountOptions,
+        data: &str,
+    ) -> Result<()> {
+        let mut flags = MountFlags::empty();
+        if opts.read_only {
+            flags |= MountFlags::RDONLY;
+        }
+        if opts.noatime {
+            flags |= MountFlags::NOATIME;
+        }
+        let data = if data.is_empty() {
+            None
+        } else {
+            Some(
+                std::ffi::CString::new(data)
+                    .map_err(|_| SysError::Other(format!("mount data {data:?} contains NUL")))?,
+            )
+        };
+        tracing::debug!(?source, ?target, fstype, ?opts, ?data, "mount");
+        rustix::mount::mount(source, target, fstype, flags, data.as_deref())
+            .map_err(|e| SysError::io("mount", target, e))
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        tracing::debug!(?target, "unmount");
+        rustix::mount::unmount(target, UnmountFlags::empty())
+            .map_err(|e| SysError::io("unmount", target, e))
+    }
+
+    fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| SysError::io("read", "/proc/self/mountinfo", e))?;
+        Ok(mountinfo::under(&parse_mountinfo(&text), prefix))
+    }
+
+    fn reflink(&self, src: &Path, dst: &Path) -> Result<()> {
+        let reflink_err = |source: std::io::Error| SysError::Reflink {
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+            source,
+        };
+        let src_file = std::fs::File::open(src).map_err(|e| SysError::io("open", src, e))?;
+        let mode = src_file
+            .metadata()
+            .map_err(|e| SysError::io("stat", src, e))?
+            .mode()
+            & 0o7777;
+        let dst_file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(dst)
+            .map_err(|e| SysError::io("create", dst, e))?;
+        if let Err(e) = rustix::fs::ioctl_ficlone(&dst_file, &src_file) {
+            drop(dst_file);
+            // A half-made destination would look like an empty clone to the next caller.
+            if let Err(rm) = std::fs::remove_file(dst) {
+                tracing::warn!(?dst, error = %rm, "cannot remove failed reflink target");
+            }
+            return Err(reflink_err(e.into()));
+        }
+        // create_new applied the umask; the clone must carry exactly the source's mode.
+        std::fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| SysError::io("chmod", dst, e))?;
+        Ok(())
+    }
+
+    fn syncfs(&self, path: &Path) -> Result<()> {
+        // Any fd on the filesystem will do; a read-only open works for files and directories.
+        let fd = std::fs::File::open(path).map_err(|e| SysError::io("open", path, e))?;
+        rustix::fs::syncfs(&fd).map_err(|e| SysError::io("syncfs", path, e))
+    }
+}

@@ -10,7 +10,9 @@ pub mod fake;
 pub mod fsops;
 pub mod linux;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use fake::FakeSys;
 pub use linux::LinuxSys;
@@ -25,8 +27,31 @@ pub enum SysError {
         #[source]
         source: std::io::Error,
     },
+    /// FICLONE failed. Kept apart from `Io` because both paths matter and the usual causes
+    /// (EOPNOTSUPP, EXDEV) have a well-known remedy worth spelling out.
+    #[error("reflink {src} -> {dst}: {source}{}", reflink_hint(source))]
+    Reflink {
+        src: PathBuf,
+        dst: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
+}
+
+fn reflink_hint(err: &std::io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(e) if e == rustix::io::Errno::OPNOTSUPP.raw_os_error() => {
+            " (this filesystem cannot share extents: put the state root on XFS or btrfs, \
+             or set `backing_image` in the config)"
+        }
+        Some(e) if e == rustix::io::Errno::XDEV.raw_os_error() => {
+            " (source and destination are on different filesystems: keep snapshots/ and \
+             disks/ under the same state root)"
+        }
+        _ => "",
+    }
 }
 
 impl SysError {
@@ -45,7 +70,7 @@ impl SysError {
     /// The errno behind this error, if it came from the kernel.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            SysError::Io { source, .. } => source.raw_os_error(),
+            SysError::Io { source, .. } | SysError::Reflink { source, .. } => source.raw_os_error(),
             SysError::Other(_) => None,
         }
     }
@@ -58,18 +83,58 @@ pub type Result<T> = std::result::Result<T, SysError>;
 pub struct LoopOptions {
     pub read_only: bool,
     /// LO_FLAGS_DIRECT_IO: bypass the page cache of the backing file (falls back to buffered
-    /// I/O when the backing filesystem refuses it).
+    /// I/O when the backing filesystem refuses it). The device then has 4 KiB logical blocks,
+    /// so the filesystem inside must use 4 KiB sectors (ext4 `-b 4096`, XFS `-s size=4096`).
     pub direct_io: bool,
     /// LO_FLAGS_AUTOCLEAR: the kernel detaches the device when its last user (a mount) goes.
     pub autoclear: bool,
 }
 
 /// A loop device we attached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// With `autoclear` the kernel detaches the device as soon as nobody holds it open, which
+/// would be right after `attach_loop` returns. So for autoclear devices the real
+/// implementation keeps the fd it configured the device through inside this handle (shared
+/// by clones): mount while you hold it; once mounted, dropping the handle leaves the mount as
+/// the only user. While the handle is alive, `detach_loop` is deferred by the kernel until
+/// the handle (and any mount) goes.
+#[derive(Debug, Clone)]
 pub struct LoopDevice {
     pub number: u32,
     pub path: PathBuf,
+    holder: Option<Arc<OwnedFd>>,
 }
+
+impl LoopDevice {
+    /// A handle for `/dev/loop<number>` that holds nothing open.
+    pub fn new(number: u32) -> Self {
+        LoopDevice {
+            number,
+            path: PathBuf::from(format!("/dev/loop{number}")),
+            holder: None,
+        }
+    }
+
+    pub(crate) fn with_holder(number: u32, fd: OwnedFd) -> Self {
+        LoopDevice {
+            holder: Some(Arc::new(fd)),
+            ..LoopDevice::new(number)
+        }
+    }
+
+    /// Close the fd that keeps an autoclear device alive (a no-op for other handles).
+    pub fn release(&mut self) {
+        self.holder = None;
+    }
+}
+
+impl PartialEq for LoopDevice {
+    fn eq(&self, other: &Self) -> bool {
+        self.number == other.number && self.path == other.path
+    }
+}
+
+impl Eq for LoopDevice {}
 
 /// A loop device in use on this machine and the file behind it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +146,9 @@ pub struct LoopInfo {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MountOptions {
     pub read_only: bool,
+    /// MS_NOATIME: reads do not turn into inode writes (a cache being built or served is
+    /// read constantly and nobody needs its atimes).
+    pub noatime: bool,
 }
 
 /// The operations the daemon orchestrates. `LinuxSys` performs them; `FakeSys` records them.
@@ -88,9 +156,12 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     /// Attach `file` to a free loop device (LOOP_CTL_GET_FREE + LOOP_CONFIGURE, retrying when
     /// another process races us to the same device).
     fn attach_loop(&self, file: &Path, opts: LoopOptions) -> Result<LoopDevice>;
+    /// Detach a loop device. A device that is already unbound is not an error; one that is
+    /// still mounted is detached by the kernel when it is unmounted.
     fn detach_loop(&self, device: &Path) -> Result<()>;
     /// Every bound loop device and its backing file (from sysfs).
     fn loop_devices(&self) -> Result<Vec<LoopInfo>>;
+    /// mount(2). `data` is the filesystem's option string, passed through unchanged.
     fn mount(
         &self,
         source: &Path,
@@ -102,6 +173,9 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     fn unmount(&self, target: &Path) -> Result<()>;
     /// Mount points at or below `prefix`, deepest first (the order to unmount them in).
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>>;
-    /// FICLONE `src` into a new file `dst`.
+    /// FICLONE `src` into a new file `dst` (which must not exist; it gets `src`'s mode).
     fn reflink(&self, src: &Path, dst: &Path) -> Result<()>;
+    /// syncfs(2) on the filesystem holding `path`: surfaces writeback errors, which a later
+    /// unmount would write back silently.
+    fn syncfs(&self, path: &Path) -> Result<()>;
 }

@@ -1,0 +1,225 @@
+//! Attaching and mounting an image through `Sys`, and undoing it.
+
+use std::path::{Path, PathBuf};
+
+use crate::sys::{LoopDevice, LoopOptions, MountOptions, Sys};
+
+use super::error::{ImageError, Result};
+
+/// How to attach and mount an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountConfig {
+    pub read_only: bool,
+    /// Direct I/O on the loop device: ~2 GB/s writes here vs 0.2–0.8 GB/s buffered, and no
+    /// second copy of the image in the page cache.
+    pub direct_io: bool,
+    /// ext4 options, passed through to mount(2).
+    pub data: String,
+}
+
+impl MountConfig {
+    /// For building a cache: writable, and as quiet as ext4 gets.
+    ///
+    /// `noinit_itable` stops the lazyinit thread from zeroing inode tables behind our back
+    /// (it would turn holes into data while we build, and into hashing work at freeze).
+    /// `nobarrier` drops the cache flushes journal commits issue; each one becomes an fsync
+    /// of the backing file through the loop device. A build interrupted by a crash is thrown
+    /// away and redone, so barriers protect nothing here. Never use this for per-pod disks.
+    pub fn build() -> Self {
+        MountConfig {
+            read_only: false,
+            direct_io: true,
+            data: "noinit_itable,nobarrier".to_owned(),
+        }
+    }
+
+    /// For a per-pod disk: writable, with ext4's usual durability.
+    pub fn writable() -> Self {
+        MountConfig {
+            read_only: false,
+            direct_io: true,
+            data: "noinit_itable".to_owned(),
+        }
+    }
+
+    /// For looking into a frozen image: nothing can write, not even journal replay.
+    pub fn read_only() -> Self {
+        MountConfig {
+            read_only: true,
+            direct_io: true,
+            data: "noload".to_owned(),
+        }
+    }
+}
+
+/// An image attached to a loop device and mounted. Release it with `unmount_and_detach`;
+/// dropping it unmounts and detaches too, but can only log what went wrong.
+#[derive(Debug)]
+pub struct MountedImage<'s> {
+    sys: &'s dyn Sys,
+    file: PathBuf,
+    device: LoopDevice,
+    mountpoint: PathBuf,
+    released: bool,
+}
+
+/// Attach `file` (autoclear, so the device cannot outlive the mount) and mount it ext4 at
+/// `mountpoint`, creating the directory if needed.
+pub fn mount<'s>(
+    sys: &'s dyn Sys,
+    file: &Path,
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> Result<MountedImage<'s>> {
+    std::fs::create_dir_all(mountpoint).map_err(|e| ImageError::io("mkdir", mountpoint, e))?;
+    let loop_opts = LoopOptions {
+        read_only: config.read_only,
+        direct_io: config.direct_io,
+        autoclear: true,
+    };
+    let device = sys
+        .attach_loop(file, loop_opts)
+        .map_err(|source| ImageError::Attach {
+            file: file.to_owned(),
+            source,
+        })?;
+    let mount_opts = MountOptions {
+        read_only: config.read_only,
+        noatime: true,
+    };
+    if let Err(source) = sys.mount(&device.path, mountpoint, "ext4", mount_opts, &config.data) {
+        if let Err(e) = sys.detach_loop(&device.path) {
+            tracing::warn!(device = ?device.path, error = %e, "cannot detach after failed mount");
+        }
+        return Err(ImageError::Mount {
+            file: file.to_owned(),
+            mountpoint: mountpoint.to_owned(),
+            source,
+        });
+    }
+    tracing::debug!(?file, device = ?device.path, ?mountpoint, "image mounted");
+    Ok(MountedImage {
+        sys,
+        file: file.to_owned(),
+        device,
+        mountpoint: mountpoint.to_owned(),
+        released: false,
+    })
+}
+
+impl MountedImage<'_> {
+    /// Where the filesystem is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn device(&self) -> &LoopDevice {
+        &self.device
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Sync, unmount and detach. A sync failure (a writeback error: the image is missing
+    /// writes) is reported, but the mount and device are released all the same.
+    pub fn unmount_and_detach(mut self) -> Result<()> {
+        self.released = true;
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<()> {
+        let err = |source| ImageError::Release {
+            file: self.file.clone(),
+            mountpoint: self.mountpoint.clone(),
+            source,
+        };
+        let synced = self.sys.syncfs(&self.mountpoint).map_err(err);
+        self.sys.unmount(&self.mountpoint).map_err(err)?;
+        // Autoclear has normally detached it already; an explicit detach covers a device
+        // someone else held open, and finding it unbound is fine.
+        self.sys.detach_loop(&self.device.path).map_err(err)?;
+        self.device.release();
+        tracing::debug!(file = ?self.file, mountpoint = ?self.mountpoint, "image released");
+        synced
+    }
+}
+
+impl Drop for MountedImage<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            if let Err(e) = self.release() {
+                tracing::warn!(error = %e, "cannot release image mount on drop");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::{Call, Op};
+    use crate::sys::FakeSys;
+
+    #[test]
+    fn mounts_quietly_and_releases_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        let sys = FakeSys::new();
+        let img = mount(&sys, Path::new("/img"), &mnt, &MountConfig::build()).unwrap();
+        assert!(mnt.is_dir());
+        assert_eq!(sys.mounts_under(dir.path()).unwrap(), std::slice::from_ref(&mnt));
+        img.unmount_and_detach().unwrap();
+        assert!(sys.mounts_under(dir.path()).unwrap().is_empty());
+        assert!(sys.loop_devices().unwrap().is_empty());
+        let calls: Vec<Call> = sys
+            .calls()
+            .into_iter()
+            .filter(|c| !matches!(c, Call::MountsUnder { .. } | Call::LoopDevices))
+            .collect();
+        assert_eq!(calls.len(), 5, "{calls:?}");
+        assert!(matches!(
+            &calls[0],
+            Call::AttachLoop { opts, .. } if opts.direct_io && opts.autoclear && !opts.read_only
+        ));
+        assert!(matches!(
+            &calls[1],
+            Call::Mount { fstype, data, opts, .. }
+                if fstype == "ext4" && data.contains("noinit_itable") && opts.noatime
+        ));
+        assert!(matches!(&calls[2], Call::Syncfs { .. }));
+        assert!(matches!(&calls[3], Call::Unmount { .. }));
+        assert!(matches!(&calls[4], Call::DetachLoop { .. }));
+    }
+
+    #[test]
+    fn failed_mount_detaches() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = FakeSys::new();
+        sys.fail_next(Op::Mount, rustix::io::Errno::INVAL.raw_os_error());
+        let err = mount(
+            &sys,
+            Path::new("/img"),
+            dir.path(),
+            &MountConfig::read_only(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ImageError::Mount { .. }), "{err}");
+        assert!(sys.loop_devices().unwrap().is_empty());
+    }
+
+    #[test]
+    fn drop_releases_and_sync_errors_still_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = FakeSys::new();
+        drop(mount(&sys, Path::new("/a"), dir.path(), &MountConfig::writable()).unwrap());
+        assert!(sys.loop_devices().unwrap().is_empty());
+
+        let img = mount(&sys, Path::new("/b"), dir.path(), &MountConfig::writable()).unwrap();
+        sys.fail_next(Op::Syncfs, rustix::io::Errno::IO.raw_os_error());
+        let err = img.unmount_and_detach().unwrap_err();
+        assert!(matches!(err, ImageError::Release { .. }), "{err}");
+        assert!(sys.loop_devices().unwrap().is_empty());
+        assert!(sys.mounts_under(dir.path()).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,222 @@
+//! Loop devices through the kernel's own interface: LOOP_CTL_GET_FREE on /dev/loop-control,
+//! then LOOP_CONFIGURE (one ioctl binding the file, flags and block size). util-linux's
+//! losetup and mount's auto-loop scan every device and take ~1 s once a node has ~1,100 of
+//! them; this path costs a few syscalls whatever the count.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use linux_raw_sys::loop_device::{
+    loop_config, loop_info64, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LO_FLAGS_AUTOCLEAR,
+    LO_FLAGS_DIRECT_IO, LO_FLAGS_READ_ONLY, LO_NAME_SIZE,
+};
+use rustix::io::Errno;
+use rustix::ioctl::{self, Ioctl, IoctlOutput, NoArg, Opcode, Setter};
+
+use crate::sys::{LoopDevice, LoopInfo, LoopOptions, Result, SysError};
+
+/// How often to go back to LOOP_CTL_GET_FREE when another process configures the device we
+/// were handed before we do. Each round is a few syscalls; 64 rounds only run out when
+/// something is attaching loop devices in a tight loop, and then an error is better than
+/// spinning.
+const GET_FREE_ATTEMPTS: u32 = 64;
+/// devtmpfs creates /dev/loopN when GET_FREE adds the device, but a udev running on the node
+/// may briefly remove and recreate it.
+const OPEN_ATTEMPTS: u32 = 20;
+const OPEN_RETRY_DELAY: Duration = Duration::from_millis(5);
+/// LOOP_CLR_FD answers EBUSY while the kernel is still tearing down a recent user.
+const DETACH_ATTEMPTS: u32 = 50;
+const DETACH_RETRY_DELAY: Duration = Duration::from_millis(20);
+/// Matches ext4's block size, so direct I/O never needs read-modify-write on the backing file.
+const DIRECT_IO_BLOCK_SIZE: u32 = 4096;
+
+/// LOOP_CTL_GET_FREE returns the device number as the ioctl's return value, which none of
+/// rustix's ready-made patterns expose.
+struct GetFree;
+
+// SAFETY: the ioctl takes no argument and its output is the syscall's return value.
+unsafe impl Ioctl for GetFree {
+    type Output = u32;
+    const IS_MUTATING: bool = false;
+
+    fn opcode(&self) -> Opcode {
+        LOOP_CTL_GET_FREE as Opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        core::ptr::null_mut()
+    }
+
+    unsafe fn output_from_ptr(
+        out: IoctlOutput,
+        _: *mut core::ffi::c_void,
+    ) -> rustix::io::Result<u32> {
+        Ok(out as u32)
+    }
+}
+
+fn get_free(control: &File) -> rustix::io::Result<u32> {
+    // SAFETY: GetFree matches LOOP_CTL_GET_FREE's calling convention.
+    unsafe { ioctl::ioctl(control, GetFree) }
+}
+
+fn configure(device: impl AsFd, config: loop_config) -> rustix::io::Result<()> {
+    // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which is what we pass by pointer.
+    unsafe {
+        ioctl::ioctl(
+            device,
+            Setter::<{ LOOP_CONFIGURE as Opcode }, loop_config>::new(config),
+        )
+    }
+}
+
+fn clear_fd(device: impl AsFd) -> rustix::io::Result<()> {
+    // SAFETY: LOOP_CLR_FD takes no argument.
+    unsafe { ioctl::ioctl(device, NoArg::<{ LOOP_CLR_FD as Opcode }>::new()) }
+}
+
+fn config_for(backing: &File, file: &Path, opts: LoopOptions, direct_io: bool) -> loop_config {
+    let mut flags = LO_FLAGS_AUTOCLEAR as u32 * u32::from(opts.autoclear);
+    if opts.read_only {
+        flags |= LO_FLAGS_READ_ONLY as u32;
+    }
+    if direct_io {
+        flags |= LO_FLAGS_DIRECT_IO as u32;
+    }
+    // SAFETY: loop_info64 is plain old data; all-zero is the kernel's "unset" for every field.
+    let mut info: loop_info64 = unsafe { std::mem::zeroed() };
+    info.lo_flags = flags;
+    // Informational only (sysfs shows the full path); keep the tail, which names the image.
+    let name = file.as_os_str().as_bytes();
+    let room = LO_NAME_SIZE as usize - 1;
+    let tail = &name[name.len().saturating_sub(room)..];
+    info.lo_file_name[..tail.len()].copy_from_slice(tail);
+    loop_config {
+        fd: std::os::fd::AsRawFd::as_raw_fd(backing) as u32,
+        block_size: if direct_io { DIRECT_IO_BLOCK_SIZE } else { 0 },
+        info,
+        __reserved: [0; 8],
+    }
+}
+
+fn open_device(path: &Path, read_only: bool) -> Result<File> {
+    let mut attempt = 0;
+    loop {
+        match OpenOptions::new().read(true).write(!read_only).open(path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < OPEN_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(OPEN_RETRY_DELAY);
+            }
+            Err(e) => return Err(SysError::io("open", path, e)),
+        }
+    }
+}
+
+pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
+    let backing = OpenOptions::new()
+        .read(true)
+        .write(!opts.read_only)
+        .open(file)
+        .map_err(|e| SysError::io("open backing file", file, e))?;
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .map_err(|e| SysError::io("open", "/dev/loop-control", e))?;
+
+    let mut direct_io = opts.direct_io;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let number = get_free(&control)
+            .map_err(|e| SysError::io("LOOP_CTL_GET_FREE", "/dev/loop-control", e))?;
+        let path = PathBuf::from(format!("/dev/loop{number}"));
+        let device = open_device(&path, opts.read_only)?;
+        match configure(&device, config_for(&backing, file, opts, direct_io)) {
+            Ok(()) => {
+                tracing::debug!(?file, device = ?path, ?opts, direct_io, "attached loop device");
+                // Without autoclear the binding outlives any fd; holding one would only
+                // turn a later LOOP_CLR_FD into a deferred detach.
+                return Ok(if opts.autoclear {
+                    LoopDevice::with_holder(number, OwnedFd::from(device))
+                } else {
+                    LoopDevice::new(number)
+                });
+            }
+            Err(Errno::BUSY) if attempt < GET_FREE_ATTEMPTS => {
+                // Someone else configured this device between GET_FREE and our ioctl.
+                tracing::trace!(device = ?path, attempt, "loop device taken, asking for another");
+            }
+            Err(Errno::INVAL) if direct_io => {
+                // The backing filesystem cannot do O_DIRECT at this block size (tmpfs, some
+                // FUSE filesystems): buffered I/O is slower but correct.
+                tracing::debug!(
+                    ?file,
+                    "direct I/O refused for loop backing file, using buffered I/O"
+                );
+                direct_io = false;
+            }
+            Err(Errno::BUSY) => {
+                return Err(SysError::Other(format!(
+                    "attach {}: every free loop device was taken by another process \
+                     {GET_FREE_ATTEMPTS} times in a row; retry when loop device churn settles",
+                    file.display()
+                )))
+            }
+            Err(e) => return Err(SysError::io("LOOP_CONFIGURE", path, e)),
+        }
+    }
+}
+
+pub(super) fn detach(device: &Path) -> Result<()> {
+    let fd = OpenOptions::new()
+        .read(true)
+        .open(device)
+        .map_err(|e| SysError::io("open", device, e))?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match clear_fd(&fd) {
+            Ok(()) => {
+                tracing::debug!(?device, "detached loop device");
+                return Ok(());
+            }
+            // Already unbound: what the caller wanted.
+            Err(Errno::NXIO) => return Ok(()),
+            Err(Errno::BUSY) if attempt < DETACH_ATTEMPTS => std::thread::sleep(DETACH_RETRY_DELAY),
+            Err(e) => return Err(SysError::io("LOOP_CLR_FD", device, e)),
+        }
+    }
+}
+
+/// Bound loop devices according to sysfs: `loop/backing_file` exists only while bound.
+pub(super) fn list(sys_block: &Path) -> Result<Vec<LoopInfo>> {
+    let entries =
+        std::fs::read_dir(sys_block).map_err(|e| SysError::io("read_dir", sys_block, e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| SysError::io("read_dir", sys_block, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let backing = match std::fs::read(entry.path().join("loop/backing_file")) {
+            Ok(b) => b,
+            // Unbound, or detached between read_dir and here.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(SysError::io("read", entry.path(), e)),
+        };
+        let backing = backing.strip_suffix(b"\n").unwrap_or(&backing);
+        found.push(LoopInfo {
+            device: PathBuf::from("/dev").join(name),
+            backing_file: PathBuf::from(std::ffi::OsStr::from_bytes(backing)),
+        });
+    }
+    found.sort_by(|a, b| a.device.cmp(&b.device));
+    Ok(found)
+}

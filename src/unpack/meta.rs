@@ -1,0 +1,164 @@
+//! An entry's ownership, mode, times and xattrs, read from its header and PAX records.
+
+use std::io::{self, Read};
+
+use crate::sys::fsops::Time;
+
+/// PAX records carrying xattrs, as GNU tar, Go's archive/tar and BuildKit write them.
+const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+/// overlayfs's own bookkeeping. A layer may only express it through whiteout files; taken
+/// from a tar as raw xattrs, `redirect`/`metacopy`/`origin` would make the overlay read
+/// another path's data, so they are dropped.
+const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+
+#[derive(Debug, Default)]
+pub(crate) struct Meta {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits with setuid/setgid/sticky.
+    pub mode: u32,
+    pub atime: Time,
+    pub mtime: Time,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    /// (name, value); reused across entries to avoid reallocating.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Why a header could not be read, worded to follow "layer entry `<name>`".
+pub(crate) const ID_RANGE: &str = "has a uid or gid beyond 2^32-1";
+
+pub(crate) enum MetaError {
+    Io(io::Error),
+    Invalid(&'static str),
+}
+
+impl From<io::Error> for MetaError {
+    fn from(e: io::Error) -> Self {
+        MetaError::Io(e)
+    }
+}
+
+impl Meta {
+    /// Fill from `entry`, replacing what the previous entry left. Device numbers are only
+    /// read for device entries: writers leave the fields blank on everything else.
+    pub(crate) fn read_from<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        device: bool,
+    ) -> Result<(), MetaError> {
+        let header = entry.header();
+        // The tar crate has already applied PAX uid/gid to the header.
+        self.uid = u32::try_from(header.uid()?).map_err(|_| MetaError::Invalid(ID_RANGE))?;
+        self.gid = u32::try_from(header.gid()?).map_err(|_| MetaError::Invalid(ID_RANGE))?;
+        // Some writers put the file type bits into the mode field as well.
+        self.mode = header.mode()? & 0o7777;
+        let secs = i64::try_from(header.mtime()?).unwrap_or(i64::MAX);
+        self.mtime = Time { secs, nanos: 0 };
+        (self.dev_major, self.dev_minor) = if device {
+            (
+                header.device_major()?.unwrap_or(0),
+                header.device_minor()?.unwrap_or(0),
+            )
+        } else {
+            (0, 0)
+        };
+        self.xattrs.clear();
+
+        let mut atime = None;
+        if let Some(exts) = entry.pax_extensions()? {
+            for ext in exts {
+                let ext = ext?;
+                let key = ext.key_bytes();
+                if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
+                    if name.starts_with(OVERLAY_XATTR_PREFIX) {
+                        tracing::warn!(
+                            xattr = %String::from_utf8_lossy(name),
+                            "dropping an overlayfs xattr carried in a layer tar"
+                        );
+                        continue;
+                    }
+                    self.xattrs
+                        .push((name.to_vec(), ext.value_bytes().to_vec()));
+                } else if key == b"mtime" {
+                    // Sub-second precision only exists here.
+                    if let Some(t) = parse_pax_time(ext.value_bytes()) {
+                        self.mtime = t;
+                    }
+                } else if key == b"atime" {
+                    atime = parse_pax_time(ext.value_bytes());
+                }
+            }
+        }
+        // containerd sets atime to the later of atime and mtime.
+        self.atime = match atime {
+            Some(a) if (a.secs, a.nanos) > (self.mtime.secs, self.mtime.nanos) => a,
+            _ => self.mtime,
+        };
+        Ok(())
+    }
+}
+
+/// A PAX time: decimal seconds, optionally negative, optionally with a fraction.
+pub(crate) fn parse_pax_time(v: &[u8]) -> Option<Time> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = int.parse().ok()?;
+    let mut nanos: u32 = 0;
+    let mut scale = 100_000_000;
+    for c in frac.bytes() {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        // Digits past nanoseconds are truncated, as Go's archive/tar does.
+        nanos += u32::from(c - b'0') * scale;
+        scale /= 10;
+    }
+    Some(match (negative, nanos) {
+        (false, _) => Time { secs, nanos },
+        (true, 0) => Time {
+            secs: -secs,
+            nanos: 0,
+        },
+        (true, n) => Time {
+            secs: -secs - 1,
+            nanos: 1_000_000_000 - n,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some(Time {
+                secs: 1_700_000_000,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(
+            parse_pax_time(b"12.1234567899"),
+            Some(Time {
+                secs: 12,
+                nanos: 123_456_789
+            })
+        );
+        assert_eq!(
+            parse_pax_time(b"-1.25"),
+            Some(Time {
+                secs: -2,
+                nanos: 750_000_000
+            })
+        );
+        assert_eq!(parse_pax_time(b"42"), Some(Time { secs: 42, nanos: 0 }));
+        assert_eq!(parse_pax_time(b"x"), None);
+    }
+}
