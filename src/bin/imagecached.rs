@@ -132,11 +132,16 @@ fn bind(socket: &Path) -> Result<UnixListener> {
 
 /// The socket systemd passed (imagecached.socket), if the daemon was socket-activated.
 fn activated_socket() -> Result<Option<UnixListener>> {
-    let Ok(mut fds) = sd_notify::listen_fds() else { return Ok(None) };
-    let Some(fd) = fds.next() else { return Ok(None) };
+    let Ok(mut fds) = sd_notify::listen_fds() else {
+        return Ok(None);
+    };
+    let Some(fd) = fds.next() else {
+        return Ok(None);
+    };
     // SAFETY: systemd hands this process ownership of the listening socket at fd 3 (checked
     // through LISTEN_PID by listen_fds), and nothing else in the process uses it.
-    let std_listener = unsafe { <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let std_listener =
+        unsafe { <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     std_listener.set_nonblocking(true)?;
     info!("using the socket systemd passed");
     Ok(Some(UnixListener::from_std(std_listener)?))

@@ -167,18 +167,21 @@ async fn verify(d: &Daemon, name: &str) -> Result<Reply, ApiError> {
     };
     let snapshots = d.inner.snapshots.clone();
     let digest2 = digest.clone();
-    let report = tokio::task::spawn_blocking(move || snapshots.verify(&digest2))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+    let (report, chunks) = tokio::task::spawn_blocking(move || {
+        let chunks = snapshots.manifest(&digest2)?.chunks.len() as u64;
+        snapshots.verify(&digest2).map(|r| (r, chunks))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
     Ok(Reply::Verify(VerifyResult {
         api_version: API_VERSION.into(),
         kind: "VerifyResult".into(),
         name: name.into(),
         snapshot_digest: digest,
         ok: report.is_ok(),
-        chunks_checked: report.chunks_checked,
-        problems: report.problems(),
+        chunks_checked: chunks,
+        problems: problems(&report),
     }))
 }
 
@@ -197,4 +200,34 @@ fn uuid_like() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// One line per difference, for people and scripts alike.
+fn problems(report: &crate::snapshot::VerifyReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(size) = report.size {
+        lines.push(format!(
+            "image size is {} bytes, the manifest says {}",
+            size.actual, size.expected
+        ));
+    }
+    for m in &report.mismatched {
+        lines.push(format!(
+            "chunk at offset {} ({} bytes) differs: expected {}, found {}",
+            m.offset, m.length, m.expected, m.actual
+        ));
+    }
+    for c in &report.appeared {
+        lines.push(format!(
+            "chunk at offset {} ({} bytes) holds data the manifest does not have",
+            c.offset, c.length
+        ));
+    }
+    for c in &report.vanished {
+        lines.push(format!(
+            "chunk at offset {} ({} bytes) is missing (now a hole or zeros)",
+            c.offset, c.length
+        ));
+    }
+    lines
 }

@@ -4,11 +4,9 @@
 
 use tracing::{info, warn};
 
-use super::build::clean_work_dir;
+use super::build::{clean_work_dir, BuildError};
 use super::events::WARNING;
 use super::{clock, Daemon, DaemonError};
-
-const INTERRUPTED: &str = "the daemon stopped while this cache was being built; delete the cache and create it again to rebuild it";
 
 pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
     let store = &d.inner.store;
@@ -38,14 +36,14 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
         store.update_cache(&cache.metadata.name, |c| {
             if let Some(s) = c.status.as_mut() {
                 s.phase = crate::api::Phase::Failed;
-                s.message = Some(INTERRUPTED.into());
+                s.message = Some(BuildError::Interrupted.to_string());
                 s.expire_date_time = Some(clock::format(now + time::Duration::hours(24)));
                 s.last_updated_time = now_s.clone();
                 super::events::record(
                     &mut s.events,
                     WARNING,
                     "BuildInterrupted",
-                    INTERRUPTED.into(),
+                    BuildError::Interrupted.to_string(),
                     &now_s,
                 );
             }
@@ -61,7 +59,7 @@ fn remove_orphan_snapshots(d: &Daemon) {
     let Ok(listed) = d.inner.snapshots.list() else {
         return;
     };
-    for digest in listed {
+    for digest in listed.into_iter().map(|s| s.digest) {
         if d.inner.store.snapshot_refs(&digest).unwrap_or(1) == 0 {
             warn!(%digest, "removing a snapshot no cache references");
             if let Err(e) = d.inner.snapshots.remove(&digest) {

@@ -36,7 +36,14 @@ impl TestDaemon {
             ),
         )
         .unwrap();
-        let mut d = TestDaemon { root: root.to_owned(), socket, secrets_dir, config_path, dir, child: None };
+        let mut d = TestDaemon {
+            root: root.to_owned(),
+            socket,
+            secrets_dir,
+            config_path,
+            dir,
+            child: None,
+        };
         d.spawn();
         d
     }
@@ -47,7 +54,11 @@ impl TestDaemon {
 
     /// Starts (or restarts) the daemon process and waits for its socket to answer.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_imagecached"))
             .arg("--config")
             .arg(&self.config_path)
@@ -89,7 +100,10 @@ impl TestDaemon {
     /// SIGTERM and wait, as systemd stops it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(120);
             while Instant::now() < deadline {
                 if child.try_wait().unwrap().is_some() {
@@ -99,7 +113,10 @@ impl TestDaemon {
             }
             let _ = child.kill();
             let _ = child.wait();
-            panic!("imagecached did not stop on SIGTERM within 120 s:\n{}", self.log());
+            panic!(
+                "imagecached did not stop on SIGTERM within 120 s:\n{}",
+                self.log()
+            );
         }
     }
 
@@ -134,7 +151,10 @@ impl TestDaemon {
 
     /// Writes a manifest file and runs `create -f FILE --wait`, returning the CLI's output.
     pub fn create(&self, yaml: &str, wait: bool) -> Output {
-        let path = self.dir.path().join(format!("cache-{}.yaml", std::process::id() as u64 + rand_suffix()));
+        let path = self.dir.path().join(format!(
+            "cache-{}.yaml",
+            std::process::id() as u64 + rand_suffix()
+        ));
         std::fs::write(&path, yaml).unwrap();
         let path_s = path.to_str().unwrap().to_owned();
         let mut args = vec!["create", "-f", path_s.as_str()];

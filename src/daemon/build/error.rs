@@ -9,26 +9,26 @@ use crate::unpack::UnpackError;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("pull secrets: {0}")]
-    Secrets(#[from] RegistryError),
+    Secrets(Box<RegistryError>),
     #[error("failed to resolve image {image}: {source}")]
     Resolve {
         image: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("failed to fetch layer {digest} of image {image}: {source}")]
     Fetch {
         image: String,
         digest: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("layer {digest} of image {image} was refused: {source}")]
     Layer {
         image: String,
         digest: String,
         #[source]
-        source: UnpackError,
+        source: Box<UnpackError>,
     },
     #[error(
         "the images do not fit in imageCacheSize {size_gib} GiB: their layers hold {} of files; \
@@ -38,9 +38,9 @@ pub enum BuildError {
     )]
     NoSpace { needed_bytes: u64, size_gib: u32 },
     #[error("cache image: {0}")]
-    Image(#[from] crate::image::ImageError),
+    Image(Box<crate::image::ImageError>),
     #[error("snapshot: {0}")]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(Box<crate::snapshot::SnapshotError>),
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -52,6 +52,8 @@ pub enum BuildError {
     Store(#[from] crate::store::StoreError),
     #[error("build cancelled")]
     Cancelled,
+    #[error("the daemon stopped while this cache was being built; delete the cache and create it again to rebuild it")]
+    Interrupted,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -63,6 +65,24 @@ pub fn suggested_gib(needed_bytes: u64) -> u64 {
     with_overhead
         .div_ceil(1 << 30)
         .max(u64::from(crate::api::MIN_CACHE_SIZE_GIB))
+}
+
+impl From<RegistryError> for BuildError {
+    fn from(e: RegistryError) -> Self {
+        BuildError::Secrets(Box::new(e))
+    }
+}
+
+impl From<crate::image::ImageError> for BuildError {
+    fn from(e: crate::image::ImageError) -> Self {
+        BuildError::Image(Box::new(e))
+    }
+}
+
+impl From<crate::snapshot::SnapshotError> for BuildError {
+    fn from(e: crate::snapshot::SnapshotError) -> Self {
+        BuildError::Snapshot(Box::new(e))
+    }
 }
 
 impl BuildError {
@@ -90,6 +110,7 @@ impl BuildError {
             BuildError::Layer { .. } => "FailedUnpack",
             BuildError::NoSpace { .. } => "InsufficientSize",
             BuildError::Image(_) | BuildError::Snapshot(_) => "FailedFreeze",
+            BuildError::Interrupted => "BuildInterrupted",
             _ => "Failed",
         }
     }

@@ -84,8 +84,8 @@ pub async fn pull_all(
                         }
                     }
                 }
-                if no_space_needed.is_some() {
-                    *no_space_needed.as_mut().unwrap() += layer_stats.file_bytes;
+                if let Some(needed) = no_space_needed.as_mut() {
+                    *needed += layer_stats.file_bytes;
                 }
                 stats.insert(chain_id, layer_stats);
             }
@@ -189,7 +189,7 @@ async fn fetch_and_unpack(
     let layer_error = |source| BuildError::Layer {
         image: layer.source.to_string(),
         digest: desc.digest.clone(),
-        source,
+        source: Box::new(source),
     };
     let mut stream = d
         .inner
@@ -199,7 +199,7 @@ async fn fetch_and_unpack(
         .map_err(|source| BuildError::Fetch {
             image: layer.source.to_string(),
             digest: desc.digest.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let compression = Compression::from_media_type(&desc.media_type).unwrap_or(Compression::None);
     let (tx, mut reader) = pipe::channel();
@@ -208,7 +208,7 @@ async fn fetch_and_unpack(
         let stats = unpack::apply_layer(&mut reader, compression, &dest_owned, &diff_id)?;
         // The blob's digest is checked when its last byte has passed: read to the end so a
         // mismatch after the tar's end is still seen.
-        io::copy(&mut reader, &mut io::sink()).map_err(UnpackError::from)?;
+        io::copy(&mut reader, &mut io::sink()).map_err(|source| UnpackError::Stream { source })?;
         Ok(stats)
     });
 
@@ -237,7 +237,7 @@ async fn fetch_and_unpack(
                 fetch_error = Some(BuildError::Fetch {
                     image: layer.source.to_string(),
                     digest: desc.digest.clone(),
-                    source: e,
+                    source: Box::new(e),
                 });
                 break;
             }

@@ -20,7 +20,7 @@ use super::events::{NORMAL, WARNING};
 use super::progress::Progress;
 use super::{clock, ids, Daemon};
 use crate::api::{CachedImage, Phase};
-use crate::image::MountedImage;
+use crate::image::MountConfig;
 use crate::registry::{ImageReference, Keyring};
 use crate::snapshot::Snapshot;
 use crate::store::BuildRecord;
@@ -77,6 +77,10 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
         Ok(built) => {
             info!(cache = %spec.name, digest = %built.snapshot.digest, secs = started.elapsed().as_secs_f64(), "cache ready");
         }
+        Err(BuildError::Cancelled) if d.inner.shutdown.is_cancelled() => {
+            info!(cache = %spec.name, "build interrupted: the daemon is stopping");
+            fail(d, spec, &BuildError::Interrupted);
+        }
         Err(BuildError::Cancelled) => info!(cache = %spec.name, "build cancelled"),
         Err(e) => {
             warn!(cache = %spec.name, error = %e, "build failed");
@@ -105,26 +109,17 @@ async fn build(
     let keyring = Arc::new(keyring);
     set_phase(d, &spec.name, Phase::Pulling, None);
 
-    // mkfs and mount while the manifests resolve: both take a few hundred ms.
+    // mkfs while the manifests resolve: both take a few hundred ms.
     std::fs::create_dir_all(work_dir)
         .map_err(|e| BuildError::io("create the work directory", work_dir, e))?;
     let image_path = work_dir.join("disk.img");
     let mountpoint = work_dir.join("mnt");
     let size_bytes = u64::from(spec.size_gib) << 30;
     let prepare = {
-        let (sys, image_path, mountpoint) =
-            (d.inner.sys.clone(), image_path.clone(), mountpoint.clone());
-        tokio::task::spawn_blocking(move || -> Result<MountedImage, BuildError> {
+        let image_path = image_path.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
             crate::image::create_sparse(&image_path, size_bytes)?;
-            crate::image::mkfs_ext4(&image_path, "imagecache")?;
-            std::fs::create_dir_all(&mountpoint)
-                .map_err(|e| BuildError::io("create the mountpoint", &mountpoint, e))?;
-            Ok(MountedImage::mount(
-                sys.as_ref(),
-                &image_path,
-                &mountpoint,
-                false,
-            )?)
+            Ok(crate::image::mkfs(&image_path, "imagecache")?)
         })
     };
     for image in &spec.images {
@@ -137,10 +132,18 @@ async fn build(
         );
     }
     let resolved = cancellable(cancel, plan::resolve_all(d, &spec.images, &keyring)).await;
-    let mounted = prepare
+    prepare
         .await
         .map_err(|e| BuildError::Internal(e.to_string()))??;
     let plan = plan::Plan::new(resolved?)?;
+    // Attaching and mounting is a handful of syscalls: fine on the async thread.
+    let sys = d.inner.sys.clone();
+    let mounted = crate::image::mount(
+        sys.as_ref(),
+        &image_path,
+        &mountpoint,
+        &MountConfig::build(),
+    )?;
     d.inner.store.update_cache(&spec.name, |c| {
         if let Some(s) = c.status.as_mut() {
             s.images = plan
@@ -157,7 +160,7 @@ async fn build(
         }
     })?;
 
-    let root = mounted.mountpoint().to_owned();
+    let root = mounted.path().to_owned();
     plan.write_layout(&root)?;
     let progress = Arc::new(Progress::default());
     progress
@@ -168,17 +171,22 @@ async fn build(
     plan.write_snapshots(&root, &stats)?;
 
     set_phase(d, &spec.name, Phase::Freezing, Some("100%".into()));
-    let sys = d.inner.sys.clone();
+    // syncfs writes back what the layers left dirty, then unmount and detach.
+    tokio::task::block_in_place(|| mounted.unmount_and_detach())?;
     let snapshots = d.inner.snapshots.clone();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, BuildError> {
-        mounted.unmount_and_detach(sys.as_ref())?;
         crate::image::fsck(&image_path)?;
-        let manifest = crate::snapshot::hash_image(&image_path)?;
+        let manifest = crate::snapshot::hash_file(&image_path)?;
         Ok(snapshots.commit(&image_path, &manifest)?)
     })
     .await
     .map_err(|e| BuildError::Internal(e.to_string()))??;
     if cancel.is_cancelled() {
+        // Nobody will reference this snapshot: give its space back unless another cache
+        // froze the very same content.
+        if d.inner.store.snapshot_refs(&snapshot.digest)? == 0 {
+            let _ = d.inner.snapshots.remove(&snapshot.digest);
+        }
         return Err(BuildError::Cancelled);
     }
     d.inner.store.snapshot_ref(&snapshot.digest)?;

@@ -51,7 +51,7 @@ pub async fn resolve_all(
             .await
             .map_err(|source| BuildError::Resolve {
                 image: image.to_string(),
-                source,
+                source: Box::new(source),
             })
     }))
     .await
