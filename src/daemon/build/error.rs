@@ -128,7 +128,7 @@ mod tests {
         };
         let text = e.to_string();
         assert!(text.contains("imageCacheSize 20 GiB"), "{text}");
-        assert!(text.contains("at least 25 GiB"), "{text}");
+        assert!(text.contains("at least 24 GiB"), "{text}");
         assert_eq!(suggested_gib(1 << 20), 20);
     }
 }
