@@ -168,7 +168,10 @@ mod tests {
         let sys = FakeSys::new();
         let img = mount(&sys, Path::new("/img"), &mnt, &MountConfig::build()).unwrap();
         assert!(mnt.is_dir());
-        assert_eq!(sys.mounts_under(dir.path()).unwrap(), std::slice::from_ref(&mnt));
+        assert_eq!(
+            sys.mounts_under(dir.path()).unwrap(),
+            std::slice::from_ref(&mnt)
+        );
         img.unmount_and_detach().unwrap();
         assert!(sys.mounts_under(dir.path()).unwrap().is_empty());
         assert!(sys.loop_devices().unwrap().is_empty());
