@@ -16,8 +16,6 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-pub use rustix::io::Errno as FsErrno;
-
 /// The kinds of node `mknod` makes for a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
@@ -306,12 +304,8 @@ pub fn is_no_space(errno: Errno) -> bool {
     errno == Errno::NOSPC || errno == Errno::DQUOT
 }
 
-/// Hand a created file's fd to std for buffered-free `write_all`.
+/// Hand a created file's fd to std, whose `write_all` writes straight to it (unbuffered:
+/// the caller already writes in large chunks).
 pub fn into_file(fd: OwnedFd) -> std::fs::File {
     std::fs::File::from(fd)
-}
-
-/// Re-export so callers can borrow fds without importing std::os in every file.
-pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
 }
