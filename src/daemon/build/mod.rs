@@ -190,11 +190,15 @@ async fn build(
         return Err(BuildError::Cancelled);
     }
     d.inner.store.snapshot_ref(&snapshot.digest)?;
+    // Blocks the frozen file really holds: the manifest's figure is rounded to whole chunks.
+    let data_bytes = std::fs::metadata(&snapshot.image_path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap_or(snapshot.data_bytes);
     let now = clock::now_string();
     let message = format!(
         "Froze snapshot {} ({} of {} GiB) in {:.1}s",
         snapshot.digest,
-        clock::human_bytes(snapshot.data_bytes),
+        clock::human_bytes(data_bytes),
         spec.size_gib,
         started.elapsed().as_secs_f64()
     );
@@ -203,8 +207,8 @@ async fn build(
             s.phase = Phase::Ready;
             s.progress = "100%".into();
             s.snapshot_digest = Some(snapshot.digest.clone());
-            s.data_size_bytes = Some(snapshot.data_bytes);
-            s.data_size = Some(clock::human_bytes(snapshot.data_bytes));
+            s.data_size_bytes = Some(data_bytes);
+            s.data_size = Some(clock::human_bytes(data_bytes));
             s.last_updated_time = now.clone();
             super::events::record(&mut s.events, NORMAL, "Frozen", message, &now);
         }
