@@ -2,6 +2,7 @@
 //! deterministic OCI image generator and a tree walker to compare results with.
 #![allow(dead_code)]
 
+pub mod cachefs;
 pub mod daemon;
 pub mod gen;
 pub mod oci;
