@@ -61,6 +61,10 @@ pub fn realistic_layers(seed: u64, compression: Compression, bytes: u64, files: 
 /// Word list shared by all layers, so text in different files repeats like real text does.
 struct Vocab {
     words: Vec<Vec<u8>>,
+    /// A handful of license texts that every package's copyright file repeats, as in a
+    /// distro: identical content far apart, which zstd's long window finds and gzip's 32 KiB
+    /// window does not.
+    licenses: Vec<Vec<u8>>,
 }
 
 impl Vocab {
@@ -80,7 +84,19 @@ impl Vocab {
                     .into_bytes()
             })
             .collect();
-        Vocab { words }
+        let mut v = Vocab {
+            words,
+            licenses: Vec::new(),
+        };
+        v.licenses = (0..6)
+            .map(|_| {
+                let mut t = Vec::new();
+                let len = rng.range(12_000, 36_000) as usize;
+                fill_text(&mut rng, &v, len, &mut t);
+                t
+            })
+            .collect();
+        v
     }
 
     /// Zipf-like: a few words are very common, most are rare.
@@ -94,6 +110,8 @@ impl Vocab {
 #[derive(Clone, Copy)]
 enum Content {
     Text,
+    /// A copyright file: a short header and one of the shared license texts.
+    License,
     Binary,
     /// Already compressed data (.gz, .png): incompressible.
     Random,
@@ -153,8 +171,7 @@ impl LayerGen<'_> {
                 if self.dirs.contains(&path) {
                     continue;
                 }
-                self.file(&path, size, content)?;
-                written += size;
+                written += self.file(&path, size, content)?;
                 files += 1;
                 if kind < 3 && f == 0 {
                     // Shared libraries come with their soname symlinks.
@@ -195,7 +212,10 @@ impl LayerGen<'_> {
                 format!("{lib}/lib{pkg}.so.1.{}.{}", f % 7, kind),
                 Content::Binary,
             ),
-            (0..=2, 1) => (format!("usr/share/doc/lib{pkg}/copyright"), Content::Text),
+            (0..=2, 1) => (
+                format!("usr/share/doc/lib{pkg}/copyright"),
+                Content::License,
+            ),
             (0..=2, 2) => (
                 format!("usr/share/doc/lib{pkg}/changelog.Debian.gz"),
                 Content::Random,
@@ -209,7 +229,7 @@ impl LayerGen<'_> {
             }
             (3..=5, 0) => (format!("usr/bin/{pkg}"), Content::Binary),
             (3..=5, 1) => (format!("usr/share/man/man1/{pkg}.1.gz"), Content::Random),
-            (3..=5, 2) => (format!("usr/share/doc/{pkg}/copyright"), Content::Text),
+            (3..=5, 2) => (format!("usr/share/doc/{pkg}/copyright"), Content::License),
             (3..=5, _) => (format!("usr/include/{pkg}/{pkg}-{f}.h"), Content::Text),
             (6..=8, 0) => (
                 format!("usr/lib/python3/dist-packages/{pkg}/__init__.py"),
@@ -242,7 +262,15 @@ impl LayerGen<'_> {
         Ok(())
     }
 
-    fn file(&mut self, path: &str, size: u64, content: Content) -> io::Result<()> {
+    /// Writes one file of about `size` bytes; returns the size written.
+    fn file(&mut self, path: &str, size: u64, content: Content) -> io::Result<u64> {
+        // Compressed files in a distro (changelogs, man pages, icons) are small.
+        let license = self.rng.below(self.vocab.licenses.len() as u64) as usize;
+        let size = match content {
+            Content::Random => size.min(48 * 1024),
+            Content::License => 200 + self.vocab.licenses[license].len() as u64,
+            _ => size,
+        };
         if let Some((dir, _)) = path.rsplit_once('/') {
             let dir = dir.to_string();
             self.ensure_dir(&dir)?;
@@ -255,6 +283,10 @@ impl LayerGen<'_> {
         let mut buf = std::mem::take(&mut self.buf);
         match content {
             Content::Text => fill_text(&mut self.rng, self.vocab, size as usize, &mut buf),
+            Content::License => {
+                fill_text(&mut self.rng, self.vocab, 200, &mut buf);
+                buf.extend_from_slice(&self.vocab.licenses[license]);
+            }
             Content::Binary => fill_binary(&mut self.rng, self.vocab, size as usize, &mut buf),
             Content::Random => {
                 buf.resize(size as usize, 0);
@@ -265,7 +297,7 @@ impl LayerGen<'_> {
         self.tar.get_mut().write_all(&buf)?;
         self.tar.pad(size)?;
         self.buf = buf;
-        Ok(())
+        Ok(size)
     }
 }
 
@@ -274,6 +306,15 @@ fn fill_text(rng: &mut Rng, vocab: &Vocab, len: usize, out: &mut Vec<u8>) {
     out.reserve(len + 32);
     let mut line = 0usize;
     while out.len() < len {
+        if out.len() > 256 && rng.below(8) == 0 {
+            // Real text repeats itself (identifiers, boilerplate): copy a recent phrase.
+            let n = rng.range(16, 64) as usize;
+            let back = rng.range(n as u64, (out.len().min(4096)) as u64) as usize;
+            let start = out.len() - back;
+            out.extend_from_within(start..start + n);
+            line += n;
+            continue;
+        }
         let w = vocab.word(rng);
         out.extend_from_slice(w);
         line += w.len() + 1;
@@ -304,25 +345,31 @@ fn fill_binary(rng: &mut Rng, vocab: &Vocab, len: usize, out: &mut Vec<u8>) {
         let seg = rng.range(256, 4096) as usize;
         let target = out.len() + seg;
         match rng.below(100) {
-            0..=39 => {
+            0..=44 => {
                 while out.len() < target {
-                    // 64 "opcodes", skewed; each instruction carries a random operand byte.
+                    // 64 "opcodes", skewed; operands are mostly small (registers, short
+                    // offsets), sometimes a full 32-bit displacement.
                     let u = rng.next_u64();
                     let op = ((u & 0x3f) * ((u >> 6) & 0x3f)) >> 6;
-                    let len = 2 + ((u >> 12) & 0x3) as usize;
                     let bytes = [
                         0x48,
                         0x89 ^ op as u8,
                         0xc0 | (op as u8 & 7),
-                        (u >> 20) as u8,
-                        (u >> 28) as u8 & 0x0f,
-                        0,
+                        (u >> 20) as u8 & 0x0f,
+                        (u >> 28) as u8,
+                        (u >> 36) as u8,
+                        (u >> 44) as u8,
                     ];
-                    out.extend_from_slice(&bytes[..len + 1]);
+                    let n = if (u >> 52) & 7 == 0 {
+                        7
+                    } else {
+                        3 + ((u >> 56) & 1) as usize
+                    };
+                    out.extend_from_slice(&bytes[..n]);
                 }
             }
-            40..=54 => out.resize(target, 0),
-            55..=74 => {
+            45..=64 => out.resize(target, 0),
+            65..=92 => {
                 while out.len() < target {
                     out.extend_from_slice(vocab.word(rng));
                     out.push(if rng.below(4) == 0 { 0 } else { b'_' });
