@@ -99,6 +99,6 @@ pub async fn wait_ready(client: &Client, name: &str, timeout: Duration) -> Resul
             bar.abandon();
             bail!("imagecache {name} is still {} after {}s; it keeps building: check it with `imagecache get {name}`", status.phase, timeout.as_secs());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

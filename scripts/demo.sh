@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The main job on this node, end to end: start imagecached on its embedded defaults
+# (state in /var/lib/imagecache, API on /run/imagecache/imagecache.sock), push a generated
+# ~420 MB image to a registry on 127.0.0.1, build an ImageCache of it through the CLI, and
+# show, verify and delete it. Run as root. Pass --keep to leave the cache and daemon running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+keep=0
+[ "${1:-}" = "--keep" ] && keep=1
+
+bash scripts/setup.sh
+cargo build --release --locked --bins --example gen-image
+bin=target/release
+socket=/run/imagecache/imagecache.sock
+
+work=$(mktemp -d /tmp/imagecache-demo.XXXXXX)
+pids=()
+cleanup() {
+  if [ "$keep" = 0 ]; then
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+  fi
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+registry="127.0.0.1:$port"
+cat > "$work/registry.yml" <<YAML
+version: 0.1
+log: { level: error }
+storage:
+  filesystem: { rootdirectory: $work/registry }
+http: { addr: $registry }
+YAML
+docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do curl -sf "http://$registry/v2/" >/dev/null && break; sleep 0.1; done
+echo "== pushing a generated image to $registry"
+"$bin/examples/gen-image" --registry "$registry" --repo demo/app --tag v1 --compression gzip --kind realistic
+
+echo "== starting imagecached (defaults; $registry trusted over plain HTTP)"
+"$bin/imagecached" --insecure-registry "$registry" > "$work/imagecached.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do [ -S "$socket" ] && break; sleep 0.05; done
+
+ic() { "$bin/imagecache" "$@"; }
+ic delete demo >/dev/null 2>&1 || true
+echo "== imagecache create -f - --wait"
+ic create -f - --wait <<YAML
+apiVersion: eci.alibabacloud.com/v1
+kind: ImageCache
+metadata:
+  name: demo
+spec:
+  images: ["$registry/demo/app:v1"]
+  imageCacheSize: 20
+  retentionDays: 7
+YAML
+echo "== imagecache get -o wide"
+ic get -o wide
+echo "== imagecache describe demo"
+ic describe demo
+echo "== imagecache verify demo"
+ic verify demo
+if [ "$keep" = 0 ]; then
+  echo "== imagecache delete demo"
+  ic delete demo
+fi
