@@ -164,6 +164,55 @@ impl TestDaemon {
         self.cli(&args)
     }
 
+    /// Writes `body` to a file called `file_name` (its extension decides the content type the
+    /// CLI sends: `.json` is JSON, anything else YAML) and runs `create -f FILE [--wait]`.
+    pub fn create_file(&self, file_name: &str, body: &str, wait: bool) -> Output {
+        let path = self.dir.path().join(file_name);
+        std::fs::write(&path, body).unwrap();
+        let path_s = path.to_str().unwrap().to_owned();
+        let mut args = vec!["create", "-f", path_s.as_str()];
+        if wait {
+            args.push("--wait");
+        }
+        self.cli(&args)
+    }
+
+    /// Polls `get NAME -o json` until `done` holds for the cache; panics with the last state
+    /// and the daemon's log after `timeout`.
+    pub fn wait_until(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let cache = self.get_json(name);
+            if done(&cache) {
+                return cache;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cache {name} did not reach the expected state within {timeout:?}: {cache:#}\n--- daemon log ---\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The names `get -o json` lists.
+    pub fn list_names(&self) -> Vec<String> {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.cli_ok(&["get", "-o", "json"])).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("get -o json lists no items: {list:#}"))
+            .iter()
+            .map(|c| c["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Writes a kubernetes.io/dockerconfigjson pull secret `ns/name` for `registry`.
     pub fn write_pull_secret(&self, ns: &str, name: &str, registry: &str, user: &str, pass: &str) {
         use base64::Engine;
