@@ -368,3 +368,165 @@ fn unknown_entry_types_are_refused() {
         "{err}"
     );
 }
+
+/// A tar assembled block by block, for headers `Layer` cannot express.
+#[derive(Default)]
+struct RawTar(Vec<u8>);
+
+impl RawTar {
+    /// A ustar header of type `kind` named `name` with `data` after it, padded to a block.
+    /// `size` is what the header claims, which need not be `data.len()`.
+    fn entry(&mut self, kind: u8, name: &str, size: u64, data: &[u8]) -> &mut Self {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(EntryType::new(kind));
+        h.set_path(name).unwrap();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(MTIME);
+        h.set_size(size);
+        h.set_cksum();
+        self.header(&h).data(data)
+    }
+
+    fn header(&mut self, h: &tar::Header) -> &mut Self {
+        self.0.extend_from_slice(h.as_bytes());
+        self
+    }
+
+    fn data(&mut self, data: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().next_multiple_of(512), 0);
+        self
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&[0; 1024]);
+        std::mem::take(&mut self.0)
+    }
+}
+
+#[test]
+fn binary_xattr_values_with_newlines_land_byte_exact() {
+    // What Go's archive/tar writes for `setcap`-style binary xattrs: records sorted by key
+    // (so the xattrs come before `gid`/`uid`), values verbatim, each record found only by
+    // its length. Each value holds `\n`, and `=`, and a string that looks like a record.
+    let cap_like: &[u8] = b"\x01\x00\x00\x02\x00\x0a\x00\x00\n=\n9 k=v\n\x00\xff";
+    let text: &[u8] = b"line one\nline two\n=\n";
+    let mut pax = Vec::new();
+    pax.extend_from_slice(b"60 SCHILY.xattr.trusted.capability-like=");
+    pax.extend_from_slice(cap_like);
+    pax.extend_from_slice(b"\n");
+    assert_eq!(pax.len(), 60, "first record's length prefix");
+    pax.extend_from_slice(b"46 SCHILY.xattr.user.bin=line one\nline two\n=\n\n");
+    assert_eq!(pax.len(), 60 + 46, "second record's length prefix");
+    pax.extend_from_slice(b"12 gid=4242\n21 mtime=1.000000002\n12 uid=4243\n");
+    assert_eq!(
+        pax.len(),
+        60 + 46 + 12 + 21 + 12,
+        "last records' length prefixes"
+    );
+    let mut t = RawTar::default();
+    t.entry(b'x', "PaxHeaders/binary", pax.len() as u64, &pax)
+        .entry(b'0', "usr/share/xattr/binary", 6, b"xattrs")
+        .entry(b'0', "usr/share/xattr/after", 5, b"after");
+    let tar = t.finish();
+
+    let d = tmp();
+    let stats = apply(&tar, Compression::Gzip, d.path()).unwrap();
+    assert_eq!(stats.entries, 2);
+    let p = d.path().join("usr/share/xattr/binary");
+    assert_eq!(
+        xattr(&p, "trusted.capability-like").as_deref(),
+        Some(cap_like)
+    );
+    assert_eq!(xattr(&p, "user.bin").as_deref(), Some(text));
+    let m = lstat(&p);
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (4243, 4242),
+        "records after the binary ones apply"
+    );
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1, 2));
+    assert_eq!(fs::read(&p).unwrap(), b"xattrs");
+    // The PAX header described only its own entry.
+    let after = d.path().join("usr/share/xattr/after");
+    assert_eq!(xattr(&after, "user.bin"), None);
+    assert_eq!(lstat(&after).uid(), 0);
+    assert_eq!(fs::read(after).unwrap(), b"after");
+}
+
+#[test]
+fn pax_size_overrides_the_header_size() {
+    // Go leaves the header's size 0 when only PAX can hold it (8 GiB and more); the data
+    // and the next header's position follow the PAX size.
+    let data: Vec<u8> = (0..1300u32).map(|i| (i % 251) as u8).collect();
+    let mut t = RawTar::default();
+    t.entry(b'x', "PaxHeaders/big", 13, b"13 size=1300\n")
+        .entry(b'0', "big", 0, &data)
+        .entry(b'0', "next", 4, b"next");
+    let tar = t.finish();
+    let d = tmp();
+    let stats = apply(&tar, Compression::None, d.path()).unwrap();
+    assert_eq!(stats.file_bytes, 1304);
+    assert_eq!(fs::read(d.path().join("big")).unwrap(), data);
+    assert_eq!(fs::read(d.path().join("next")).unwrap(), b"next");
+}
+
+#[test]
+fn malformed_pax_records_are_refused_naming_the_entry() {
+    // The second record claims 30 bytes where 13 are left.
+    let pax = b"6 k=v\n30 key=value\n";
+    let mut t = RawTar::default();
+    t.entry(b'x', "PaxHeaders/victim", pax.len() as u64, pax)
+        .entry(b'0', "usr/bin/victim", 0, b"");
+    let tar = t.finish();
+    let d = tmp();
+    let err = apply(&tar, Compression::None, d.path()).unwrap_err();
+    match &err {
+        UnpackError::Malformed { entry, reason } => {
+            assert_eq!(entry, "usr/bin/victim");
+            assert!(
+                reason.contains("byte 6") && reason.contains("30"),
+                "{reason}"
+            );
+        }
+        other => panic!("not Malformed: {other}"),
+    }
+    assert!(err.to_string().contains("rebuild the image"), "{err}");
+}
+
+#[test]
+fn gnu_sparse_files_get_their_holes_back() {
+    // Old GNU sparse: 600 bytes stored for a 5000-byte file, data at 1024 and 4000 and a
+    // hole at the end that only the real size shows.
+    let first = [b'a'; 512];
+    let second = [b'b'; 88];
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_path("sparse").unwrap();
+    h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(MTIME);
+    h.set_size(600);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.sparse[0].set_offset(1024);
+    gnu.sparse[0].set_length(512);
+    gnu.sparse[1].set_offset(4000);
+    gnu.sparse[1].set_length(88);
+    gnu.set_real_size(5000);
+    h.set_cksum();
+    let mut t = RawTar::default();
+    t.header(&h).data(&[&first[..], &second[..]].concat());
+    t.entry(b'0', "after", 2, b"ok");
+    let tar = t.finish();
+    let d = tmp();
+    let stats = apply(&tar, Compression::None, d.path()).unwrap();
+    assert_eq!(stats.file_bytes, 5000 + 2);
+    let mut want = vec![0u8; 5000];
+    want[1024..1536].copy_from_slice(&first);
+    want[4000..4088].copy_from_slice(&second);
+    assert_eq!(fs::read(d.path().join("sparse")).unwrap(), want);
+    assert_eq!(fs::read(d.path().join("after")).unwrap(), b"ok");
+}

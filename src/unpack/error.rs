@@ -18,6 +18,14 @@ pub enum UnpackError {
         source: io::Error,
     },
 
+    /// A header or extension header (PAX, GNU long name, sparse map) cannot be parsed.
+    #[error(
+        "layer entry `{entry}` {reason}: the layer's tar stream is malformed; if pulling the \
+         layer again gives the same error, rebuild the image with a standard tool (docker, \
+         buildkit)"
+    )]
+    Malformed { entry: String, reason: String },
+
     /// A tar entry type that has no meaning in an OCI layer.
     #[error(
         "layer entry `{entry}` has tar type {type_byte:#04x}, which OCI layers do not use: \

@@ -1,15 +1,9 @@
 //! An entry's ownership, mode, times and xattrs, read from its header and PAX records.
 
-use std::io::{self, Read};
+use std::io;
 
+use super::pax::PaxFields;
 use crate::sys::fsops::Time;
-
-/// PAX records carrying xattrs, as GNU tar, Go's archive/tar and BuildKit write them.
-const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
-/// overlayfs's own bookkeeping. A layer may only express it through whiteout files; taken
-/// from a tar as raw xattrs, `redirect`/`metacopy`/`origin` would make the overlay read
-/// another path's data, so they are dropped.
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 
 #[derive(Debug, Default)]
 pub(crate) struct Meta {
@@ -40,21 +34,37 @@ impl From<io::Error> for MetaError {
 }
 
 impl Meta {
-    /// Fill from `entry`, replacing what the previous entry left. Device numbers are only
-    /// read for device entries: writers leave the fields blank on everything else.
-    pub(crate) fn read_from<R: Read>(
+    /// Fill from an entry's header and PAX fields, replacing what the previous entry left;
+    /// the xattrs are moved out of `pax`. Device numbers are only read for device entries:
+    /// writers leave the fields blank on everything else.
+    pub(crate) fn read_from(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        header: &tar::Header,
+        pax: &mut PaxFields,
         device: bool,
     ) -> Result<(), MetaError> {
-        let header = entry.header();
-        // The tar crate has already applied PAX uid/gid to the header.
-        self.uid = u32::try_from(header.uid()?).map_err(|_| MetaError::Invalid(ID_RANGE))?;
-        self.gid = u32::try_from(header.gid()?).map_err(|_| MetaError::Invalid(ID_RANGE))?;
+        // A writer that puts an id in PAX may leave the header field unreadable (Go writes
+        // 0), so the header is only consulted without one.
+        let uid = match pax.uid {
+            Some(uid) => uid,
+            None => header.uid()?,
+        };
+        let gid = match pax.gid {
+            Some(gid) => gid,
+            None => header.gid()?,
+        };
+        self.uid = u32::try_from(uid).map_err(|_| MetaError::Invalid(ID_RANGE))?;
+        self.gid = u32::try_from(gid).map_err(|_| MetaError::Invalid(ID_RANGE))?;
         // Some writers put the file type bits into the mode field as well.
         self.mode = header.mode()? & 0o7777;
-        let secs = i64::try_from(header.mtime()?).unwrap_or(i64::MAX);
-        self.mtime = Time { secs, nanos: 0 };
+        self.mtime = match pax.mtime {
+            // Sub-second precision only exists here.
+            Some(t) => t,
+            None => Time {
+                secs: i64::try_from(header.mtime()?).unwrap_or(i64::MAX),
+                nanos: 0,
+            },
+        };
         (self.dev_major, self.dev_minor) = if device {
             (
                 header.device_major()?.unwrap_or(0),
@@ -64,34 +74,9 @@ impl Meta {
             (0, 0)
         };
         self.xattrs.clear();
-
-        let mut atime = None;
-        if let Some(exts) = entry.pax_extensions()? {
-            for ext in exts {
-                let ext = ext?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
-                    if name.starts_with(OVERLAY_XATTR_PREFIX) {
-                        tracing::warn!(
-                            xattr = %String::from_utf8_lossy(name),
-                            "dropping an overlayfs xattr carried in a layer tar"
-                        );
-                        continue;
-                    }
-                    self.xattrs
-                        .push((name.to_vec(), ext.value_bytes().to_vec()));
-                } else if key == b"mtime" {
-                    // Sub-second precision only exists here.
-                    if let Some(t) = parse_pax_time(ext.value_bytes()) {
-                        self.mtime = t;
-                    }
-                } else if key == b"atime" {
-                    atime = parse_pax_time(ext.value_bytes());
-                }
-            }
-        }
+        self.xattrs.append(&mut pax.xattrs);
         // containerd sets atime to the later of atime and mtime.
-        self.atime = match atime {
+        self.atime = match pax.atime {
             Some(a) if (a.secs, a.nanos) > (self.mtime.secs, self.mtime.nanos) => a,
             _ => self.mtime,
         };

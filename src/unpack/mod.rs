@@ -6,25 +6,31 @@
 //! - `decompress`: gzip/zstd/plain by magic, and the diffID hash of the tar stream.
 //! - `safety`: entry-name normalisation and parent lookups confined beneath the layer dir.
 //! - `entry`: creating each node and applying its metadata.
-//! - `meta`: reading ownership, mode, times and xattrs from headers and PAX records.
+//! - `archive`: the tar stream entry by entry, with PAX, GNU long-name and sparse headers
+//!   resolved into the entries they describe.
+//! - `pax`: PAX extended header records, split by their length prefix.
+//! - `meta`: an entry's ownership, mode, times and xattrs from its header and PAX fields.
 //! - `whiteout`: OCI whiteouts to overlayfs form.
 //! - `space`: the fail-fast free-space check and the no-space report.
 
+mod archive;
 mod decompress;
 mod entry;
 mod error;
 mod meta;
+mod pax;
 mod safety;
 mod space;
 mod whiteout;
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 pub use decompress::Compression;
 pub use error::UnpackError;
 
+use archive::{ReadError, TarReader};
 use decompress::HashingReader;
 use entry::{Created, Failure};
 use error::{entry_io, entry_name, unsafe_entry};
@@ -72,10 +78,10 @@ pub fn apply_layer<R: Read>(
     let mut applier = Applier::new(root);
     // Tar reads headers 512 bytes at a time; the buffer turns that into large decoder reads,
     // while file data reads of TAR_BUF or more bypass it.
-    let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUF, &mut hashed));
+    let mut archive = TarReader::new(BufReader::with_capacity(TAR_BUF, &mut hashed));
     applier.apply_all(&mut archive)?;
     // The diffID covers everything up to EOF, including the end-of-archive blocks and any
-    // record padding after them, which tar itself never reads.
+    // record padding after them, which the tar reader never reads.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(stream_error)?;
     let (uncompressed_bytes, diff_id) = hashed.finish();
     if diff_id != expected {
@@ -111,6 +117,7 @@ struct DirTimes {
 
 struct Applier {
     root: OwnedFd,
+    entry: archive::Entry,
     parents: Parents,
     space: Space,
     meta: Meta,
@@ -139,6 +146,7 @@ impl Applier {
     fn new(root: OwnedFd) -> Self {
         Applier {
             root,
+            entry: archive::Entry::default(),
             parents: Parents::new(),
             space: Space::new(),
             meta: Meta::default(),
@@ -152,18 +160,27 @@ impl Applier {
         }
     }
 
-    fn apply_all<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
-        for entry in archive.entries().map_err(stream_error)? {
-            let mut entry = entry.map_err(stream_error)?;
-            self.apply(&mut entry)?;
+    fn apply_all<R: BufRead>(&mut self, archive: &mut TarReader<R>) -> Result<(), UnpackError> {
+        loop {
+            match archive.next(&mut self.entry) {
+                Ok(true) => self.apply(archive)?,
+                Ok(false) => return Ok(()),
+                Err(ReadError::Stream(e)) => return Err(stream_error(e)),
+                Err(ReadError::Malformed { entry, reason }) => {
+                    return Err(UnpackError::Malformed {
+                        entry: entry_name(&entry),
+                        reason,
+                    })
+                }
+            }
         }
-        Ok(())
     }
 
-    fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let type_byte = entry.header().entry_type().as_byte();
+    /// Apply `self.entry`, the archive's current entry.
+    fn apply<R: BufRead>(&mut self, archive: &mut TarReader<R>) -> Result<(), UnpackError> {
+        let type_byte = self.entry.type_byte;
         self.raw.clear();
-        self.raw.extend_from_slice(&entry.path_bytes());
+        self.raw.extend_from_slice(&self.entry.name);
         let kind = match type_byte {
             // A pre-POSIX regular file whose name ends in `/` is a directory (as Go reads it).
             b'\0' if self.raw.ends_with(b"/") => Kind::Dir,
@@ -174,8 +191,6 @@ impl Applier {
             b'4' => Kind::Node(NodeKind::Block),
             b'5' => Kind::Dir,
             b'6' => Kind::Node(NodeKind::Fifo),
-            // Global PAX headers carry nothing a layer needs (containerd ignores them too).
-            b'g' => return Ok(()),
             other => {
                 return Err(UnpackError::UnsupportedType {
                     entry: entry_name(&self.raw),
@@ -184,16 +199,10 @@ impl Applier {
             }
         };
         self.entries += 1;
-        // Bytes of data in the stream, and the file's apparent size: they differ only for a
-        // GNU sparse file, whose header carries the real size (holes are written as zeros).
-        let size = entry.size();
+        // The file's apparent size: for a GNU sparse file more than its bytes in the stream
+        // (holes are written as zeros).
         let apparent = if matches!(kind, Kind::File) {
-            entry
-                .header()
-                .as_gnu()
-                .filter(|_| type_byte == b'S')
-                .and_then(|gnu| gnu.real_size().ok())
-                .unwrap_or(size)
+            self.entry.apparent
         } else {
             0
         };
@@ -206,13 +215,13 @@ impl Applier {
             return Ok(());
         }
         if matches!(kind, Kind::Hardlink) {
-            let target = entry.link_name_bytes().unwrap_or_default();
-            safety::normalise(&target, &mut self.link).map_err(|_| {
+            let target = &self.entry.link;
+            safety::normalise(target, &mut self.link).map_err(|_| {
                 unsafe_entry(
                     &self.raw,
                     format!(
                         "hard-links to `{}` outside the layer directory",
-                        entry_name(&target)
+                        entry_name(target)
                     ),
                 )
             })?;
@@ -222,19 +231,20 @@ impl Applier {
         } else if matches!(kind, Kind::Symlink) {
             // A symlink's target is data: it is stored as is, wherever it points.
             self.link.clear();
-            if let Some(target) = entry.link_name_bytes() {
-                self.link.extend_from_slice(&target);
-            }
+            self.link.extend_from_slice(&self.entry.link);
         }
         let (parent, name) = safety::split(&self.path);
         let whiteout = whiteout::classify(name).map_err(|r| unsafe_entry(&self.raw, r))?;
 
         if self.space.is_exhausted() {
-            // Only measuring now; tar skips the data on the next header read.
+            // Only measuring now; the reader skips the data on the next header read.
             return Ok(());
         }
         let device = matches!(kind, Kind::Node(NodeKind::Char | NodeKind::Block));
-        match self.meta.read_from(entry, device) {
+        match self
+            .meta
+            .read_from(&self.entry.header, &mut self.entry.pax, device)
+        {
             Ok(()) => {}
             Err(MetaError::Io(e)) => return Err(entry_io(&self.raw, "read its header", e)),
             Err(MetaError::Invalid(r)) => return Err(unsafe_entry(&self.raw, r)),
@@ -265,7 +275,8 @@ impl Applier {
                 }
                 Whiteout::No => match kind {
                     Kind::File => {
-                        entry::regular_file(dir, name, entry, size, &mut self.buf, &self.meta)
+                        let data = &mut archive.data();
+                        entry::regular_file(dir, name, data, apparent, &mut self.buf, &self.meta)
                     }
                     Kind::Dir => entry::directory(dir, name, &self.meta),
                     Kind::Symlink => entry::symlink(dir, name, &self.link, &self.meta),
