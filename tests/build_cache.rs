@@ -204,7 +204,7 @@ fn feature_images_build_into_a_frozen_cache_that_matches_the_generator() {
     let out = daemon.cli(&["get", "features"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"));
     daemon.stop();
-    assert_no_leaks(scratch.path());
+    assert_no_leaks(&root);
     assert_eq!(
         std::fs::read_dir(root.join("work")).unwrap().count(),
         0,

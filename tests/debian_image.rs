@@ -91,5 +91,5 @@ fn debian_minbase_runs_from_the_cache() {
     frozen.unmount_and_detach().unwrap();
     daemon.cli_ok(&["delete", "debian"]);
     daemon.stop();
-    assert_no_leaks(scratch.path());
+    assert_no_leaks(&root);
 }
