@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod image;
 pub mod layout;
+pub mod matching;
 pub mod registry;
 pub mod snapshot;
 pub mod store;
