@@ -25,10 +25,13 @@ impl MountConfig {
     /// `nobarrier` drops the cache flushes journal commits issue; each one becomes an fsync
     /// of the backing file through the loop device. A build interrupted by a crash is thrown
     /// away and redone, so barriers protect nothing here. Never use this for per-pod disks.
+    /// Buffered, not direct, I/O: the image's blocks then stay in the page cache for the
+    /// freeze to hash at memory speed while their writeback to disk runs alongside (measured
+    /// here: a 420 MB build 2.0 s buffered against 2.4 s direct).
     pub fn build() -> Self {
         MountConfig {
             read_only: false,
-            direct_io: true,
+            direct_io: false,
             data: "noinit_itable,nobarrier".to_owned(),
         }
     }

@@ -183,7 +183,10 @@ async fn build(
     let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, BuildError> {
         // Both only read the image: checking and hashing side by side saves the fsck's time.
         let t0 = Instant::now();
+        // Writeback of the image runs under them too, so commit's fsync finds it done.
         let (checked, hashed) = std::thread::scope(|s| {
+            let _writeback =
+                s.spawn(|| std::fs::File::open(&image_path).and_then(|f| f.sync_data()));
             let fsck = s.spawn(|| crate::image::fsck(&image_path));
             let hashed = crate::snapshot::hash_file(&image_path);
             (fsck.join().expect("fsck thread panicked"), hashed)

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::sys::Sys;
 
-const EVERY: Duration = Duration::from_millis(250);
+const EVERY: Duration = Duration::from_millis(200);
 
 pub struct Flusher {
     stop: oneshot::Sender<()>,
