@@ -193,3 +193,113 @@ pub struct VerifyResult {
     /// One line per chunk or extent that differs.
     pub problems: Vec<String>,
 }
+
+pub const KIND_DISK: &str = "Disk";
+pub const KIND_DISK_LIST: &str = "DiskList";
+
+/// A per-pod disk: a copy-on-write clone of a cache's snapshot (or an empty disk when no
+/// cache matches), with the pod's images in it. `metadata.name` is the disk id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disk {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: DiskSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DiskStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskSpec {
+    /// The Pod the disk is for (metadata and the images of its containers and
+    /// initContainers); or leave it out and give `images` and `annotations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    /// Selection annotations, as a Pod would carry them (`k8s.aliyun.com/eci-imc-id`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// A cache id to clone (`imc-…`), or `auto` (the default) for automatic matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_id: Option<String>,
+    /// GiB; default the cache's size, never smaller than it.
+    #[serde(default, rename = "sizeGiB", skip_serializing_if = "Option::is_none")]
+    pub size_gib: Option<u32>,
+    /// Mount the disk (default true); false only attaches it, for a microVM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<bool>,
+    /// Where to mount it; default `<root>/disks/<id>/mnt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskPhase {
+    Pulling,
+    Ready,
+    Failed,
+}
+
+impl std::fmt::Display for DiskPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiskPhase::Pulling => "Pulling",
+            DiskPhase::Ready => "Ready",
+            DiskPhase::Failed => "Failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskStatus {
+    pub phase: DiskPhase,
+    /// The cache cloned, or none for an empty disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_digest: Option<String>,
+    pub matched_images: Vec<String>,
+    pub missing_images: Vec<String>,
+    pub pulled_images: Vec<String>,
+    /// The loop device, `/dev/loopN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mountpoint: Option<String>,
+    #[serde(rename = "sizeGiB")]
+    pub size_gib: u32,
+    pub timings: DiskTimings,
+    /// The cache created in the background from this disk's images, when none matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_created_cache: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub creation_time: String,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// Milliseconds each step took.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskTimings {
+    pub clone_ms: f64,
+    pub grow_ms: f64,
+    pub attach_ms: f64,
+    pub mount_ms: f64,
+    pub pull_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskList {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ListMeta,
+    pub items: Vec<Disk>,
+}

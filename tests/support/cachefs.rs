@@ -34,11 +34,17 @@ fn escape(p: &Path) -> String {
 /// filesystem at `at`: the image's merged root filesystem.
 pub fn mount_chain(cache_root: &Path, chain_ids: &[String], at: &Path) -> Overlay {
     std::fs::create_dir_all(at).unwrap();
-    let lowers: Vec<String> = chain_ids
+    let mut lowers: Vec<String> = chain_ids
         .iter()
         .rev()
         .map(|c| escape(&cache_root.join("snapshots").join(c).join("fs")))
         .collect();
+    if lowers.len() == 1 {
+        // overlayfs wants two lower layers when it has no upper one; an empty one changes nothing.
+        let empty = at.with_extension("empty-lower");
+        std::fs::create_dir_all(&empty).unwrap();
+        lowers.push(escape(&empty));
+    }
     let data = format!("lowerdir={}", lowers.join(":"));
     SYS.mount(
         Path::new("overlay"),
