@@ -7,6 +7,7 @@ mod error;
 pub mod events;
 mod handlers;
 pub mod ids;
+mod owner;
 mod pipe;
 mod progress;
 mod recovery;

@@ -1,6 +1,7 @@
 //! Embedded state in SQLite (WAL): caches with their status and events, snapshot reference
 //! counts, and builds in progress. Everything an operator sees survives a restart.
 
+mod disks;
 mod schema;
 
 use std::path::Path;

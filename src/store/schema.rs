@@ -3,7 +3,8 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE caches (
         name TEXT PRIMARY KEY,
         cache_id TEXT NOT NULL UNIQUE,
@@ -23,7 +24,20 @@ const MIGRATIONS: &[&str] = &[r#"
         cache_name TEXT NOT NULL,
         work_dir TEXT NOT NULL
     );
-"#];
+"#,
+    r#"
+    CREATE TABLE disks (
+        id TEXT PRIMARY KEY,
+        phase TEXT NOT NULL,
+        snapshot_digest TEXT,
+        object TEXT NOT NULL,
+        created_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TRIGGER disks_seq AFTER INSERT ON disks BEGIN
+        UPDATE disks SET created_seq = NEW.rowid WHERE rowid = NEW.rowid;
+    END;
+"#,
+];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

@@ -13,8 +13,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{Plan, PlannedLayer};
-use super::{event, BuildError, BuildSpec};
+use super::BuildError;
 use crate::daemon::events::NORMAL;
+use crate::daemon::owner::Owner;
 use crate::daemon::progress::Progress;
 use crate::daemon::{clock, pipe, Daemon};
 use crate::layout::layer_dir;
@@ -29,7 +30,8 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 #[allow(clippy::too_many_arguments)]
 pub async fn pull_all(
     d: &Daemon,
-    spec: &BuildSpec,
+    owner: &Owner,
+    size_gib: u32,
     plan: &Plan,
     keyring: &Arc<Keyring>,
     root: &Path,
@@ -61,7 +63,7 @@ pub async fn pull_all(
         let joined = tokio::select! {
             joined = tasks.join_next() => joined,
             _ = ticker.tick() => {
-                write_progress(d, &spec.name, &progress);
+                owner.progress(d, progress.percent());
                 continue;
             }
         };
@@ -80,7 +82,7 @@ pub async fn pull_all(
                                 started.elapsed().as_secs_f64(),
                                 clock::human_mb(image.size_bytes)
                             );
-                            event(d, &spec.name, NORMAL, "Pulled", message);
+                            owner.event(d, NORMAL, "Pulled", message);
                         }
                     }
                 }
@@ -103,11 +105,11 @@ pub async fn pull_all(
             }
         }
     }
-    write_progress(d, &spec.name, &progress);
+    owner.progress(d, progress.percent());
     if let Some(needed_bytes) = no_space_needed {
         return Err(BuildError::NoSpace {
             needed_bytes,
-            size_gib: spec.size_gib,
+            size_gib,
         });
     }
     match first_error {
@@ -115,18 +117,6 @@ pub async fn pull_all(
         None if cancel.is_cancelled() => Err(BuildError::Cancelled),
         None => Ok(stats),
     }
-}
-
-fn write_progress(d: &Daemon, name: &str, progress: &Progress) {
-    let pct = progress.percent();
-    let _ = d.inner.store.update_cache(name, |c| {
-        if let Some(s) = c.status.as_mut() {
-            if s.progress != pct {
-                s.progress = pct;
-                s.last_updated_time = clock::now_string();
-            }
-        }
-    });
 }
 
 async fn pull_layer(

@@ -3,6 +3,7 @@
 //! into a snapshot. Status, progress and events are written to the store as it goes.
 
 mod error;
+pub(crate) mod fill;
 mod layers;
 mod plan;
 mod workdir;
@@ -18,7 +19,7 @@ pub use error::BuildError;
 pub(crate) use workdir::clean_work_dir;
 
 use super::events::{NORMAL, WARNING};
-use super::progress::Progress;
+use super::owner::Owner;
 use super::{clock, ids, Daemon};
 use crate::api::{CachedImage, Phase};
 use crate::image::MountConfig;
@@ -137,7 +138,7 @@ async fn build(
     prepare
         .await
         .map_err(|e| BuildError::Internal(e.to_string()))??;
-    let plan = plan::Plan::new(resolved?)?;
+    let resolved = resolved?;
     // Attaching and mounting is a handful of syscalls: fine on the async thread.
     let sys = d.inner.sys.clone();
     let mounted = crate::image::mount(
@@ -146,6 +147,20 @@ async fn build(
         &mountpoint,
         &MountConfig::build(),
     )?;
+    let root = mounted.path().to_owned();
+    let owner = Owner::Cache(spec.name.clone());
+    let plan = fill::fill(
+        d,
+        &owner,
+        resolved,
+        &keyring,
+        &root,
+        spec.size_gib,
+        started,
+        cancel,
+    )
+    .await?;
+    let t_layers = started.elapsed();
     d.inner.store.update_cache(&spec.name, |c| {
         if let Some(s) = c.status.as_mut() {
             s.images = plan
@@ -161,19 +176,6 @@ async fn build(
                 .collect();
         }
     })?;
-
-    let root = mounted.path().to_owned();
-    plan.write_layout(&root)?;
-    let progress = Arc::new(Progress::default());
-    progress
-        .total
-        .store(plan.total_bytes(), std::sync::atomic::Ordering::Relaxed);
-    let flusher = writeback::start(d.inner.sys.clone(), root.clone());
-    let pulled = layers::pull_all(d, spec, &plan, &keyring, &root, progress, started, cancel).await;
-    flusher.stop().await;
-    let stats = pulled?;
-    plan.write_snapshots(&root, &stats)?;
-    let t_layers = started.elapsed();
 
     set_phase(d, &spec.name, Phase::Freezing, Some("100%".into()));
     // syncfs writes back what the layers left dirty, then unmount and detach.

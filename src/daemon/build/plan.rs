@@ -34,7 +34,11 @@ pub struct PlannedLayer {
 #[derive(Debug)]
 pub struct Plan {
     pub images: Vec<PlannedImage>,
+    /// Layers to fetch: those the target filesystem does not hold yet.
     pub layers: Vec<PlannedLayer>,
+    /// What the target already held (`snapshots.json`), with the new images' names added to
+    /// the layers they share.
+    pub existing: BTreeMap<String, SnapshotEntry>,
 }
 
 /// Resolves every image at once; the first failure names its image.
@@ -58,7 +62,12 @@ pub async fn resolve_all(
 }
 
 impl Plan {
-    pub fn new(resolved: Vec<ResolvedImage>) -> Result<Plan, BuildError> {
+    /// Plans fetching `resolved` into a filesystem that already holds `existing` layers
+    /// (empty for a new cache; a clone's for a disk or a reused cache).
+    pub fn new(
+        resolved: Vec<ResolvedImage>,
+        mut existing: BTreeMap<String, SnapshotEntry>,
+    ) -> Result<Plan, BuildError> {
         let mut images = Vec::with_capacity(resolved.len());
         let mut layers: Vec<PlannedLayer> = Vec::new();
         let mut by_chain: HashMap<String, usize> = HashMap::new();
@@ -67,6 +76,12 @@ impl Plan {
             let diff_ids: Vec<String> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
             let chains = chain_ids(&diff_ids);
             for (i, (layer, chain)) in image.layers.iter().zip(&chains).enumerate() {
+                if let Some(held) = existing.get_mut(chain) {
+                    if !held.images.contains(&name) {
+                        held.images.push(name.clone());
+                    }
+                    continue;
+                }
                 match by_chain.get(chain) {
                     Some(&at) => {
                         if !layers[at].images.contains(&name) {
@@ -92,7 +107,11 @@ impl Plan {
                 size_bytes,
             });
         }
-        Ok(Plan { images, layers })
+        Ok(Plan {
+            images,
+            layers,
+            existing,
+        })
     }
 
     /// Compressed bytes to fetch: each distinct layer once.
@@ -102,7 +121,22 @@ impl Plan {
 
     /// `oci-layout`, `index.json` and the manifests, indexes and configs under `blobs/`.
     pub fn write_layout(&self, root: &Path) -> Result<(), BuildError> {
-        let mut entries = Vec::new();
+        // Images already in the filesystem stay listed, unless a new one takes their name.
+        let mut entries: Vec<IndexEntry> = match layout::read_index(root) {
+            Ok(index) => index.manifests,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(BuildError::io("read index.json in", root, e)),
+        };
+        let new_names: Vec<String> = self
+            .images
+            .iter()
+            .map(|i| i.resolved.reference.to_string())
+            .collect();
+        entries.retain(|e| {
+            e.annotations
+                .get(layout::ANNOTATION_IMAGE_NAME)
+                .is_none_or(|n| !new_names.contains(n))
+        });
         for image in &self.images {
             let r = &image.resolved;
             let mut blobs = vec![
@@ -142,19 +176,16 @@ impl Plan {
         root: &Path,
         stats: &HashMap<String, LayerStats>,
     ) -> Result<(), BuildError> {
-        let entries: BTreeMap<String, SnapshotEntry> = self
-            .layers
-            .iter()
-            .map(|l| {
-                let entry = SnapshotEntry {
-                    diff_id: l.descriptor.diff_id.clone(),
-                    parent: l.parent.clone(),
-                    size: stats.get(&l.chain_id).map(|s| s.file_bytes).unwrap_or(0),
-                    images: l.images.clone(),
-                };
-                (l.chain_id.clone(), entry)
-            })
-            .collect();
+        let mut entries = self.existing.clone();
+        entries.extend(self.layers.iter().map(|l| {
+            let entry = SnapshotEntry {
+                diff_id: l.descriptor.diff_id.clone(),
+                parent: l.parent.clone(),
+                size: stats.get(&l.chain_id).map(|s| s.file_bytes).unwrap_or(0),
+                images: l.images.clone(),
+            };
+            (l.chain_id.clone(), entry)
+        }));
         layout::write_snapshots(root, &entries)
             .map_err(|e| BuildError::io("write snapshots.json in", root, e))
     }

@@ -1,0 +1,48 @@
+//! Whose status a pull reports to: a cache being built, or a disk being filled with the
+//! images its cache lacked.
+
+use super::{clock, events, Daemon};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Cache(String),
+    Disk(String),
+}
+
+impl Owner {
+    /// Adds an event to the owner's status (a repeat bumps the count).
+    pub fn event(&self, d: &Daemon, type_: &str, reason: &str, message: String) {
+        let now = clock::now_string();
+        match self {
+            Owner::Cache(name) => {
+                let _ = d.inner.store.update_cache(name, |c| {
+                    if let Some(s) = c.status.as_mut() {
+                        s.last_updated_time = now.clone();
+                        events::record(&mut s.events, type_, reason, message, &now);
+                    }
+                });
+            }
+            Owner::Disk(id) => {
+                let _ = d.inner.store.update_disk(id, |disk| {
+                    if let Some(s) = disk.status.as_mut() {
+                        events::record(&mut s.events, type_, reason, message, &now);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Records "NN%" where the owner shows progress (caches do; disks show their phase).
+    pub fn progress(&self, d: &Daemon, pct: String) {
+        if let Owner::Cache(name) = self {
+            let _ = d.inner.store.update_cache(name, |c| {
+                if let Some(s) = c.status.as_mut() {
+                    if s.progress != pct {
+                        s.progress = pct;
+                        s.last_updated_time = clock::now_string();
+                    }
+                }
+            });
+        }
+    }
+}

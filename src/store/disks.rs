@@ -1,0 +1,84 @@
+//! Disks in the state database.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{Result, Store, StoreError};
+use crate::api::{Disk, DiskPhase};
+
+fn parse_disk(json: &str) -> Result<Disk> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("Disk: {e}")))
+}
+
+fn columns(disk: &Disk) -> Result<(String, Option<String>, String)> {
+    let status = disk
+        .status
+        .as_ref()
+        .ok_or_else(|| StoreError::Corrupt("disk without status".into()))?;
+    let json = serde_json::to_string(disk).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((
+        status.phase.to_string(),
+        status.snapshot_digest.clone(),
+        json,
+    ))
+}
+
+impl Store {
+    pub fn insert_disk(&self, disk: &Disk) -> Result<()> {
+        let (phase, digest, json) = columns(disk)?;
+        self.conn().execute(
+            "INSERT INTO disks (id, phase, snapshot_digest, object) VALUES (?1, ?2, ?3, ?4)",
+            params![disk.metadata.name, phase, digest, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn get_disk(&self, id: &str) -> Result<Option<Disk>> {
+        let json: Option<String> = self
+            .conn()
+            .query_row("SELECT object FROM disks WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        json.map(|j| parse_disk(&j)).transpose()
+    }
+
+    pub fn list_disks(&self) -> Result<Vec<Disk>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT object FROM disks ORDER BY created_seq")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|j| parse_disk(&j?)).collect()
+    }
+
+    /// Applies `change` to the stored disk in one transaction and returns the new object.
+    pub fn update_disk(&self, id: &str, change: impl FnOnce(&mut Disk)) -> Result<Disk> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let json: String = tx
+            .query_row("SELECT object FROM disks WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("Disk {id:?}")))?;
+        let mut disk = parse_disk(&json)?;
+        change(&mut disk);
+        let (phase, digest, json) = columns(&disk)?;
+        tx.execute(
+            "UPDATE disks SET object = ?2, phase = ?3, snapshot_digest = ?4 WHERE id = ?1",
+            params![id, json, phase, digest],
+        )?;
+        tx.commit()?;
+        Ok(disk)
+    }
+
+    pub fn delete_disk(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM disks WHERE id = ?1", [id])?
+            > 0)
+    }
+
+    /// Disks in a phase, for restart recovery.
+    pub fn disks_in_phase(&self, phase: DiskPhase) -> Result<Vec<Disk>> {
+        Ok(self
+            .list_disks()?
+            .into_iter()
+            .filter(|d| d.status.as_ref().map(|s| s.phase) == Some(phase))
+            .collect())
+    }
+}
