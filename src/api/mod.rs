@@ -6,6 +6,7 @@ pub mod parse;
 pub mod routes;
 pub mod types;
 pub mod validate;
+pub mod validate_disk;
 
 pub use error::{ApiError, Status};
 pub use types::*;

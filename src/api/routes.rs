@@ -9,10 +9,13 @@ use axum::{Json, Router};
 
 use super::parse::parse_body;
 use super::validate::validate_image_cache;
+use super::validate_disk::{parse_disk_request, validate_disk};
 use super::{ApiError, ImageCache};
 use crate::daemon::{Action, Daemon, Reply};
 
 pub const IMAGECACHES: &str = "/apis/imagecache.io/v1/imagecaches";
+pub const DISKS: &str = "/apis/imagecache.io/v1/disks";
+pub const INFO: &str = "/apis/imagecache.io/v1/info";
 
 pub fn router(daemon: Daemon) -> Router {
     Router::new()
@@ -25,6 +28,12 @@ pub fn router(daemon: Daemon) -> Router {
             &format!("{IMAGECACHES}/{{name}}/verify"),
             post(verify_cache),
         )
+        .route(DISKS, post(create_disk).get(list_disks))
+        .route(
+            &format!("{DISKS}/{{id}}"),
+            get(get_disk).delete(delete_disk),
+        )
+        .route(INFO, get(info))
         .route("/healthz", get(|| async { "ok" }))
         .route("/version", get(version))
         .fallback(not_found)
@@ -49,11 +58,14 @@ fn render(reply: Reply, created: bool) -> Response {
         Reply::ImageCacheList(l) => (code, Json(l)).into_response(),
         Reply::Status(s) => (code, Json(s)).into_response(),
         Reply::Verify(v) => (code, Json(v)).into_response(),
+        Reply::Disk(disk) => (code, Json(disk)).into_response(),
+        Reply::DiskList(l) => (code, Json(l)).into_response(),
+        Reply::Info(i) => (code, Json(i)).into_response(),
     }
 }
 
 async fn run(d: &Daemon, action: Action) -> Response {
-    let created = matches!(action, Action::CreateImageCache(_));
+    let created = matches!(action, Action::CreateImageCache(_) | Action::CreateDisk(_));
     match d.dispatch(action).await {
         Ok(reply) => render(reply, created),
         Err(e) => e.into_response(),
@@ -86,6 +98,35 @@ async fn delete_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Resp
 
 async fn verify_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
     run(&d, Action::VerifyImageCache(name)).await
+}
+
+async fn create_disk(State(d): State<Daemon>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parsed = parse_body::<serde_json::Value>(&body, content_type)
+        .and_then(parse_disk_request)
+        .and_then(validate_disk);
+    match parsed {
+        Ok(valid) => run(&d, Action::CreateDisk(Box::new(valid))).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_disks(State(d): State<Daemon>) -> Response {
+    run(&d, Action::ListDisks).await
+}
+
+async fn get_disk(State(d): State<Daemon>, Path(id): Path<String>) -> Response {
+    run(&d, Action::GetDisk(id)).await
+}
+
+async fn delete_disk(State(d): State<Daemon>, Path(id): Path<String>) -> Response {
+    run(&d, Action::DeleteDisk(id)).await
+}
+
+async fn info(State(d): State<Daemon>) -> Response {
+    run(&d, Action::Info).await
 }
 
 async fn version() -> Response {

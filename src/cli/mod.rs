@@ -4,7 +4,9 @@ pub mod client;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod disk;
 pub mod get;
+pub mod info;
 pub mod output;
 pub mod verify;
 
@@ -38,6 +40,11 @@ pub enum Command {
     Delete(delete::Args),
     /// Re-hash a cache's snapshot and report any chunk that differs.
     Verify(verify::Args),
+    /// Per-pod disks cloned from caches.
+    #[command(subcommand)]
+    Disk(disk::Command),
+    /// The node's state root, reflink support, loop devices, caches and disks.
+    Info(info::Args),
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -48,6 +55,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(a) => describe::run(&client, a).await,
         Command::Delete(a) => delete::run(&client, a).await,
         Command::Verify(a) => verify::run(&client, a).await,
+        Command::Disk(c) => disk::run(&client, c).await,
+        Command::Info(a) => info::run(&client, a).await,
     }
 }
 

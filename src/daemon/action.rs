@@ -1,7 +1,8 @@
 //! The one way into the daemon: the API turns every request into an `Action`.
 
 use crate::api::validate::ValidImageCache;
-use crate::api::{ImageCache, ImageCacheList, Status, VerifyResult};
+use crate::api::validate_disk::ValidDisk;
+use crate::api::{Disk, DiskList, ImageCache, ImageCacheList, Status, VerifyResult};
 
 #[derive(Debug)]
 pub enum Action {
@@ -17,6 +18,15 @@ pub enum Action {
     DeleteImageCache(String),
     /// Re-hash a Ready cache's snapshot against its manifest.
     VerifyImageCache(String),
+    /// Select a cache for a pod (matching.rs), clone it into a new disk, attach and mount it;
+    /// images the cache lacks are pulled into the disk in the background.
+    CreateDisk(Box<ValidDisk>),
+    GetDisk(String),
+    ListDisks,
+    /// Unmount, detach and remove a disk; refused, changing nothing, while its mount is busy.
+    DeleteDisk(String),
+    /// The state root's filesystem, reflink support, loop devices, caches, disks, versions.
+    Info,
 }
 
 #[derive(Debug)]
@@ -25,4 +35,7 @@ pub enum Reply {
     ImageCacheList(ImageCacheList),
     Status(Status),
     Verify(VerifyResult),
+    Disk(Box<Disk>),
+    DiskList(DiskList),
+    Info(serde_json::Value),
 }

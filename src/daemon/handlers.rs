@@ -16,7 +16,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, ApiError> {
     match action {
-        Action::CreateImageCache(valid) => create(d, *valid),
+        Action::CreateImageCache(valid) => create_cache(d, *valid),
         Action::GetImageCache(name) => Ok(Reply::ImageCache(Box::new(get(d, &name)?))),
         Action::ListImageCaches => Ok(Reply::ImageCacheList(ImageCacheList {
             api_version: API_VERSION.into(),
@@ -26,6 +26,11 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, ApiError> {
         })),
         Action::DeleteImageCache(name) => delete(d, &name).await,
         Action::VerifyImageCache(name) => verify(d, &name).await,
+        Action::CreateDisk(req) => super::disks::create(d, *req).await,
+        Action::GetDisk(id) => Ok(Reply::Disk(Box::new(super::disks::get(d, &id)?))),
+        Action::ListDisks => super::disks::list(d),
+        Action::DeleteDisk(id) => super::disks::delete(d, &id).await,
+        Action::Info => Ok(Reply::Info(super::info::info(d).map_err(internal)?)),
     }
 }
 
@@ -41,7 +46,7 @@ fn get(d: &Daemon, name: &str) -> Result<ImageCache, ApiError> {
         .ok_or_else(|| ApiError::not_found(KIND_IMAGE_CACHE, name))
 }
 
-fn create(d: &Daemon, valid: ValidImageCache) -> Result<Reply, ApiError> {
+pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, ApiError> {
     let ValidImageCache {
         mut object,
         images,

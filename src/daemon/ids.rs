@@ -10,6 +10,10 @@ pub fn new_cache_id() -> String {
     format!("imc-{}", random_hex16())
 }
 
+pub fn new_disk_id() -> String {
+    format!("disk-{}", random_hex16())
+}
+
 pub fn new_build_id() -> String {
     format!("build-{}", random_hex16())
 }

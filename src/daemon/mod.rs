@@ -3,14 +3,17 @@
 pub mod action;
 mod build;
 pub mod clock;
+mod disks;
 mod error;
 pub mod events;
 mod handlers;
 pub mod ids;
+mod info;
 mod owner;
 mod pipe;
 mod progress;
 mod recovery;
+mod storage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +27,7 @@ pub use action::{Action, Reply};
 pub use error::DaemonError;
 
 use crate::config::Config;
+use crate::disk::CloneMode;
 use crate::registry::{RegistryClient, RegistryConfig};
 use crate::snapshot::SnapshotStore;
 use crate::store::Store;
@@ -42,6 +46,10 @@ struct Inner {
     sys: Arc<dyn Sys>,
     registry: RegistryClient,
     snapshots: SnapshotStore,
+    /// Reflink where the state root can share extents, else the loud sparse-copy fallback.
+    clone_mode: CloneMode,
+    /// The state root's filesystem type, as probed at start.
+    root_fs: String,
     /// One bound on layers downloading and unpacking at once, across every build.
     downloads: Arc<Semaphore>,
     /// Running builds by cache name, to cancel one when its cache is deleted.
@@ -54,10 +62,11 @@ impl Daemon {
     /// Opens the state under `config.root`, cleans what an earlier run left behind, and
     /// returns a daemon ready to take actions.
     pub fn start(config: Config, sys: Arc<dyn Sys>) -> Result<Daemon, DaemonError> {
+        let (clone_mode, root_fs) = storage::prepare(&config, sys.as_ref())?;
         for dir in [
-            config.root.clone(),
             config.root.join("snapshots"),
             config.root.join("work"),
+            config.root.join("disks"),
         ] {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", dir.display())))?;
@@ -77,6 +86,8 @@ impl Daemon {
             sys,
             registry,
             snapshots,
+            clone_mode,
+            root_fs,
             builds: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

@@ -49,6 +49,19 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
             }
         })?;
     }
+    // A disk whose missing images were still being pulled keeps its data and stays mounted
+    // (a pod may be using it), but lacks those images: say so.
+    for disk in store.disks_in_phase(crate::api::DiskPhase::Pulling)? {
+        let message = "the daemon stopped while images were being pulled into this disk; delete it and create it again".to_string();
+        let now_s = clock::now_string();
+        store.update_disk(&disk.metadata.name, |disk| {
+            if let Some(s) = disk.status.as_mut() {
+                s.phase = crate::api::DiskPhase::Failed;
+                s.message = Some(message.clone());
+                super::events::record(&mut s.events, WARNING, "PullInterrupted", message, &now_s);
+            }
+        })?;
+    }
     remove_orphan_snapshots(d);
     Ok(())
 }

@@ -5,7 +5,7 @@
 mod error;
 pub(crate) mod fill;
 mod layers;
-mod plan;
+pub(crate) mod plan;
 mod workdir;
 mod writeback;
 

@@ -1,0 +1,233 @@
+//! Validation of Disk requests: a Pod (JSON/YAML object) or an image list with selection
+//! annotations, turned into what the daemon's matching needs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::error::Cause;
+use super::types::*;
+use super::ApiError;
+use crate::matching::{annotations_of_pod, images_of_pod, parse_images};
+use crate::registry::ImageReference;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidDisk {
+    pub images: Vec<ImageReference>,
+    pub annotations: BTreeMap<String, String>,
+    /// `--cache ID`; `None` for automatic matching.
+    pub cache: Option<String>,
+    pub size_gib: Option<u32>,
+    /// None: attach only.
+    pub mountpoint: Option<Option<PathBuf>>,
+    /// `namespace:name` pull secrets from the Pod's imagePullSecrets.
+    pub pull_secrets: Vec<String>,
+    /// The spec as given, kept on the Disk object.
+    pub spec: DiskSpec,
+    /// The Pod's namespace/name/uid, as labels on the Disk.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Accepts a `Disk` object, or a bare `Pod` object (the same as a Disk whose spec.pod it is).
+pub fn parse_disk_request(value: serde_json::Value) -> Result<Disk, ApiError> {
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    if kind == "Pod" {
+        return Ok(Disk {
+            api_version: API_VERSION.into(),
+            kind: KIND_DISK.into(),
+            metadata: ObjectMeta::default(),
+            spec: DiskSpec {
+                pod: Some(value),
+                ..Default::default()
+            },
+            status: None,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("malformed Disk: {e}")))
+}
+
+pub fn validate_disk(disk: Disk) -> Result<ValidDisk, ApiError> {
+    let mut causes = Vec::new();
+    let mut invalid = |field: &str, message: String| {
+        causes.push(Cause {
+            reason: "FieldValueInvalid".into(),
+            message,
+            field: field.into(),
+        })
+    };
+    if disk.api_version != API_VERSION {
+        invalid(
+            "apiVersion",
+            format!("{:?} is not supported: use {API_VERSION}", disk.api_version),
+        );
+    }
+    if disk.kind != KIND_DISK {
+        invalid(
+            "kind",
+            format!(
+                "{:?} is not supported here: use {KIND_DISK} (or post a Pod)",
+                disk.kind
+            ),
+        );
+    }
+    let spec = disk.spec.clone();
+    let mut raw_images: Vec<String> = spec.images.clone();
+    let mut annotations = spec.annotations.clone();
+    let mut labels = BTreeMap::new();
+    let mut pull_secrets = Vec::new();
+    if let Some(pod) = &spec.pod {
+        if !raw_images.is_empty() {
+            invalid(
+                "spec.images",
+                "give either spec.pod or spec.images, not both".into(),
+            );
+        }
+        match images_of_pod(pod) {
+            Ok(images) => raw_images = images,
+            Err(e) => invalid("spec.pod", e.to_string()),
+        }
+        match annotations_of_pod(pod) {
+            Ok(a) => annotations.extend(a),
+            Err(e) => invalid("spec.pod.metadata.annotations", e.to_string()),
+        }
+        let meta = &pod["metadata"];
+        let namespace = meta["namespace"].as_str().unwrap_or("default").to_owned();
+        for (key, field) in [("namespace", "namespace"), ("name", "name"), ("uid", "uid")] {
+            if let Some(v) = meta[field].as_str() {
+                labels.insert(format!("pod.imagecache.io/{key}"), v.to_owned());
+            }
+        }
+        if let Some(secrets) = pod["spec"]["imagePullSecrets"].as_array() {
+            for s in secrets {
+                if let Some(name) = s["name"].as_str() {
+                    pull_secrets.push(format!("{namespace}:{name}"));
+                }
+            }
+        }
+    }
+    let images = if raw_images.is_empty() {
+        invalid(
+            "spec.images",
+            "must list at least 1 image, or give spec.pod".into(),
+        );
+        Vec::new()
+    } else {
+        match parse_images(&raw_images) {
+            Ok(images) => images,
+            Err(e) => {
+                invalid("spec.images", e.to_string());
+                Vec::new()
+            }
+        }
+    };
+    if let Some(size) = spec.size_gib {
+        if !(MIN_CACHE_SIZE_GIB..=MAX_CACHE_SIZE_GIB).contains(&size) {
+            invalid(
+                "spec.sizeGiB",
+                format!("{size} GiB is out of range: use {MIN_CACHE_SIZE_GIB} to {MAX_CACHE_SIZE_GIB} (GiB)"),
+            );
+        }
+    }
+    let mountpoint = match (spec.mount.unwrap_or(true), &spec.mount_path) {
+        (false, Some(_)) => {
+            invalid(
+                "spec.mountPath",
+                "is set but spec.mount is false: drop one of them".into(),
+            );
+            None
+        }
+        (false, None) => None,
+        (true, Some(p)) if !p.starts_with('/') || p.split('/').any(|c| c == "..") => {
+            invalid(
+                "spec.mountPath",
+                format!("{p:?} must be an absolute path without `..`"),
+            );
+            None
+        }
+        (true, path) => Some(path.as_ref().map(PathBuf::from)),
+    };
+    let cache = spec
+        .cache_id
+        .clone()
+        .filter(|c| !c.is_empty() && c != "auto");
+    if !causes.is_empty() {
+        return Err(ApiError::Invalid {
+            kind: KIND_DISK.into(),
+            name: disk.metadata.name,
+            causes,
+        });
+    }
+    Ok(ValidDisk {
+        images,
+        annotations,
+        cache,
+        size_gib: spec.size_gib,
+        mountpoint,
+        pull_secrets,
+        spec,
+        labels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1",
+                         "annotations": {"k8s.aliyun.com/imc-perfect-match": "true"}},
+            "spec": {"containers": [{"name": "a", "image": "nginx"}],
+                     "initContainers": [{"name": "i", "image": "busybox:1.36"}],
+                     "imagePullSecrets": [{"name": "regcred"}]}
+        })
+    }
+
+    #[test]
+    fn a_bare_pod_is_a_disk_request() {
+        let v = validate_disk(parse_disk_request(pod()).unwrap()).unwrap();
+        let names: Vec<String> = v.images.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "docker.io/library/nginx:latest",
+                "docker.io/library/busybox:1.36"
+            ]
+        );
+        assert_eq!(v.annotations["k8s.aliyun.com/imc-perfect-match"], "true");
+        assert_eq!(v.pull_secrets, vec!["shop:regcred"]);
+        assert_eq!(v.labels["pod.imagecache.io/uid"], "u-1");
+        assert_eq!(v.mountpoint, Some(None));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let disk = Disk {
+            api_version: API_VERSION.into(),
+            kind: KIND_DISK.into(),
+            metadata: ObjectMeta::default(),
+            spec: DiskSpec {
+                images: vec!["Not A Ref".into()],
+                size_gib: Some(10),
+                mount: Some(false),
+                mount_path: Some("/x".into()),
+                ..Default::default()
+            },
+            status: None,
+        };
+        match validate_disk(disk).unwrap_err() {
+            ApiError::Invalid { causes, .. } => {
+                let fields: Vec<_> = causes.iter().map(|c| c.field.as_str()).collect();
+                assert_eq!(
+                    fields,
+                    vec!["spec.images", "spec.sizeGiB", "spec.mountPath"]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! `imagecache info`: what an operator checks first on a node.
+
+use super::Daemon;
+use crate::disk::CloneMode;
+
+pub fn info(d: &Daemon) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let cfg = &d.inner.config;
+    let loops = d.inner.sys.loop_devices()?;
+    let ours: Vec<serde_json::Value> = loops
+        .iter()
+        .filter(|l| l.backing_file.starts_with(&cfg.root))
+        .map(|l| serde_json::json!({"device": l.device, "backingFile": l.backing_file}))
+        .collect();
+    let caches = d.inner.store.list_caches()?;
+    let disks = d.inner.store.list_disks()?;
+    let reflink = d.inner.clone_mode == CloneMode::Reflink;
+    Ok(serde_json::json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "Info",
+        "version": env!("CARGO_PKG_VERSION"),
+        "root": cfg.root,
+        "rootFilesystem": d.inner.root_fs,
+        "reflink": reflink,
+        "cloneMode": if reflink { "reflink" } else { "sparse-copy (slow: set backing_image or use XFS)" },
+        "backingImage": cfg.backing_image,
+        "loopDevicesInUse": ours.len(),
+        "loopDevices": ours,
+        "loopDevicesOnNode": loops.len(),
+        "caches": caches.len(),
+        "readyCaches": caches.iter().filter(|c| c.status.as_ref().map(|s| s.phase) == Some(crate::api::Phase::Ready)).count(),
+        "disks": disks.len(),
+        "snapshots": d.inner.snapshots.list().map(|l| l.len()).unwrap_or(0),
+    }))
+}
