@@ -88,6 +88,7 @@ async fn serve(config: Config) -> Result<()> {
     let socket = config.socket.clone();
     let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
     let listener = bind(&socket)?;
+    daemon.start_gc();
     info!(socket = %socket.display(), root = %daemon.config().root.display(), "imagecached serving");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 

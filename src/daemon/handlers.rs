@@ -24,7 +24,7 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, ApiError> {
             metadata: ListMeta::default(),
             items: d.inner.store.list_caches().map_err(internal)?,
         })),
-        Action::DeleteImageCache(name) => delete(d, &name).await,
+        Action::DeleteImageCache(name) => delete_cache(d, &name).await,
         Action::VerifyImageCache(name) => verify(d, &name).await,
         Action::CreateDisk(req) => super::disks::create(d, *req).await,
         Action::GetDisk(id) => Ok(Reply::Disk(Box::new(super::disks::get(d, &id)?))),
@@ -103,12 +103,17 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
             images,
             pull_secrets: object.spec.image_pull_secrets.clone(),
             size_gib,
+            reuse: object
+                .metadata
+                .annotations
+                .get(super::build::REUSE_ANNOTATION)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         },
     );
     Ok(Reply::ImageCache(Box::new(object)))
 }
 
-async fn delete(d: &Daemon, name: &str) -> Result<Reply, ApiError> {
+pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, ApiError> {
     let cache = get(d, name)?;
     let running = d
         .inner

@@ -6,6 +6,7 @@ pub mod clock;
 mod disks;
 mod error;
 pub mod events;
+pub mod gc;
 mod handlers;
 pub mod ids;
 mod info;

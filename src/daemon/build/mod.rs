@@ -6,6 +6,7 @@ mod error;
 pub(crate) mod fill;
 mod layers;
 pub(crate) mod plan;
+mod reuse;
 mod workdir;
 mod writeback;
 
@@ -34,7 +35,13 @@ pub struct BuildSpec {
     pub images: Vec<ImageReference>,
     pub pull_secrets: Vec<String>,
     pub size_gib: u32,
+    /// Start from a clone of the best-matching Ready cache (`imc-enable-reuse`).
+    pub reuse: bool,
 }
+
+/// On an ImageCache: build it from a clone of the best-matching Ready cache, pulling only
+/// the images that one lacks; the new snapshot shares its unchanged blocks with the parent.
+pub const REUSE_ANNOTATION: &str = "k8s.aliyun.com/imc-enable-reuse";
 
 /// Starts the build of `spec` in the background. Its token cancels it (cache deleted, daemon
 /// stopping); the build then cleans up and leaves the record alone.
@@ -117,13 +124,28 @@ async fn build(
     let image_path = work_dir.join("disk.img");
     let mountpoint = work_dir.join("mnt");
     let size_bytes = u64::from(spec.size_gib) << 30;
+    let parent = if spec.reuse {
+        reuse::parent(d, spec)
+    } else {
+        None
+    };
     let prepare = {
         let image_path = image_path.clone();
+        let sys = d.inner.sys.clone();
+        let parent_image = parent.as_ref().map(|p| p.image.clone());
         tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
-            crate::image::create_sparse(&image_path, size_bytes)?;
-            Ok(crate::image::mkfs(&image_path, "imagecache")?)
+            match parent_image {
+                Some(from) => reuse::clone_parent(sys.as_ref(), &from, &image_path, size_bytes),
+                None => {
+                    crate::image::create_sparse(&image_path, size_bytes)?;
+                    Ok(crate::image::mkfs(&image_path, "imagecache")?)
+                }
+            }
         })
     };
+    if let Some(p) = &parent {
+        event(d, &spec.name, NORMAL, "Reusing", p.message.clone());
+    }
     for image in &spec.images {
         event(
             d,
