@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job on this node, end to end: start imagecached on its embedded defaults
-# (state in /var/lib/imagecache, API on /run/imagecache/imagecache.sock), push a generated
-# ~420 MB image to a registry on 127.0.0.1, build an ImageCache of it through the CLI, and
-# show, verify and delete it. Run as root. Pass --keep to leave the cache and daemon running.
+# The main job on this node, end to end: start imagecached on its embedded defaults (state
+# in /var/lib/imagecache on the embedded XFS backing image /var/lib/imagecache.xfs, so disks
+# are reflink clones even on an ext4 host; API on /run/imagecache/imagecache.sock), push a
+# generated ~420 MB image to a registry on 127.0.0.1, build an ImageCache of it through the
+# CLI, clone a per-pod disk from it, and show, verify and delete both. Run as root.
+# Pass --keep to leave the daemon, the cache and the disk in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keep=0
@@ -40,7 +42,8 @@ echo "== pushing a generated image to $registry"
 "$bin/examples/gen-image" --registry "$registry" --repo demo/app --tag v1 --compression gzip --kind realistic
 
 echo "== starting imagecached (defaults; $registry trusted over plain HTTP)"
-"$bin/imagecached" --insecure-registry "$registry" > "$work/imagecached.log" 2>&1 &
+"$bin/imagecached" --insecure-registry "$registry" --backing-image /var/lib/imagecache.xfs \
+  > "$work/imagecached.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do [ -S "$socket" ] && break; sleep 0.05; done
 
@@ -63,7 +66,21 @@ echo "== imagecache describe demo"
 ic describe demo
 echo "== imagecache verify demo"
 ic verify demo
+echo "== imagecache disk create --image $registry/demo/app:v1 --size 40"
+disk_json=$(ic disk create --image "$registry/demo/app:v1" --size 40 -o json)
+disk=$(echo "$disk_json" | jq -r .metadata.name)
+echo "$disk_json" | jq '{id: .metadata.name, phase: .status.phase, cache: .status.cacheId, device: .status.device, mountpoint: .status.mountpoint, sizeGiB: .status.sizeGiB, timings: .status.timings}'
+mnt=$(echo "$disk_json" | jq -r .status.mountpoint)
+echo "== the pod's disk: its images are already there"
+df -h "$mnt" | tail -n 1
+jq -r 'keys[]' "$mnt/snapshots.json"
+echo "== imagecache info"
+ic info
 if [ "$keep" = 0 ]; then
-  echo "== imagecache delete demo"
+  echo "== imagecache disk delete $disk; imagecache delete demo"
+  ic disk delete "$disk"
   ic delete demo
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  umount /var/lib/imagecache 2>/dev/null || true
 fi

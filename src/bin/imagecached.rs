@@ -39,6 +39,9 @@ struct Args {
     /// imageCacheSize (GiB) when a spec leaves it out.
     #[arg(long)]
     default_cache_size_gib: Option<u32>,
+    /// An XFS filesystem in this sparse file holds the state root (for ext4 hosts).
+    #[arg(long)]
+    backing_image: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -78,6 +81,9 @@ fn load_config(args: &Args) -> Result<Config> {
     }
     if let Some(size) = args.default_cache_size_gib {
         config.default_cache_size_gib = size;
+    }
+    if let Some(backing) = &args.backing_image {
+        config.backing_image = Some(backing.clone());
     }
     // Flags go through the same checks as the file.
     let text = toml::to_string(&config).context("cannot render the effective config")?;
