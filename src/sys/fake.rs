@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rustix::io::Errno;
 
-use super::{LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
+use super::{FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
 
 /// One call made through the fake, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,23 @@ pub enum Call {
     Syncfs {
         path: PathBuf,
     },
+    Fsync {
+        path: PathBuf,
+    },
+    MountSource {
+        target: PathBuf,
+    },
+    FsType {
+        path: PathBuf,
+    },
+    SparseCopy {
+        src: PathBuf,
+        dst: PathBuf,
+    },
+    DetachLoopOf {
+        device: PathBuf,
+        file: PathBuf,
+    },
 }
 
 /// The operations failures can be injected into.
@@ -60,6 +77,11 @@ pub enum Op {
     MountsUnder,
     Reflink,
     Syncfs,
+    Fsync,
+    MountSource,
+    FsType,
+    SparseCopy,
+    DetachLoopOf,
 }
 
 #[derive(Debug)]
@@ -82,6 +104,8 @@ struct State {
     loops: BTreeMap<u32, BoundLoop>,
     mounts: Vec<Mounted>,
     failures: HashMap<Op, VecDeque<i32>>,
+    /// `fs_type` answers by longest matching prefix; anything else is XFS.
+    fs_types: Vec<(PathBuf, FsType)>,
 }
 
 /// Records every call, simulates loop and mount tables, and pretends the rest succeeded.
@@ -121,6 +145,11 @@ impl FakeSys {
             .push_back(errno);
     }
 
+    /// Make `fs_type` report `fs` for paths at or below `prefix` (the default is XFS).
+    pub fn set_fs_type(&self, prefix: impl Into<PathBuf>, fs: FsType) {
+        self.state().fs_types.push((prefix.into(), fs));
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A test that panicked while holding the lock has already failed; the table is
         // still the best account of what happened.
@@ -148,6 +177,11 @@ fn op_name(op: Op) -> &'static str {
         Op::MountsUnder => "list mounts",
         Op::Reflink => "reflink",
         Op::Syncfs => "syncfs",
+        Op::Fsync => "fsync",
+        Op::MountSource => "read mount table",
+        Op::FsType => "statfs",
+        Op::SparseCopy => "sparse copy",
+        Op::DetachLoopOf => "detach loop",
     }
 }
 
@@ -313,6 +347,71 @@ impl Sys for FakeSys {
             path: path.to_owned(),
         };
         self.enter(Op::Syncfs, call, path).map(drop)
+    }
+
+    fn fsync(&self, path: &Path) -> Result<()> {
+        let call = Call::Fsync {
+            path: path.to_owned(),
+        };
+        self.enter(Op::Fsync, call, path).map(drop)
+    }
+
+    fn mount_source(&self, target: &Path) -> Result<Option<PathBuf>> {
+        let call = Call::MountSource {
+            target: target.to_owned(),
+        };
+        let st = self.enter(Op::MountSource, call, target)?;
+        Ok(st
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| m.target == target)
+            .map(|m| m.source.clone()))
+    }
+
+    fn fs_type(&self, path: &Path) -> Result<FsType> {
+        let call = Call::FsType {
+            path: path.to_owned(),
+        };
+        let st = self.enter(Op::FsType, call, path)?;
+        Ok(st
+            .fs_types
+            .iter()
+            .filter(|(prefix, _)| path.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.components().count())
+            .map_or(FsType::XFS, |(_, fs)| *fs))
+    }
+
+    fn sparse_copy(&self, src: &Path, dst: &Path) -> Result<u64> {
+        let call = Call::SparseCopy {
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+        };
+        let _st = self.enter(Op::SparseCopy, call, dst)?;
+        // Plain file work, like the fake reflink's copy: safe to do for real.
+        super::sparse::sparse_copy(src, dst)
+    }
+
+    fn detach_loop_of(&self, device: &Path, file: &Path) -> Result<bool> {
+        let call = Call::DetachLoopOf {
+            device: device.to_owned(),
+            file: file.to_owned(),
+        };
+        let mut st = self.enter(Op::DetachLoopOf, call, device)?;
+        let Some(number) = loop_number(device) else {
+            return Ok(false);
+        };
+        if st.loops.get(&number).is_none_or(|b| b.file != file) {
+            return Ok(false);
+        }
+        if st.mounts.iter().any(|m| m.source == device) {
+            if let Some(bound) = st.loops.get_mut(&number) {
+                bound.clear_on_unmount = true;
+            }
+        } else {
+            st.loops.remove(&number);
+        }
+        Ok(true)
     }
 }
 

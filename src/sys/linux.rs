@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
-use super::{LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
+use super::{FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
 
 pub use mountinfo::{parse_mountinfo, unescape_mountinfo_field};
 
@@ -106,5 +106,30 @@ impl Sys for LinuxSys {
         // Any fd on the filesystem will do; a read-only open works for files and directories.
         let fd = std::fs::File::open(path).map_err(|e| SysError::io("open", path, e))?;
         rustix::fs::syncfs(&fd).map_err(|e| SysError::io("syncfs", path, e))
+    }
+
+    fn fsync(&self, path: &Path) -> Result<()> {
+        let file = std::fs::File::open(path).map_err(|e| SysError::io("open", path, e))?;
+        rustix::fs::fsync(&file).map_err(|e| SysError::io("fsync", path, e))
+    }
+
+    fn mount_source(&self, target: &Path) -> Result<Option<PathBuf>> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| SysError::io("read", "/proc/self/mountinfo", e))?;
+        Ok(mountinfo::source_of(&text, target))
+    }
+
+    fn fs_type(&self, path: &Path) -> Result<FsType> {
+        let stat = rustix::fs::statfs(path).map_err(|e| SysError::io("statfs", path, e))?;
+        // f_type is signed on some architectures; the magic is its 32-bit pattern.
+        Ok(FsType(u64::from(stat.f_type as u32)))
+    }
+
+    fn sparse_copy(&self, src: &Path, dst: &Path) -> Result<u64> {
+        super::sparse::sparse_copy(src, dst)
+    }
+
+    fn detach_loop_of(&self, device: &Path, file: &Path) -> Result<bool> {
+        loopdev::detach_if_backed_by(device, file)
     }
 }

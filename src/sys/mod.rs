@@ -8,13 +8,16 @@
 
 pub mod fake;
 pub mod fsops;
+mod fstype;
 pub mod linux;
+mod sparse;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use fake::FakeSys;
+pub use fstype::FsType;
 pub use linux::LinuxSys;
 
 /// A failed OS operation: what was attempted, on what, and the errno.
@@ -178,4 +181,21 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     /// syncfs(2) on the filesystem holding `path`: surfaces writeback errors, which a later
     /// unmount would write back silently.
     fn syncfs(&self, path: &Path) -> Result<()>;
+    /// fsync(2) of the file at `path` (opened read-only, which is enough for fsync).
+    fn fsync(&self, path: &Path) -> Result<()>;
+    /// The source (for a block filesystem, its device) of the topmost mount exactly at
+    /// `target`, or `None` when nothing is mounted there.
+    fn mount_source(&self, target: &Path) -> Result<Option<PathBuf>>;
+    /// The type of the filesystem holding `path` (statfs(2) `f_type`).
+    fn fs_type(&self, path: &Path) -> Result<FsType>;
+    /// Copy `src` into a new file `dst` (which must not exist; it gets `src`'s mode), data
+    /// extents only (SEEK_DATA/SEEK_HOLE + copy_file_range): holes stay holes. The slow
+    /// stand-in for `reflink` where the filesystem cannot share extents. Returns the bytes
+    /// copied; a failed copy leaves no `dst`.
+    fn sparse_copy(&self, src: &Path, dst: &Path) -> Result<u64>;
+    /// Detach `device` only if it is still bound to `file` (the same inode), so a device
+    /// number the kernel has meanwhile handed to someone else is never touched. Returns
+    /// whether it was bound to `file`. Like `detach_loop`, a device that is still open or
+    /// mounted is detached by the kernel when its last user goes.
+    fn detach_loop_of(&self, device: &Path, file: &Path) -> Result<bool>;
 }

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use linux_raw_sys::loop_device::{
-    loop_config, loop_info64, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LO_FLAGS_AUTOCLEAR,
-    LO_FLAGS_DIRECT_IO, LO_FLAGS_READ_ONLY, LO_NAME_SIZE,
+    loop_config, loop_info64, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_GET_STATUS64,
+    LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO, LO_FLAGS_READ_ONLY, LO_NAME_SIZE,
 };
 use rustix::io::Errno;
-use rustix::ioctl::{self, Ioctl, IoctlOutput, NoArg, Opcode, Setter};
+use rustix::ioctl::{self, Getter, Ioctl, IoctlOutput, NoArg, Opcode, Setter};
 
 use crate::sys::{LoopDevice, LoopInfo, LoopOptions, Result, SysError};
 
@@ -172,15 +172,58 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
     }
 }
 
+fn get_status(device: impl AsFd) -> rustix::io::Result<loop_info64> {
+    // SAFETY: LOOP_GET_STATUS64 writes a `struct loop_info64`, which is what Getter provides.
+    unsafe {
+        ioctl::ioctl(
+            device,
+            Getter::<{ LOOP_GET_STATUS64 as Opcode }, loop_info64>::new(),
+        )
+    }
+}
+
 pub(super) fn detach(device: &Path) -> Result<()> {
     let fd = OpenOptions::new()
         .read(true)
         .open(device)
         .map_err(|e| SysError::io("open", device, e))?;
+    clear_with_retries(&fd, device)
+}
+
+/// Detach `device` only while it is bound to the very inode `file` names. The fd we check
+/// through is the one we clear through, and holding it open keeps an autoclear device from
+/// being unbound (and its number handed to someone else) between the check and the clear.
+pub(super) fn detach_if_backed_by(device: &Path, file: &Path) -> Result<bool> {
+    let want = rustix::fs::stat(file).map_err(|e| SysError::io("stat", file, e))?;
+    let fd = match OpenOptions::new().read(true).open(device) {
+        Ok(fd) => fd,
+        // Loop devices made on demand can be removed again (LOOP_CTL_REMOVE).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(SysError::io("open", device, e)),
+    };
+    let info = match get_status(&fd) {
+        Ok(info) => info,
+        Err(Errno::NXIO) => return Ok(false),
+        Err(e) => return Err(SysError::io("LOOP_GET_STATUS64", device, e)),
+    };
+    // The kernel encodes lo_device the way stat encodes st_dev for every real device number.
+    if info.lo_device != want.st_dev || info.lo_inode != want.st_ino {
+        tracing::debug!(
+            ?device,
+            ?file,
+            "loop device is bound to another file, leaving it"
+        );
+        return Ok(false);
+    }
+    clear_with_retries(&fd, device)?;
+    Ok(true)
+}
+
+fn clear_with_retries(fd: &File, device: &Path) -> Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match clear_fd(&fd) {
+        match clear_fd(fd) {
             Ok(()) => {
                 tracing::debug!(?device, "detached loop device");
                 return Ok(());

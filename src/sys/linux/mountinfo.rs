@@ -39,6 +39,24 @@ pub fn unescape_mountinfo_field(field: &str) -> Vec<u8> {
     out
 }
 
+/// The source (the device, for a block filesystem) of the topmost mount exactly at `target`.
+pub(super) fn source_of(text: &str, target: &Path) -> Option<PathBuf> {
+    text.lines()
+        .rfind(|line| {
+            line.split(' ').nth(4).is_some_and(|m| {
+                Path::new(&OsString::from_vec(unescape_mountinfo_field(m))) == target
+            })
+        })
+        .and_then(|line| {
+            // After the optional fields, " - " leads fstype, source, super options.
+            let (_, tail) = line.split_once(" - ")?;
+            let source = tail.split(' ').nth(1)?;
+            Some(PathBuf::from(OsString::from_vec(unescape_mountinfo_field(
+                source,
+            ))))
+        })
+}
+
 /// Mount points at or below `prefix`, deepest first; among mounts stacked on one point, the
 /// newest (listed last) first, since only the top one can be unmounted.
 pub(super) fn under(mounts: &[PathBuf], prefix: &Path) -> Vec<PathBuf> {
@@ -91,6 +109,15 @@ mod tests {
         .map(PathBuf::from)
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn source_of_topmost_mount() {
+        let src = |t: &str| source_of(SAMPLE, Path::new(t));
+        assert_eq!(src("/tmp/x/mnt"), Some(PathBuf::from("/dev/loop1")));
+        // Two mounts on one point: the later one is on top.
+        assert_eq!(src("/tmp/x/mnt/img one"), Some(PathBuf::from("tmpfs")));
+        assert_eq!(src("/tmp/x"), None);
     }
 
     #[test]
