@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod image;
 pub mod layout;
 pub mod matching;

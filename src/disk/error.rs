@@ -1,0 +1,168 @@
+//! Errors from making and removing per-pod disks, each saying what to do about it.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+use crate::image::ImageError;
+use crate::sys::SysError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "disk image {image} already exists: another disk has this id; pick a new id, or \
+         delete the old disk first"
+    )]
+    Exists { image: PathBuf },
+    #[error(
+        "disk size {requested} bytes is smaller than its snapshot {source_image} \
+         ({source_size} bytes): ask for at least the snapshot's size"
+    )]
+    TooSmall {
+        requested: u64,
+        source_image: PathBuf,
+        source_size: u64,
+    },
+    #[error(
+        "disk size {size} bytes is not a multiple of 4096 bytes: ask for a whole number of \
+         4 KiB blocks (sizes in GiB always are)"
+    )]
+    UnalignedSize { size: u64 },
+    #[error(
+        "cannot reflink {source_image} into {image}: the {fs_type} filesystem there cannot \
+         share extents ({source}); put the state root on XFS or btrfs, set `backing_image` in \
+         the config, or accept the slow sparse-copy fallback"
+    )]
+    ReflinkUnsupported {
+        source_image: PathBuf,
+        image: PathBuf,
+        fs_type: String,
+        #[source]
+        source: Box<SysError>,
+    },
+    #[error("clone {source_image} into {image}: {source}")]
+    Clone {
+        source_image: PathBuf,
+        image: PathBuf,
+        #[source]
+        source: Box<SysError>,
+    },
+    #[error("prepare disk image {image}: {source}")]
+    Image {
+        image: PathBuf,
+        #[source]
+        source: Box<ImageError>,
+    },
+    #[error(
+        "attach {image} to a loop device: {source} (check that /dev/loop-control exists and \
+         the loop module is loaded)"
+    )]
+    Attach {
+        image: PathBuf,
+        #[source]
+        source: Box<SysError>,
+    },
+    #[error(
+        "mount {image} ({device}) at {mountpoint}: {source} (the kernel log, `dmesg`, says \
+         why ext4 refused it)"
+    )]
+    Mount {
+        image: PathBuf,
+        device: PathBuf,
+        mountpoint: PathBuf,
+        #[source]
+        source: Box<SysError>,
+    },
+    #[error(
+        "disk mounted at {mountpoint} is busy: a process still has files open or its working \
+         directory there (see `fuser -vm {mountpoint}`); stop the pod's processes and delete \
+         again. Nothing was changed"
+    )]
+    Busy { mountpoint: PathBuf },
+    #[error(
+        "{mountpoint} holds a filesystem that is not this disk's ({device}): refusing to \
+         unmount it; check which disk is mounted there"
+    )]
+    ForeignMount {
+        mountpoint: PathBuf,
+        device: PathBuf,
+    },
+    #[error("unmount {mountpoint}: {source}")]
+    Unmount {
+        mountpoint: PathBuf,
+        #[source]
+        source: Box<SysError>,
+    },
+    #[error("detach {device} from {image}: {source}")]
+    Detach {
+        device: PathBuf,
+        image: PathBuf,
+        #[source]
+        source: Box<SysError>,
+    },
+    #[error("{what} {path}: {source}")]
+    Sys {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<SysError>,
+    },
+    #[error("cannot run {tool}: {source} (is xfsprogs installed and on PATH?)")]
+    ToolMissing {
+        tool: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed on {path} ({status}); its output follows:\n{output}")]
+    ToolFailed {
+        tool: &'static str,
+        path: PathBuf,
+        status: ExitStatus,
+        output: String,
+    },
+    #[error(
+        "{root} is not empty and is not the backing image's mount: refusing to mount {backing} \
+         over it (that would hide what is there); move its contents away or pick another root"
+    )]
+    RootNotEmpty { root: PathBuf, backing: PathBuf },
+    #[error(
+        "{root} is already a mount point, but not of {backing}: unmount it, or point \
+         `backing_image` at the image mounted there"
+    )]
+    RootMountedElsewhere { root: PathBuf, backing: PathBuf },
+    #[error(
+        "{cause}; undoing the half-made disk also failed ({cleanup}): remove {leftover} by \
+         hand"
+    )]
+    Leftover {
+        cause: Box<DiskError>,
+        cleanup: String,
+        leftover: String,
+    },
+}
+
+impl DiskError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DiskError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn sys(what: &'static str, path: impl Into<PathBuf>, source: SysError) -> Self {
+        DiskError::Sys {
+            what,
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DiskError>;
