@@ -9,7 +9,9 @@
 //! - a disk's size bounds what can be written to it, and nothing else;
 //! - deleting a cache leaves its live disks readable and writable;
 //! - a disk whose mount is busy is not deleted (nor half-deleted);
-//! - `--no-mount` attaches only; `disk get -o json` prints exactly what the API returned.
+//! - `--no-mount` attaches only; `disk get -o json` prints exactly what the API returned;
+//! - 200 create/delete cycles through the API leave no loop device, mount, file or snapshot
+//!   reference behind.
 //!
 //! Every test deletes its disks, stops the daemon and checks nothing is left attached or
 //! mounted under the state root.
@@ -32,6 +34,7 @@ use support::scratch::{assert_no_leaks, ScratchXfs};
 use support::tree::{assert_tree_eq, walk};
 
 const ECI_IMC_ID: &str = "k8s.aliyun.com/eci-imc-id";
+const DISKS: &str = "/apis/imagecache.io/v1/disks";
 
 /// A daemon on a scratch XFS, the feature images in a registry, and a Ready cache `two` of
 /// alpha and bravo. Fields drop in order: daemon, registry, scratch.
@@ -677,5 +680,53 @@ fn no_mount_attaches_only_and_get_prints_what_the_api_returned() {
                 .unwrap_or(true),
         "{device} still attached to the deleted disk"
     );
+    f.finish();
+}
+
+#[test]
+fn two_hundred_create_delete_cycles_through_the_api_leave_nothing_behind() {
+    let f = Fixture::new();
+    let client = imagecache::cli::Client::new(&f.daemon.socket);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = serde_json::json!({
+        "apiVersion": "imagecache.io/v1", "kind": "Disk",
+        "spec": {"images": [f.refs[0]], "cacheId": "two"}
+    })
+    .to_string()
+    .into_bytes();
+    let digest = rt.block_on(async {
+        let mut digest = String::new();
+        for i in 0..200 {
+            let answer = client
+                .post(DISKS, body.clone(), "application/json")
+                .await
+                .unwrap_or_else(|e| panic!("cycle {i}: create: {e}"));
+            let disk: Value = serde_json::from_slice(&answer.body).unwrap();
+            assert_eq!(status(&disk)["phase"], "Ready", "cycle {i}: {disk:#}");
+            digest = status(&disk)["snapshotDigest"].as_str().unwrap().to_owned();
+            let id = disk["metadata"]["name"].as_str().unwrap();
+            client
+                .delete(&format!("{DISKS}/{id}"))
+                .await
+                .unwrap_or_else(|e| panic!("cycle {i}: delete {id}: {e}"));
+        }
+        digest
+    });
+    assert_no_leaks(&f.root);
+    let left: Vec<_> = std::fs::read_dir(f.root.join("disks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in disks/: {left:?}");
+    // Every disk released its reference: deleting the cache removes the snapshot.
+    f.daemon.cli_ok(&["delete", "two"]);
+    let snap = f
+        .root
+        .join("snapshots/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap());
+    assert!(!snap.exists(), "{} outlived its cache", snap.display());
     f.finish();
 }
