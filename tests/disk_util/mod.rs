@@ -36,17 +36,18 @@ pub fn make_snapshot(dir: &Path, name: &str, size: u64, extra_bytes: u64) -> Pat
         std::fs::write(&p, content).unwrap();
     }
     if extra_bytes > 0 {
-        let mut f = std::fs::File::create(mnt.join("payload.bin")).unwrap();
+        // Incompressible, and generated once: the data's content does not matter to a clone.
         let mut block = vec![0u8; 4 * MIB as usize];
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+        let mut f = std::fs::File::create(mnt.join("payload.bin")).unwrap();
         let mut left = extra_bytes;
         while left > 0 {
-            for chunk in block.chunks_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                chunk.copy_from_slice(&state.to_le_bytes());
-            }
             let n = left.min(block.len() as u64) as usize;
             f.write_all(&block[..n]).unwrap();
             left -= n as u64;
