@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(calls.len(), 5, "{calls:?}");
         assert!(matches!(
             &calls[0],
-            Call::AttachLoop { opts, .. } if opts.direct_io && opts.autoclear && !opts.read_only
+            Call::AttachLoop { opts, .. } if !opts.direct_io && opts.autoclear && !opts.read_only
         ));
         assert!(matches!(
             &calls[1],
