@@ -70,11 +70,7 @@ fn thousand_create_delete_cycles_leave_nothing() {
     assert!(left.is_empty(), "loop devices left: {left:?}");
     let loops_after = LinuxSys.loop_devices().unwrap().len();
     eprintln!("bound loop devices: {loops_before} before, {loops_after} after");
-    // Other work on the machine may attach devices meanwhile; ours are all gone (above).
-    assert!(
-        loops_after <= loops_before,
-        "{loops_before} -> {loops_after}"
-    );
+    // Only ours are checked (above): other work on the machine may attach devices meanwhile.
     assert!(LinuxSys.mounts_under(&mountpoint).unwrap().is_empty());
     assert_eq!(std::fs::read_dir(&disks).unwrap().count(), 0, "files left");
     create_ms.sort_by(f64::total_cmp);
