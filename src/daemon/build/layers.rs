@@ -53,8 +53,23 @@ pub async fn pull_all(
             (layer.chain_id, result)
         });
     }
-    // Layers left to finish per image, to say when each image is complete.
-    let mut remaining: Vec<usize> = plan.images.iter().map(|i| i.chain_ids.len()).collect();
+    // Layers left to fetch per image, to say when each image is complete. An image whose
+    // layers the filesystem already held is complete at once.
+    let fetching: std::collections::HashSet<&str> =
+        plan.layers.iter().map(|l| l.chain_id.as_str()).collect();
+    let mut remaining: Vec<usize> = plan
+        .images
+        .iter()
+        .map(|i| i.chain_ids.iter().filter(|c| fetching.contains(c.as_str())).count())
+        .collect();
+    for (image, _) in plan.images.iter().zip(&remaining).filter(|(_, r)| **r == 0) {
+        owner.event(
+            d,
+            NORMAL,
+            "AlreadyPresent",
+            format!("Image {} is already present: every layer was held", image.resolved.reference),
+        );
+    }
     let mut stats = HashMap::new();
     let mut no_space_needed: Option<u64> = None;
     let mut first_error = None;
