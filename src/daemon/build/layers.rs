@@ -60,14 +60,22 @@ pub async fn pull_all(
     let mut remaining: Vec<usize> = plan
         .images
         .iter()
-        .map(|i| i.chain_ids.iter().filter(|c| fetching.contains(c.as_str())).count())
+        .map(|i| {
+            i.chain_ids
+                .iter()
+                .filter(|c| fetching.contains(c.as_str()))
+                .count()
+        })
         .collect();
     for (image, _) in plan.images.iter().zip(&remaining).filter(|(_, r)| **r == 0) {
         owner.event(
             d,
             NORMAL,
             "AlreadyPresent",
-            format!("Image {} is already present: every layer was held", image.resolved.reference),
+            format!(
+                "Image {} is already present: every layer was held",
+                image.resolved.reference
+            ),
         );
     }
     let mut stats = HashMap::new();
