@@ -36,10 +36,13 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   # Innermost mounts first, then the scratch filesystem itself.
-  grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do
+  # grep finds nothing once everything is gone: under pipefail that must not fail the run.
+  { grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
   done
-  losetup -a | grep "$work" | cut -d: -f1 | while read -r d; do losetup -d "$d" 2>/dev/null || true; done
+  { losetup -a | grep "$work" || true; } | cut -d: -f1 | while read -r d; do
+    losetup -d "$d" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
