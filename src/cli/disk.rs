@@ -168,16 +168,8 @@ async fn get(client: &Client, a: GetArgs) -> Result<()> {
         None => DISKS.to_string(),
     };
     let answer = client.get(&path).await?;
-    match a.output {
-        Some(Format::Json) => {
-            println!("{}", String::from_utf8_lossy(&answer.body));
-            return Ok(());
-        }
-        Some(Format::Yaml) => {
-            print!("{}", output::yaml(&answer.body)?);
-            return Ok(());
-        }
-        _ => {}
+    if output::print_raw(&answer.body, a.output)? {
+        return Ok(());
     }
     let items = match &a.id {
         Some(_) => vec![answer.json::<Disk>()?],

@@ -22,16 +22,8 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
         None => IMAGECACHES.to_string(),
     };
     let answer = client.get(&path).await?;
-    match args.output {
-        Some(Format::Json) => {
-            println!("{}", String::from_utf8_lossy(&answer.body));
-            return Ok(());
-        }
-        Some(Format::Yaml) => {
-            print!("{}", output::yaml(&answer.body)?);
-            return Ok(());
-        }
-        _ => {}
+    if output::print_raw(&answer.body, args.output)? {
+        return Ok(());
     }
     let items = match &args.name {
         Some(_) => vec![answer.json::<ImageCache>()?],

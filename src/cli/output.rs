@@ -53,6 +53,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Prints the API's answer as it came (`-o json`) or as YAML (`-o yaml`); false when the
+/// format asks for a table instead.
+pub fn print_raw(body: &[u8], format: Option<Format>) -> Result<bool> {
+    match format {
+        Some(Format::Json) => println!("{}", String::from_utf8_lossy(body)),
+        Some(Format::Yaml) => print!("{}", yaml(body)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// The API's JSON as YAML.
 pub fn yaml(json: &[u8]) -> Result<String> {
     let value: serde_json::Value = serde_json::from_slice(json)?;

@@ -11,7 +11,7 @@ mod create;
 mod error;
 mod grow;
 mod mount;
-mod tool;
+pub(crate) mod tool;
 
 pub use check::fsck;
 pub use create::{create, create_sparse, mkfs, MAX_LABEL_LEN};

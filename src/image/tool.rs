@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::error::{ImageError, Result};
 
 /// Run `tool args… path` to completion with no stdin (none of them may prompt).
-pub(super) fn run(tool: &'static str, args: &[&str], path: &Path) -> Result<Output> {
+pub(crate) fn run(tool: &'static str, args: &[&str], path: &Path) -> Result<Output> {
     let started = Instant::now();
     let output = Command::new(tool)
         .args(args)
@@ -20,7 +20,7 @@ pub(super) fn run(tool: &'static str, args: &[&str], path: &Path) -> Result<Outp
     Ok(output)
 }
 
-pub(super) fn combined_output(output: &Output) -> String {
+pub(crate) fn combined_output(output: &Output) -> String {
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     text.trim_end().to_owned()
