@@ -6,6 +6,9 @@ use std::path::Path;
 use super::error::{ImageError, Result};
 use super::{tool, BLOCK_SIZE};
 
+/// Images at least this large get the packed metadata layout (see `mkfs`).
+pub const PACKED_METADATA_FROM: u64 = 128 << 30;
+
 /// ext4 volume labels hold at most 16 bytes.
 pub const MAX_LABEL_LEN: usize = 16;
 
@@ -42,6 +45,11 @@ pub fn create_sparse(path: &Path, size_bytes: u64) -> Result<()> {
 ///   file is all holes, which read as zeros, so writing (or discarding) inode tables and the
 ///   journal would only turn holes into data that freezing then has to hash. The last one
 ///   also marks the inode tables as zeroed, so neither the kernel nor e2fsck go back to them.
+/// - From `PACKED_METADATA_FROM` up, `-G 4096` and `packed_meta_blocks`: every group's
+///   bitmaps and inode tables in one run at the start, so the image has a handful of metadata
+///   extents instead of one per flex group. FICLONE walks extents: a 1 TiB image clones in
+///   ~3.5 ms instead of ~13 ms here. Smaller images keep the default layout, which builds
+///   ~10% faster (measured: 2.14–2.35 s against 2.44–2.52 s for a 420 MB image).
 /// - The journal stays: per-pod disks cloned from this image are written by workloads and
 ///   want crash consistency; an unwritten journal is a hole and costs nothing to freeze.
 pub fn mkfs(path: &Path, label: &str) -> Result<()> {
@@ -51,22 +59,18 @@ pub fn mkfs(path: &Path, label: &str) -> Result<()> {
             max: MAX_LABEL_LEN,
         });
     }
-    tool::run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-m",
-            "0",
-            "-L",
-            label,
-            "-E",
-            "lazy_itable_init=1,lazy_journal_init=1,nodiscard,assume_storage_prezeroed=1",
-        ],
-        path,
-    )
+    let size = std::fs::metadata(path)
+        .map_err(|e| ImageError::io("stat", path, e))?
+        .len();
+    let mut args = vec!["-q", "-F", "-b", "4096", "-m", "0", "-L", label];
+    let extended = if size >= PACKED_METADATA_FROM {
+        args.extend(["-G", "4096"]);
+        "lazy_itable_init=1,lazy_journal_init=1,nodiscard,assume_storage_prezeroed=1,packed_meta_blocks=1"
+    } else {
+        "lazy_itable_init=1,lazy_journal_init=1,nodiscard,assume_storage_prezeroed=1"
+    };
+    args.extend(["-E", extended]);
+    tool::run_ok("mkfs.ext4", &args, path)
 }
 
 pub(super) fn check_size(size: u64) -> Result<()> {
