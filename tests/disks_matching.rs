@@ -13,8 +13,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +21,7 @@ use serde_json::Value;
 use support::daemon::{cache_yaml, TestDaemon};
 use support::gen::features::feature_set;
 use support::oci::push;
+use support::proxy::throttled_proxy;
 use support::registry::TestRegistry;
 use support::scratch::{assert_no_leaks, ScratchXfs};
 
@@ -224,45 +223,6 @@ fn degree_then_size_perfect_match_count_and_digests_pick_the_cache() {
     finish(daemon, &root);
 }
 
-/// A TCP proxy in front of the registry passing `rate` bytes per second from the registry
-/// (across all connections); the rate can be changed while it runs.
-fn slow_proxy(upstream: String, rate: Arc<AtomicU64>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let Ok(server) = TcpStream::connect(&upstream) else {
-                continue;
-            };
-            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || pipe(c2, s2, None));
-            let rate = rate.clone();
-            std::thread::spawn(move || pipe(server, client, Some(rate)));
-        }
-    });
-    addr
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, rate: Option<Arc<AtomicU64>>) {
-    let mut buf = vec![0u8; 16 << 10];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some(rate) = &rate {
-            let r = rate.load(Ordering::Relaxed).max(1);
-            std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-    let _ = from.shutdown(Shutdown::Read);
-}
-
 fn refused(daemon: &TestDaemon, args: &[&str], phase: &str) {
     let mut all = vec!["disk", "create"];
     all.extend_from_slice(args);
@@ -283,7 +243,7 @@ fn an_explicit_cache_that_is_not_ready_is_an_error() {
     let set = feature_set(6);
     let refs = set.push_all(&addr, None);
     let rate = Arc::new(AtomicU64::new(20_000));
-    let slow = slow_proxy(addr.clone(), rate.clone());
+    let slow = throttled_proxy(addr.clone(), rate.clone());
     let root = scratch.path().join("state");
     let daemon = TestDaemon::start(&root, &[&addr, &slow]);
 

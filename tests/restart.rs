@@ -5,16 +5,16 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::daemon::{cache_yaml, TestDaemon};
 use support::gen::realistic::realistic_image_sized;
 use support::oci::{push_image, Compression, Image};
+use support::proxy::throttled_proxy;
 use support::registry::TestRegistry;
 use support::scratch::{assert_no_leaks, ScratchXfs};
 
@@ -30,52 +30,6 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| realistic_image_sized(11, Compression::Gzip, IMAGE_BYTES, IMAGE_FILES))
-}
-
-/// A TCP proxy in front of the registry that paces what the registry sends, so that a build
-/// is reliably still pulling when the test stops the daemon. Returns "127.0.0.1:PORT".
-fn throttled_proxy(upstream: String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    // When the bytes sent so far are allowed to have gone out, across every connection.
-    let pace = Arc::new(Mutex::new(Instant::now()));
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let Ok(server) = TcpStream::connect(&upstream) else {
-                continue;
-            };
-            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || pipe(c2, s2, None));
-            let pace = pace.clone();
-            std::thread::spawn(move || pipe(server, client, Some(pace)));
-        }
-    });
-    addr
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, pace: Option<Arc<Mutex<Instant>>>) {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some(pace) = &pace {
-            let due = {
-                let mut next = pace.lock().unwrap();
-                *next = (*next).max(Instant::now())
-                    + Duration::from_secs_f64(n as f64 / THROTTLE as f64);
-                *next
-            };
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-    let _ = from.shutdown(Shutdown::Read);
 }
 
 fn progress(cache: &Value) -> u32 {
@@ -184,7 +138,7 @@ fn kill_9_mid_build_then_restart_cleans_up_and_builds_again() {
     let root = scratch.path().join("state");
     let reg = TestRegistry::start();
     push_image(&reg.addr(), "realistic/app", "v1", image(), None);
-    let addr = throttled_proxy(reg.addr());
+    let addr = throttled_proxy(reg.addr(), Arc::new(AtomicU64::new(THROTTLE)));
     let reference = format!("{addr}/realistic/app:v1");
     let mut daemon = TestDaemon::start(&root, &[&addr]);
 
@@ -265,7 +219,7 @@ fn sigterm_mid_build_stops_cleanly_and_the_cache_says_so() {
     let root = scratch.path().join("state");
     let reg = TestRegistry::start();
     push_image(&reg.addr(), "realistic/app", "v1", image(), None);
-    let addr = throttled_proxy(reg.addr());
+    let addr = throttled_proxy(reg.addr(), Arc::new(AtomicU64::new(THROTTLE)));
     let reference = format!("{addr}/realistic/app:v1");
     let mut daemon = TestDaemon::start(&root, &[&addr]);
 

@@ -6,6 +6,7 @@ pub mod cachefs;
 pub mod daemon;
 pub mod gen;
 pub mod oci;
+pub mod proxy;
 pub mod registry;
 pub mod scratch;
 pub mod tree;
