@@ -132,22 +132,48 @@ fn build_ready(daemon: &TestDaemon, name: &str, reference: &str) -> Value {
     cache
 }
 
-#[test]
-fn kill_9_mid_build_then_restart_cleans_up_and_builds_again() {
+/// A daemon on a scratch XFS whose build of cache `name` is caught mid-pull: the registry sits
+/// behind a throttling proxy. Fields drop in order: daemon first, scratch last.
+struct Setup {
+    daemon: TestDaemon,
+    _registry: TestRegistry,
+    reference: String,
+    root: std::path::PathBuf,
+    scratch: ScratchXfs,
+}
+
+fn mid_build(name: &str) -> Setup {
     let scratch = ScratchXfs::new(64 << 30);
     let root = scratch.path().join("state");
-    let reg = TestRegistry::start();
-    push_image(&reg.addr(), "realistic/app", "v1", image(), None);
-    let addr = throttled_proxy(reg.addr(), Arc::new(AtomicU64::new(THROTTLE)));
+    let registry = TestRegistry::start();
+    push_image(&registry.addr(), "realistic/app", "v1", image(), None);
+    let addr = throttled_proxy(registry.addr(), Arc::new(AtomicU64::new(THROTTLE)));
     let reference = format!("{addr}/realistic/app:v1");
-    let mut daemon = TestDaemon::start(&root, &[&addr]);
-
+    let daemon = TestDaemon::start(&root, &[&addr]);
     let out = daemon.create(
-        &cache_yaml("crashed", std::slice::from_ref(&reference), ""),
+        &cache_yaml(name, std::slice::from_ref(&reference), ""),
         false,
     );
     assert!(out.status.success(), "{out:?}");
-    wait_mid_build(&daemon, "crashed");
+    wait_mid_build(&daemon, name);
+    Setup {
+        daemon,
+        _registry: registry,
+        reference,
+        root,
+        scratch,
+    }
+}
+
+#[test]
+fn kill_9_mid_build_then_restart_cleans_up_and_builds_again() {
+    let Setup {
+        scratch: _scratch,
+        root,
+        _registry,
+        reference,
+        mut daemon,
+    } = mid_build("crashed");
     daemon.kill9();
 
     // The killed daemon could not clean up: its cache image is still attached and mounted.
@@ -215,20 +241,13 @@ fn kill_9_mid_build_then_restart_cleans_up_and_builds_again() {
 
 #[test]
 fn sigterm_mid_build_stops_cleanly_and_the_cache_says_so() {
-    let scratch = ScratchXfs::new(64 << 30);
-    let root = scratch.path().join("state");
-    let reg = TestRegistry::start();
-    push_image(&reg.addr(), "realistic/app", "v1", image(), None);
-    let addr = throttled_proxy(reg.addr(), Arc::new(AtomicU64::new(THROTTLE)));
-    let reference = format!("{addr}/realistic/app:v1");
-    let mut daemon = TestDaemon::start(&root, &[&addr]);
-
-    let out = daemon.create(
-        &cache_yaml("stopped", std::slice::from_ref(&reference), ""),
-        false,
-    );
-    assert!(out.status.success(), "{out:?}");
-    wait_mid_build(&daemon, "stopped");
+    let Setup {
+        scratch: _scratch,
+        root,
+        _registry,
+        reference,
+        mut daemon,
+    } = mid_build("stopped");
 
     let started = Instant::now();
     daemon.stop();
