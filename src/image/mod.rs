@@ -8,6 +8,7 @@
 
 mod check;
 mod create;
+mod densify;
 mod error;
 mod grow;
 mod mount;
@@ -15,6 +16,7 @@ pub(crate) mod tool;
 
 pub use check::fsck;
 pub use create::{create, create_sparse, mkfs, MAX_LABEL_LEN};
+pub use densify::{densify, Densified, MAX_FILLED_GAP};
 pub use error::{ImageError, Result};
 pub use grow::grow;
 pub use mount::{mount, MountConfig, MountedImage};

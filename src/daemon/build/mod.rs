@@ -205,8 +205,11 @@ async fn build(
     let t_synced = started.elapsed();
     let snapshots = d.inner.snapshots.clone();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, BuildError> {
-        // Both only read the image: checking and hashing side by side saves the fsck's time.
         let t0 = Instant::now();
+        // Before anything reads it: fewer extents make every clone of the snapshot cheaper.
+        let densified = crate::image::densify(&image_path, crate::image::MAX_FILLED_GAP)?;
+        tracing::debug!(?densified, elapsed = ?t0.elapsed(), "filled the image's narrow holes");
+        // Both only read the image: checking and hashing side by side saves the fsck's time.
         // Writeback of the image runs under them too, so commit's fsync finds it done.
         let (checked, hashed) = std::thread::scope(|s| {
             let _writeback =
