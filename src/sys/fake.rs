@@ -3,12 +3,10 @@
 //! It keeps a simulated loop table and mount table so `loop_devices` and `mounts_under`
 //! reflect what was attached and mounted, mirrors the kernel's answers where logic depends
 //! on them (EBUSY unmounting a parent, lazy detach of a mounted loop device, autoclear on
-//! unmount), implements `reflink` as a plain copy so code that clones files works on any
+//! unmount), implements `reflink` as a sparse copy so code that clones files works on any
 //! filesystem, and lets a test make the next call of an operation fail with a chosen errno.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -316,30 +314,10 @@ impl Sys for FakeSys {
         };
         // The copy runs under the lock too: tests are small, and ordering stays simple.
         let _st = self.enter(Op::Reflink, call, dst)?;
-        let mut input = std::fs::File::open(src).map_err(|e| SysError::io("open", src, e))?;
-        let mode = input
-            .metadata()
-            .map_err(|e| SysError::io("stat", src, e))?
-            .permissions()
-            .mode()
-            & 0o7777;
-        let mut output = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(dst)
-            .map_err(|e| SysError::io("create", dst, e))?;
-        let copied = std::io::copy(&mut input, &mut output).and_then(|_| output.flush());
-        if let Err(e) = copied {
-            let _ = std::fs::remove_file(dst);
-            return Err(SysError::Reflink {
-                src: src.to_owned(),
-                dst: dst.to_owned(),
-                source: e,
-            });
-        }
-        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| SysError::io("chmod", dst, e))
+        // Data extents only, as a real reflink shares only those: a snapshot is a sparse file
+        // of the cache's full size, and copying its holes as zeros would cost seconds and
+        // gigabytes per clone.
+        super::sparse::sparse_copy(src, dst).map(drop)
     }
 
     fn syncfs(&self, path: &Path) -> Result<()> {
@@ -417,6 +395,8 @@ impl Sys for FakeSys {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+
     use super::*;
 
     fn autoclear() -> LoopOptions {
@@ -577,5 +557,32 @@ mod tests {
         let err = sys.reflink(&src, &dir.path().join("other")).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(Errno::OPNOTSUPP.raw_os_error()));
         assert!(!dir.path().join("other").exists());
+    }
+
+    #[test]
+    fn reflink_keeps_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let file = std::fs::File::create(&src).unwrap();
+        file.set_len(4 << 30).unwrap();
+        file.write_all_at(b"superblock", 1024).unwrap();
+        file.write_all_at(b"tail", (4 << 30) - 4).unwrap();
+        drop(file);
+        let dst = dir.path().join("dst");
+        FakeSys::new().reflink(&src, &dst).unwrap();
+        let meta = std::fs::metadata(&dst).unwrap();
+        assert_eq!(meta.len(), 4 << 30);
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "holes were filled: {} blocks",
+            meta.blocks()
+        );
+        let copy = std::fs::File::open(&dst).unwrap();
+        let mut head = [0u8; 10];
+        copy.read_exact_at(&mut head, 1024).unwrap();
+        assert_eq!(&head, b"superblock");
+        let mut tail = [0u8; 4];
+        copy.read_exact_at(&mut tail, (4 << 30) - 4).unwrap();
+        assert_eq!(&tail, b"tail");
     }
 }
