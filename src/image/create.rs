@@ -50,6 +50,13 @@ pub fn create_sparse(path: &Path, size_bytes: u64) -> Result<()> {
 ///   extents instead of one per flex group. FICLONE walks extents: a 1 TiB image clones in
 ///   ~3.5 ms instead of ~13 ms here. Smaller images keep the default layout, which builds
 ///   ~10% faster (measured: 2.14–2.35 s against 2.44–2.52 s for a 420 MB image).
+/// - Above `MAX_GROUPS` block groups of 4 KiB blocks (64 GiB), `bigalloc` with the cluster
+///   size [`cluster_size`] picks. Mounting ext4 costs time per block group (descriptor
+///   checks, free counts, the allocator's per-group state: ~0.8 µs each here), and a 1 TiB
+///   image has 8,192 groups of 128 MiB: 7.4 ms to mount against 1.0 ms for 20 GiB. With
+///   64 KiB clusters a group spans 2 GiB and the same 1 TiB mounts in 1.35 ms. The price:
+///   a file takes at least one cluster inside the filesystem; the unwritten rest of a
+///   cluster is a hole in the image until freezing fills narrow holes (`densify`).
 /// - The journal stays: per-pod disks cloned from this image are written by workloads and
 ///   want crash consistency; an unwritten journal is a hole and costs nothing to freeze.
 pub fn mkfs(path: &Path, label: &str) -> Result<()> {
@@ -62,15 +69,46 @@ pub fn mkfs(path: &Path, label: &str) -> Result<()> {
     let size = std::fs::metadata(path)
         .map_err(|e| ImageError::io("stat", path, e))?
         .len();
-    let mut args = vec!["-q", "-F", "-b", "4096", "-m", "0", "-L", label];
-    let extended = if size >= PACKED_METADATA_FROM {
-        args.extend(["-G", "4096"]);
-        "lazy_itable_init=1,lazy_journal_init=1,nodiscard,assume_storage_prezeroed=1,packed_meta_blocks=1"
-    } else {
-        "lazy_itable_init=1,lazy_journal_init=1,nodiscard,assume_storage_prezeroed=1"
-    };
-    args.extend(["-E", extended]);
+    let mut args: Vec<String> = ["-q", "-F", "-b", "4096", "-m", "0", "-L", label]
+        .map(String::from)
+        .into();
+    if let Some(cluster) = cluster_size(size) {
+        args.extend([
+            "-O".into(),
+            "bigalloc".into(),
+            "-C".into(),
+            cluster.to_string(),
+        ]);
+    }
+    let mut extended =
+        String::from("lazy_itable_init=1,lazy_journal_init=1,nodiscard,assume_storage_prezeroed=1");
+    if size >= PACKED_METADATA_FROM {
+        args.extend(["-G".into(), "4096".into()]);
+        extended.push_str(",packed_meta_blocks=1");
+    }
+    args.extend(["-E".into(), extended]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     tool::run_ok("mkfs.ext4", &args, path)
+}
+
+/// Block groups an image may have before it gets bigalloc clusters: a 64 GiB filesystem of
+/// 4 KiB blocks, which mounts in about 1.3 ms here.
+pub const MAX_GROUPS: u64 = 512;
+
+/// The largest cluster: 16 blocks. A file's smallest footprint grows with the cluster, so
+/// images above 1 TiB have more groups rather than a coarser grain.
+pub const MAX_CLUSTER: u64 = 64 << 10;
+
+/// The bigalloc cluster size for an image of `size` bytes: the smallest power of two that
+/// keeps it within `MAX_GROUPS` groups (up to `MAX_CLUSTER`), or `None` for 4 KiB blocks.
+pub fn cluster_size(size: u64) -> Option<u64> {
+    // A group's block bitmap is one block: 8 bits per byte, one bit per cluster.
+    let clusters_per_group = BLOCK_SIZE * 8;
+    let mut cluster = BLOCK_SIZE;
+    while size.div_ceil(cluster * clusters_per_group) > MAX_GROUPS && cluster < MAX_CLUSTER {
+        cluster *= 2;
+    }
+    (cluster > BLOCK_SIZE).then_some(cluster)
 }
 
 pub(super) fn check_size(size: u64) -> Result<()> {
@@ -112,6 +150,17 @@ mod tests {
     }
 
     #[test]
+    fn large_images_get_clusters_that_bound_their_groups() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(cluster_size(20 * GIB), None);
+        assert_eq!(cluster_size(64 * GIB), None, "512 groups of 128 MiB");
+        assert_eq!(cluster_size(65 * GIB), Some(8 << 10));
+        assert_eq!(cluster_size(256 * GIB), Some(16 << 10));
+        assert_eq!(cluster_size(1024 * GIB), Some(64 << 10));
+        assert_eq!(cluster_size(4096 * GIB), Some(MAX_CLUSTER), "capped");
+    }
+
+    #[test]
     fn formats_ext4_that_checks_clean() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img");
@@ -120,5 +169,24 @@ mod tests {
         let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap());
         // Superblocks, bitmaps and the root directory only: a few MiB at most.
         assert!(blocks * 512 < 16 << 20, "mkfs wrote {} bytes", blocks * 512);
+    }
+
+    #[test]
+    fn formats_a_large_image_with_clusters_that_checks_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        create(&path, 80 << 30, "unit").unwrap();
+        crate::image::fsck(&path).unwrap();
+        let header = std::process::Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let header = String::from_utf8_lossy(&header.stdout);
+        assert!(header.contains("bigalloc"), "{header}");
+        assert!(
+            header.contains("Cluster size:             8192"),
+            "{header}"
+        );
     }
 }
