@@ -459,7 +459,8 @@ async fn pull(
     .await;
     let synced = d.inner.sys.syncfs(&root);
     if let Some(at) = &temp_mount {
-        let _ = d.inner.sys.unmount(at);
+        let _ =
+            tokio::task::block_in_place(|| crate::sys::unmount_settled(d.inner.sys.as_ref(), at));
         let _ = std::fs::remove_dir(at);
     }
     filled?;

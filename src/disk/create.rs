@@ -278,7 +278,7 @@ impl<'s> Undo<'s> {
         let mut problems = Vec::new();
         let mut leftovers = Vec::new();
         if let Some(mountpoint) = self.mounted.take() {
-            if let Err(e) = self.sys.unmount(&mountpoint) {
+            if let Err(e) = crate::sys::unmount_settled(self.sys, &mountpoint) {
                 problems.push(e.to_string());
                 leftovers.push(format!("the mount at {}", mountpoint.display()));
             }

@@ -104,7 +104,7 @@ fn unmount_if_ours(sys: &dyn Sys, mountpoint: &Path, devices: &[PathBuf]) -> Res
                 .unwrap_or_else(|| PathBuf::from("no loop device")),
         }),
         // umount(2) without MNT_DETACH either unmounts or, when busy, changes nothing.
-        MountState::Ours => match sys.unmount(mountpoint) {
+        MountState::Ours => match crate::sys::unmount_settled(sys, mountpoint) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) => {
                 Err(DiskError::Busy {

@@ -141,7 +141,7 @@ impl MountedImage<'_> {
             source,
         };
         let synced = self.sys.syncfs(&self.mountpoint).map_err(err);
-        self.sys.unmount(&self.mountpoint).map_err(err)?;
+        crate::sys::unmount_settled(self.sys, &self.mountpoint).map_err(err)?;
         // Autoclear has normally detached it already; an explicit detach covers a device
         // someone else held open, and finding it unbound is fine.
         self.sys.detach_loop(&self.device.path).map_err(err)?;

@@ -10,6 +10,7 @@ pub mod fake;
 pub mod fsops;
 mod fstype;
 pub mod linux;
+mod settle;
 mod sparse;
 
 use std::os::fd::OwnedFd;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 pub use fake::FakeSys;
 pub use fstype::FsType;
 pub use linux::LinuxSys;
+pub use settle::{unmount_settled, UNMOUNT_ATTEMPTS};
 
 /// A failed OS operation: what was attempted, on what, and the errno.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use crate::sys::{Sys, SysError};
 
 pub fn clean_work_dir(sys: &dyn Sys, dir: &Path) -> Result<(), SysError> {
     for mountpoint in sys.mounts_under(dir)? {
-        sys.unmount(&mountpoint)?;
+        crate::sys::unmount_settled(sys, &mountpoint)?;
     }
     for lo in sys.loop_devices()? {
         if lo.backing_file.starts_with(dir) {
