@@ -204,11 +204,13 @@ async fn build(
     tokio::task::block_in_place(|| mounted.unmount_and_detach())?;
     let t_synced = started.elapsed();
     let snapshots = d.inner.snapshots.clone();
+    let reused = parent.is_some();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, BuildError> {
         let t0 = Instant::now();
         // Before anything reads it: fewer extents make every clone of the snapshot cheaper.
-        let densified = crate::image::densify(&image_path, crate::image::MAX_FILLED_GAP)?;
-        tracing::debug!(?densified, elapsed = ?t0.elapsed(), "filled the image's narrow holes");
+        // A reused build shares extents with its parent: a rewrite would unshare them.
+        let densified = crate::image::densify(&image_path, crate::image::MAX_FILLED_GAP, !reused)?;
+        info!(?densified, elapsed = ?t0.elapsed(), "joined the image's data runs");
         // Both only read the image: checking and hashing side by side saves the fsck's time.
         // Writeback of the image runs under them too, so commit's fsync finds it done.
         let (checked, hashed) = std::thread::scope(|s| {
