@@ -8,12 +8,15 @@
 //! and its clone from 4.0 ms to 0.65 ms. A hole reads as zeros, so the content (and every
 //! chunk hash, which covers whole chunks holes included) is unchanged.
 //!
-//! Filling in place only joins extents where XFS left the matching physical room, which it
-//! does for a few hundred runs. An image of many small files in bigalloc clusters has a run
-//! per file (the rest of each cluster is a hole) packed tightly on disk: filled in place, a
-//! 1 TiB cache of a 2 GB, 60,000-file image kept 56,962 extents and cloned in 0.8–2 s.
-//! Above [`REWRITE_ABOVE_RUNS`] runs the image is therefore rewritten instead: its data, gaps
-//! filled, copied in offset order into a new file, which XFS allocates in long extents.
+//! Filling in place only joins extents where XFS left the matching physical room, which
+//! depends on how writeback interleaved with other allocations: the same 2 GB image came out
+//! with 30 to ~100 extents from build to build. An image of many small files in bigalloc
+//! clusters has a run per file (the rest of each cluster is a hole) packed tightly on disk:
+//! filled in place, a 1 TiB cache of a 2 GB, 60,000-file image kept 56,962 extents and
+//! cloned in 0.8–2 s. So the result is counted (FIEMAP) and, when it has more than
+//! [`EXTENT_SLACK`] extents over what joining the runs can reach, the image is rewritten:
+//! its data, gaps filled, copied in offset order into a new file, which XFS allocates in long
+//! extents. Above [`REWRITE_ABOVE_RUNS`] runs it is rewritten without trying in place first.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -23,14 +26,18 @@ use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
 use super::error::{ImageError, Result};
+use crate::sys::Sys;
 
 /// The widest hole filled: 1 MiB. Wider gaps separate block groups' metadata (128 MiB
 /// apart), where filling would cost real space for a handful of extents.
 pub const MAX_FILLED_GAP: u64 = 1 << 20;
 
-/// Data runs above which filling in place is not trusted to join extents and the image is
-/// rewritten. Below it the rewrite is not worth its cost (it copies every data byte).
+/// Data runs above which filling in place is not tried: it would not join the extents.
 pub const REWRITE_ABOVE_RUNS: usize = 1024;
+
+/// Extents tolerated beyond the joined spans before the image is rewritten (a rewrite copies
+/// every data byte, so it is kept for images that clearly need it).
+pub const EXTENT_SLACK: u64 = 16;
 
 /// What [`densify`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,38 +48,76 @@ pub struct Densified {
     pub runs_after: usize,
     /// Zero bytes written into holes.
     pub filled_bytes: u64,
-    /// Whether the image was rewritten into a new file rather than filled in place.
+    /// Extents mapping the image after filling (FIEMAP), before any rewrite.
+    pub extents_in_place: Option<u64>,
+    /// Whether the image was rewritten into a new file.
     pub rewritten: bool,
+    /// Extents mapping the image in the end.
+    pub extents: u64,
 }
 
 /// Join the data runs of `path` that are at most `max_gap` apart, writing zeros between
-/// them. Holes before the first run and after the last are left alone. With `may_rewrite`
-/// and more than [`REWRITE_ABOVE_RUNS`] runs, the image is rewritten (same content, new
-/// inode, renamed over `path`); without it (an image sharing extents with a parent, which a
-/// rewrite would unshare) it is always filled in place. The file must not be in use: it is an
-/// unmounted, detached image about to be frozen.
+/// them; holes before the first run and after the last are left alone. With `may_rewrite`
+/// and more than [`REWRITE_ABOVE_RUNS`] runs the image is rewritten at once (same content,
+/// new inode, renamed over `path`); otherwise it is filled in place, and
+/// [`rewrite_if_fragmented`] can check the result once it is on disk. Without `may_rewrite`
+/// (an image sharing extents with a parent, which a rewrite would unshare) it is only ever
+/// filled in place. The file must not be in use: it is an unmounted, detached image about to
+/// be frozen.
 pub fn densify(path: &Path, max_gap: u64, may_rewrite: bool) -> Result<Densified> {
-    let file = OpenOptions::new()
-        .write(true)
-        .read(true)
-        .open(path)
-        .map_err(|e| ImageError::io("open", path, e))?;
+    let file = open(path)?;
     let runs = data_runs(&file).map_err(|e| ImageError::io("seek data", path, e.into()))?;
     let spans = join(&runs, max_gap);
     let data: u64 = runs.iter().map(|(a, b)| b - a).sum();
     let spanned: u64 = spans.iter().map(|(a, b)| b - a).sum();
-    let done = Densified {
+    let mut done = Densified {
         runs_before: runs.len(),
         runs_after: spans.len(),
         filled_bytes: spanned - data,
-        rewritten: may_rewrite && runs.len() > REWRITE_ABOVE_RUNS,
+        ..Densified::default()
     };
-    if done.rewritten {
+    if may_rewrite && runs.len() > REWRITE_ABOVE_RUNS {
         rewrite(&file, path, &spans)?;
+        done.rewritten = true;
     } else {
         fill_in_place(&file, path, &runs, max_gap)?;
     }
     Ok(done)
+}
+
+/// After [`densify`] filled `path` in place and its data reached the disk (counting earlier
+/// would see delayed allocations, or wait for them): count its extents and, if joining the
+/// runs left more than [`EXTENT_SLACK`] extents over the spans, rewrite it. The content is
+/// unchanged, so checks and hashes made in between still hold. Records the counts in `done`.
+pub fn rewrite_if_fragmented(
+    sys: &dyn Sys,
+    path: &Path,
+    max_gap: u64,
+    done: &mut Densified,
+) -> Result<()> {
+    let extents = sys.extent_count(path)?;
+    done.extents = extents;
+    if done.rewritten {
+        return Ok(());
+    }
+    done.extents_in_place = Some(extents);
+    if extents <= done.runs_after as u64 + EXTENT_SLACK {
+        return Ok(());
+    }
+    let file = open(path)?;
+    let runs = data_runs(&file).map_err(|e| ImageError::io("seek data", path, e.into()))?;
+    rewrite(&file, path, &join(&runs, max_gap))?;
+    done.rewritten = true;
+    done.extents = sys.extent_count(path)?;
+    Ok(())
+}
+
+fn open(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .map_err(|e| ImageError::io("open", path, e))
 }
 
 /// Runs no more than `max_gap` apart merged into spans.
@@ -138,6 +183,10 @@ fn rewrite(source: &File, path: &Path, spans: &[(u64, u64)]) -> Result<()> {
                 at += n as u64;
             }
         }
+        // Durable before it replaces the image: a crash must not leave holes where data was.
+        target
+            .sync_data()
+            .map_err(|e| ImageError::io("sync", &staged, e))?;
         std::fs::rename(&staged, path).map_err(|e| ImageError::io("rename", &staged, e))
     })();
     if copied.is_err() {
@@ -171,6 +220,7 @@ fn data_runs(file: &File) -> std::result::Result<Vec<(u64, u64)>, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::FakeSys;
 
     const MIB: u64 = 1 << 20;
 
@@ -216,9 +266,10 @@ mod tests {
         let path = dir.path().join("img");
         let file = File::create(&path).unwrap();
         file.set_len(8 * MIB).unwrap();
+        let done = densify(&path, MAX_FILLED_GAP, true).unwrap();
         assert_eq!(
-            densify(&path, MAX_FILLED_GAP, true).unwrap(),
-            Densified::default()
+            (done.runs_before, done.extents, done.rewritten),
+            (0, 0, false)
         );
         write_at(&file, 0, 8 * MIB, 1);
         let done = densify(&path, MAX_FILLED_GAP, true).unwrap();
@@ -271,6 +322,33 @@ mod tests {
             1,
             "no staging file left"
         );
+    }
+
+    #[test]
+    fn filled_in_place_but_still_fragmented_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, before) = clustered(dir.path(), 8);
+        if data_runs(&File::open(&path).unwrap()).unwrap().len() == 1 {
+            return; // no SEEK_DATA here
+        }
+        let mut done = densify(&path, MAX_FILLED_GAP, true).unwrap();
+        assert!(!done.rewritten, "8 runs are filled in place");
+        let old_inode = inode(&path);
+
+        // Joined into one span, as the fake counts; nothing to do.
+        let sys = FakeSys::new();
+        rewrite_if_fragmented(&sys, &path, MAX_FILLED_GAP, &mut done).unwrap();
+        assert_eq!((done.extents_in_place, done.rewritten), (Some(1), false));
+        assert_eq!(inode(&path), old_inode);
+
+        // The disk says 100 extents: rewritten, and counted again.
+        sys.report_extents(100);
+        rewrite_if_fragmented(&sys, &path, MAX_FILLED_GAP, &mut done).unwrap();
+        assert_eq!(done.extents_in_place, Some(100));
+        assert!(done.rewritten);
+        assert_eq!(done.extents, 1);
+        assert_ne!(inode(&path), old_inode);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
     #[test]

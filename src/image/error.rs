@@ -75,6 +75,9 @@ pub enum ImageError {
         #[source]
         source: SysError,
     },
+    /// A file operation through `Sys` that names its own file (counting extents).
+    #[error(transparent)]
+    Sys(#[from] SysError),
 }
 
 impl ImageError {

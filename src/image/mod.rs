@@ -16,7 +16,9 @@ pub(crate) mod tool;
 
 pub use check::fsck;
 pub use create::{create, create_sparse, mkfs, MAX_LABEL_LEN};
-pub use densify::{densify, Densified, MAX_FILLED_GAP, REWRITE_ABOVE_RUNS};
+pub use densify::{
+    densify, rewrite_if_fragmented, Densified, EXTENT_SLACK, MAX_FILLED_GAP, REWRITE_ABOVE_RUNS,
+};
 pub use error::{ImageError, Result};
 pub use grow::grow;
 pub use mount::{mount, MountConfig, MountedImage};

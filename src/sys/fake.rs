@@ -62,6 +62,9 @@ pub enum Call {
         device: PathBuf,
         file: PathBuf,
     },
+    ExtentCount {
+        file: PathBuf,
+    },
 }
 
 /// The operations failures can be injected into.
@@ -80,6 +83,7 @@ pub enum Op {
     FsType,
     SparseCopy,
     DetachLoopOf,
+    ExtentCount,
 }
 
 #[derive(Debug)]
@@ -104,6 +108,8 @@ struct State {
     failures: HashMap<Op, VecDeque<i32>>,
     /// `fs_type` answers by longest matching prefix; anything else is XFS.
     fs_types: Vec<(PathBuf, FsType)>,
+    /// Answers for the next `extent_count` calls, before it falls back to counting data runs.
+    extent_counts: VecDeque<u64>,
 }
 
 /// Records every call, simulates loop and mount tables, and pretends the rest succeeded.
@@ -148,6 +154,12 @@ impl FakeSys {
         self.state().fs_types.push((prefix.into(), fs));
     }
 
+    /// Make the next `extent_count` call answer `n`: a file fragmented on disk, which no
+    /// filesystem-neutral count can show.
+    pub fn report_extents(&self, n: u64) {
+        self.state().extent_counts.push_back(n);
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A test that panicked while holding the lock has already failed; the table is
         // still the best account of what happened.
@@ -180,6 +192,7 @@ fn op_name(op: Op) -> &'static str {
         Op::FsType => "statfs",
         Op::SparseCopy => "sparse copy",
         Op::DetachLoopOf => "detach loop",
+        Op::ExtentCount => "map extents",
     }
 }
 
@@ -390,6 +403,35 @@ impl Sys for FakeSys {
             st.loops.remove(&number);
         }
         Ok(true)
+    }
+
+    fn extent_count(&self, file: &Path) -> Result<u64> {
+        let call = Call::ExtentCount {
+            file: file.to_owned(),
+        };
+        let mut st = self.enter(Op::ExtentCount, call, file)?;
+        if let Some(n) = st.extent_counts.pop_front() {
+            return Ok(n);
+        }
+        drop(st);
+        // A filesystem-neutral stand-in: the file's data runs, as SEEK_DATA/SEEK_HOLE see them.
+        let handle = std::fs::File::open(file).map_err(|e| SysError::io("open", file, e))?;
+        let size = handle
+            .metadata()
+            .map_err(|e| SysError::io("stat", file, e))?
+            .len();
+        let (mut runs, mut at) = (0, 0);
+        while at < size {
+            let start = match rustix::fs::seek(&handle, rustix::fs::SeekFrom::Data(at)) {
+                Ok(s) => s,
+                Err(Errno::NXIO) => break,
+                Err(e) => return Err(errno(op_name(Op::ExtentCount), file, e)),
+            };
+            at = rustix::fs::seek(&handle, rustix::fs::SeekFrom::Hole(start))
+                .map_err(|e| errno(op_name(Op::ExtentCount), file, e))?;
+            runs += 1;
+        }
+        Ok(runs)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The real `Sys`: loop ioctls, mount(2), FICLONE.
 
+mod fiemap;
 mod loopdev;
 mod mountinfo;
 
@@ -131,5 +132,11 @@ impl Sys for LinuxSys {
 
     fn detach_loop_of(&self, device: &Path, file: &Path) -> Result<bool> {
         loopdev::detach_if_backed_by(device, file)
+    }
+
+    fn extent_count(&self, file: &Path) -> Result<u64> {
+        let handle = std::fs::File::open(file).map_err(|e| SysError::io("open", file, e))?;
+        fiemap::extent_count(&handle)
+            .map_err(|e| SysError::io("map the extents of", file, std::io::Error::from(e)))
     }
 }

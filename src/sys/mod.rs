@@ -200,4 +200,6 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     /// whether it was bound to `file`. Like `detach_loop`, a device that is still open or
     /// mounted is detached by the kernel when its last user goes.
     fn detach_loop_of(&self, device: &Path, file: &Path) -> Result<bool>;
+    /// How many extents map `file` (FIEMAP): what FICLONE walks when it clones the file.
+    fn extent_count(&self, file: &Path) -> Result<u64>;
 }

@@ -205,12 +205,13 @@ async fn build(
     let t_synced = started.elapsed();
     let snapshots = d.inner.snapshots.clone();
     let reused = parent.is_some();
+    let freeze_sys = d.inner.sys.clone();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, BuildError> {
         let t0 = Instant::now();
         // Before anything reads it: fewer extents make every clone of the snapshot cheaper.
         // A reused build shares extents with its parent: a rewrite would unshare them.
-        let densified = crate::image::densify(&image_path, crate::image::MAX_FILLED_GAP, !reused)?;
-        info!(?densified, elapsed = ?t0.elapsed(), "joined the image's data runs");
+        let max_gap = crate::image::MAX_FILLED_GAP;
+        let mut densified = crate::image::densify(&image_path, max_gap, !reused)?;
         // Both only read the image: checking and hashing side by side saves the fsck's time.
         // Writeback of the image runs under them too, so commit's fsync finds it done.
         let (checked, hashed) = std::thread::scope(|s| {
@@ -223,6 +224,17 @@ async fn build(
         checked?;
         let manifest = hashed?;
         tracing::debug!(elapsed = ?t0.elapsed(), "checked and hashed the image");
+        // Now that the data is on disk its extents can be counted; a rewrite keeps the
+        // content, so the check and the hashes above still hold.
+        if !reused {
+            crate::image::rewrite_if_fragmented(
+                freeze_sys.as_ref(),
+                &image_path,
+                max_gap,
+                &mut densified,
+            )?;
+        }
+        info!(?densified, elapsed = ?t0.elapsed(), "joined the image's data runs");
         Ok(snapshots.commit(&image_path, &manifest)?)
     })
     .await
