@@ -2,7 +2,7 @@
 //! mount time does not grow with its size), still holds exactly the images' files, and
 //! clones into a larger disk that the workload can use; frozen images of every size keep few
 //! extents (so FICLONE stays cheap), including one of thousands of small files, which leaves
-//! a hole in nearly every 64 KiB cluster of the large cache until freezing rewrites it.
+//! a hole in nearly every 128 KiB cluster of the large cache until freezing rewrites it.
 
 mod support;
 
@@ -77,10 +77,10 @@ fn a_1tib_cache_uses_clusters_holds_its_images_and_clones_into_a_bigger_disk() {
     };
     let (small, large) = (digest_of("small"), digest_of("large"));
 
-    // The 1 TiB image has 64 KiB clusters: 512 groups instead of 8,192.
+    // The 1 TiB image has 128 KiB clusters: 256 groups instead of 8,192.
     let sb = superblock(&snapshot_image(&root, &large));
     assert!(sb.contains("bigalloc"), "{sb}");
-    assert!(sb.contains("Cluster size:             65536"), "{sb}");
+    assert!(sb.contains("Cluster size:             131072"), "{sb}");
     assert!(!superblock(&snapshot_image(&root, &small)).contains("bigalloc"));
 
     // Narrow holes were filled at freeze: a handful of extents, whatever the size. Without
