@@ -11,6 +11,9 @@
 //! 4. `data/2GB`       — a 20 GiB cache holding ~2 GB of image data: within 1.2× of 3.
 //! 5. `concurrent/32`  — 32 creates at once through the API; each request's latency is a
 //!    sample (target p99 ≤ 50 ms).
+//! 6. `cold/100MB`     — the same ~100 MB image with no cache to clone (`eci-auto-imc:
+//!    "false"`): an empty 20 GiB disk, the image pulled into it from the local registry,
+//!    timed from the POST until the disk is Ready. What a pod waits for without a cache.
 //!
 //! Target for cases 1–4: p50 ≤ 15 ms. Criterion reports the mean and median of each sample
 //! (a sample is several iterations); the bench also prints p50/p99 of the individual
@@ -28,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use imagecache::api::{Disk, DiskSpec, API_VERSION, KIND_DISK};
+use imagecache::api::{Disk, DiskPhase, DiskSpec, API_VERSION, KIND_DISK};
 use imagecache::cli::Client;
+use imagecache::matching::ECI_AUTO_IMC;
 use support::daemon::{cache_yaml, TestDaemon};
 use support::gen::features::feature_set;
 use support::gen::realistic::realistic_image_sized;
@@ -159,6 +163,45 @@ async fn create(client: &Client, cache: &str, image: &str) -> (String, Sample) {
             mount_ms: t.mount_ms,
         },
     )
+}
+
+/// A disk for `image` with no cache (the cold path), timed from the request until the
+/// image has been pulled into it and the disk is Ready.
+async fn create_cold(client: &Client, image: &str) -> (String, Duration) {
+    let disk = Disk {
+        api_version: API_VERSION.into(),
+        kind: KIND_DISK.into(),
+        metadata: Default::default(),
+        spec: DiskSpec {
+            images: vec![image.to_owned()],
+            annotations: [(ECI_AUTO_IMC.to_owned(), "false".to_owned())].into(),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let body = serde_json::to_vec(&disk).unwrap();
+    let t = Instant::now();
+    let answer = client
+        .post(DISKS, body, "application/json")
+        .await
+        .expect("create disk");
+    let created: Disk = answer.json().unwrap();
+    let id = created.metadata.name;
+    loop {
+        let got: Disk = client
+            .get(&format!("{DISKS}/{id}"))
+            .await
+            .expect("get disk")
+            .json()
+            .unwrap();
+        let status = got.status.expect("status");
+        assert!(status.cache_id.is_none(), "cold: no cache");
+        match status.phase {
+            DiskPhase::Ready => return (id, t.elapsed()),
+            DiskPhase::Failed => panic!("cold disk failed: {:?}", status.events),
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
 }
 
 async fn delete(client: &Client, id: &str) {
@@ -292,8 +335,50 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
+    // Case 6: the cold path, for comparison with case 3's clone of the same image.
+    let cold_image = setup
+        .cases
+        .iter()
+        .find(|c| c.0 == "data/100MB")
+        .map(|c| c.2.clone())
+        .unwrap();
+    let cold = Arc::new(Mutex::new(Vec::new()));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("cold/100MB", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (id, took) = setup.rt.block_on(create_cold(&setup.client, &cold_image));
+                total += took;
+                cold.lock().unwrap().push(took.as_secs_f64() * 1e3);
+                setup.rt.block_on(delete(&setup.client, &id));
+            }
+            total
+        })
+    });
     group.finish();
     report(&raw.lock().unwrap());
+    let mut cold = cold.lock().unwrap().clone();
+    cold.sort_by(f64::total_cmp);
+    if cold.is_empty() {
+        // Filtered out (`cargo bench --bench disk_ready -- <case>`).
+        cold.push(f64::NAN);
+    }
+    let clone_p50 = raw.lock().unwrap().get("data/100MB").map(|s| {
+        let mut v: Vec<f64> = s.iter().map(|s| s.api.as_secs_f64() * 1e3).collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    });
+    eprintln!(
+        "cold/100MB: n {} p50 {:.1} ms p99 {:.1} ms; clone of the same image p50 {:.2} ms ({:.0}× faster)",
+        cold.len(),
+        percentile(&cold, 0.5),
+        percentile(&cold, 0.99),
+        clone_p50.unwrap_or(f64::NAN),
+        percentile(&cold, 0.5) / clone_p50.unwrap_or(f64::NAN)
+    );
 
     let root = setup.daemon.root.clone();
     let Setup { mut daemon, .. } = setup;
