@@ -130,16 +130,13 @@ struct Sample {
     mount_ms: f64,
 }
 
-async fn create(client: &Client, cache: &str, image: &str) -> (String, Sample) {
+/// POST a Disk with `spec`; the answer and how long it took.
+async fn post_disk(client: &Client, spec: DiskSpec) -> (Disk, Duration) {
     let disk = Disk {
         api_version: API_VERSION.into(),
         kind: KIND_DISK.into(),
         metadata: Default::default(),
-        spec: DiskSpec {
-            images: vec![image.to_owned()],
-            cache_id: Some(cache.to_owned()),
-            ..Default::default()
-        },
+        spec,
         status: None,
     };
     let body = serde_json::to_vec(&disk).unwrap();
@@ -148,8 +145,17 @@ async fn create(client: &Client, cache: &str, image: &str) -> (String, Sample) {
         .post(DISKS, body, "application/json")
         .await
         .expect("create disk");
-    let api = t.elapsed();
-    let created: Disk = answer.json().unwrap();
+    let took = t.elapsed();
+    (answer.json().unwrap(), took)
+}
+
+async fn create(client: &Client, cache: &str, image: &str) -> (String, Sample) {
+    let spec = DiskSpec {
+        images: vec![image.to_owned()],
+        cache_id: Some(cache.to_owned()),
+        ..Default::default()
+    };
+    let (created, api) = post_disk(client, spec).await;
     let s = created.status.expect("status");
     assert!(s.cache_id.is_some() && s.missing_images.is_empty());
     let t = &s.timings;
@@ -168,24 +174,13 @@ async fn create(client: &Client, cache: &str, image: &str) -> (String, Sample) {
 /// A disk for `image` with no cache (the cold path), timed from the request until the
 /// image has been pulled into it and the disk is Ready.
 async fn create_cold(client: &Client, image: &str) -> (String, Duration) {
-    let disk = Disk {
-        api_version: API_VERSION.into(),
-        kind: KIND_DISK.into(),
-        metadata: Default::default(),
-        spec: DiskSpec {
-            images: vec![image.to_owned()],
-            annotations: [(ECI_AUTO_IMC.to_owned(), "false".to_owned())].into(),
-            ..Default::default()
-        },
-        status: None,
-    };
-    let body = serde_json::to_vec(&disk).unwrap();
     let t = Instant::now();
-    let answer = client
-        .post(DISKS, body, "application/json")
-        .await
-        .expect("create disk");
-    let created: Disk = answer.json().unwrap();
+    let spec = DiskSpec {
+        images: vec![image.to_owned()],
+        annotations: [(ECI_AUTO_IMC.to_owned(), "false".to_owned())].into(),
+        ..Default::default()
+    };
+    let (created, _) = post_disk(client, spec).await;
     let id = created.metadata.name;
     loop {
         let got: Disk = client

@@ -520,13 +520,13 @@ fn backing_image_mounts_once_and_shares_extents() {
     );
 
     // Remounted bigger: grown, contents kept.
-    LinuxSys.unmount(&root).unwrap();
+    imagecache::sys::unmount_settled(&LinuxSys, &root).unwrap();
     wait_unbound(&backing);
     mount_backing_image(&sys, &backing, 8 * GIB, &root).unwrap();
     let size = fs_size(&root);
     assert!(size > 7 * GIB && size <= 8 * GIB, "{size}");
     assert!(snap.exists());
-    LinuxSys.unmount(&root).unwrap();
+    imagecache::sys::unmount_settled(&LinuxSys, &root).unwrap();
     wait_unbound(&backing);
 
     assert_clean(&scratch);

@@ -129,7 +129,7 @@ impl ScratchExt4 {
 
 impl Drop for ScratchExt4 {
     fn drop(&mut self) {
-        if let Err(e) = LinuxSys.unmount(&self.path) {
+        if let Err(e) = imagecache::sys::unmount_settled(&LinuxSys, &self.path) {
             eprintln!("ext4 scratch unmount: {e}");
         }
         if let Some(mut d) = self.device.take() {

@@ -64,7 +64,7 @@ pub fn mount_chain(cache_root: &Path, chain_ids: &[String], at: &Path) -> Overla
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        if let Err(e) = SYS.unmount(&self.path) {
+        if let Err(e) = imagecache::sys::unmount_settled(&SYS, &self.path) {
             eprintln!("overlay unmount {}: {e}", self.path.display());
         }
     }

@@ -83,7 +83,7 @@ impl Drop for ScratchXfs {
         // loop devices they sat on, and only then the scratch filesystem itself.
         let mounts = sys.mounts_under(&self.root).unwrap_or_default();
         for m in mounts.iter().filter(|m| **m != self.mnt) {
-            if let Err(e) = sys.unmount(m) {
+            if let Err(e) = imagecache::sys::unmount_settled(&sys, m) {
                 eprintln!("scratch cleanup: {e}");
             }
         }
@@ -97,7 +97,7 @@ impl Drop for ScratchXfs {
             }
         }
         for m in mounts.iter().filter(|m| **m == self.mnt) {
-            if let Err(e) = sys.unmount(m) {
+            if let Err(e) = imagecache::sys::unmount_settled(&sys, m) {
                 eprintln!("scratch cleanup: {e}");
             }
         }
