@@ -22,10 +22,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rustix::fs::SeekFrom;
-use rustix::io::Errno;
-
 use super::error::{ImageError, Result};
+use crate::sys::sparse::data_runs;
 use crate::sys::Sys;
 
 /// The widest hole filled: 1 MiB. Wider gaps separate block groups' metadata (128 MiB
@@ -198,24 +196,6 @@ fn rewrite(source: &File, path: &Path, spans: &[(u64, u64)]) -> Result<()> {
 /// 4 MiB: large writes in offset order, which XFS's delayed allocation turns into long
 /// extents, for a small and fixed amount of memory.
 const REWRITE_BUFFER: usize = 4 << 20;
-
-/// The file's data runs as `[start, end)` byte ranges, ascending.
-fn data_runs(file: &File) -> std::result::Result<Vec<(u64, u64)>, Errno> {
-    let size = file.metadata().map_err(|_| Errno::IO)?.len();
-    let mut runs = Vec::new();
-    let mut at = 0;
-    while at < size {
-        let start = match rustix::fs::seek(file, SeekFrom::Data(at)) {
-            Ok(s) => s,
-            Err(Errno::NXIO) => break, // no data after `at`
-            Err(e) => return Err(e),
-        };
-        let end = rustix::fs::seek(file, SeekFrom::Hole(start))?;
-        runs.push((start, end));
-        at = end;
-    }
-    Ok(runs)
-}
 
 #[cfg(test)]
 mod tests {

@@ -416,22 +416,9 @@ impl Sys for FakeSys {
         drop(st);
         // A filesystem-neutral stand-in: the file's data runs, as SEEK_DATA/SEEK_HOLE see them.
         let handle = std::fs::File::open(file).map_err(|e| SysError::io("open", file, e))?;
-        let size = handle
-            .metadata()
-            .map_err(|e| SysError::io("stat", file, e))?
-            .len();
-        let (mut runs, mut at) = (0, 0);
-        while at < size {
-            let start = match rustix::fs::seek(&handle, rustix::fs::SeekFrom::Data(at)) {
-                Ok(s) => s,
-                Err(Errno::NXIO) => break,
-                Err(e) => return Err(errno(op_name(Op::ExtentCount), file, e)),
-            };
-            at = rustix::fs::seek(&handle, rustix::fs::SeekFrom::Hole(start))
-                .map_err(|e| errno(op_name(Op::ExtentCount), file, e))?;
-            runs += 1;
-        }
-        Ok(runs)
+        let runs = super::sparse::data_runs(&handle)
+            .map_err(|e| errno(op_name(Op::ExtentCount), file, e))?;
+        Ok(runs.len() as u64)
     }
 }
 

@@ -11,7 +11,7 @@ pub mod fsops;
 mod fstype;
 pub mod linux;
 mod settle;
-mod sparse;
+pub(crate) mod sparse;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

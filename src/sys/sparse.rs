@@ -11,6 +11,25 @@ use rustix::io::Errno;
 
 use super::{Result, SysError};
 
+/// The data runs of `file` as `[start, end)` byte ranges, ascending (SEEK_DATA/SEEK_HOLE).
+/// A filesystem without SEEK_DATA reports the whole file as one run.
+pub(crate) fn data_runs(file: &File) -> std::result::Result<Vec<(u64, u64)>, Errno> {
+    let size = file.metadata().map_err(|_| Errno::IO)?.len();
+    let mut runs = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let start = match rustix::fs::seek(file, SeekFrom::Data(at)) {
+            Ok(s) => s,
+            Err(Errno::NXIO) => break, // no data after `at`
+            Err(e) => return Err(e),
+        };
+        let end = rustix::fs::seek(file, SeekFrom::Hole(start))?;
+        runs.push((start, end));
+        at = end;
+    }
+    Ok(runs)
+}
+
 /// copy_file_range moves at most this much per call; smaller calls keep a cancelled or
 /// failing copy from sitting in one long syscall.
 const CHUNK: u64 = 64 << 20;
