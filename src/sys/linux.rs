@@ -1,6 +1,7 @@
 //! The real `Sys`: loop ioctls, mount(2), FICLONE.
 
 mod fiemap;
+mod loopclaim;
 mod loopdev;
 mod mountinfo;
 

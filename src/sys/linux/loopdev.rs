@@ -1,5 +1,5 @@
-//! Loop devices through the kernel's own interface: LOOP_CTL_GET_FREE on /dev/loop-control,
-//! then LOOP_CONFIGURE (one ioctl binding the file, flags and block size). util-linux's
+//! Loop devices through the kernel's own interface: a free device from /dev/loop-control
+//! (loopclaim.rs), then LOOP_CONFIGURE (one ioctl binding the file, flags and block size). util-linux's
 //! losetup and mount's auto-loop scan every device and take ~1 s once a node has ~1,100 of
 //! them; this path costs a few syscalls whatever the count.
 
@@ -10,20 +10,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use linux_raw_sys::loop_device::{
-    loop_config, loop_info64, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_GET_STATUS64,
-    LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO, LO_FLAGS_READ_ONLY, LO_NAME_SIZE,
+    loop_config, loop_info64, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_GET_STATUS64, LO_FLAGS_AUTOCLEAR,
+    LO_FLAGS_DIRECT_IO, LO_FLAGS_READ_ONLY, LO_NAME_SIZE,
 };
 use rustix::io::Errno;
-use rustix::ioctl::{self, Getter, Ioctl, IoctlOutput, NoArg, Opcode, Setter};
+use rustix::ioctl::{self, Getter, NoArg, Opcode, Setter};
+
+use super::loopclaim;
 
 use crate::sys::{LoopDevice, LoopInfo, LoopOptions, Result, SysError};
 
-/// How often to go back to LOOP_CTL_GET_FREE when another process configures the device we
-/// were handed before we do. Each round is a few syscalls; 64 rounds only run out when
+/// How often to claim another device when another process configures the one we claimed
+/// before we do. Each round is a few syscalls; 64 rounds only run out when
 /// something is attaching loop devices in a tight loop, and then an error is better than
 /// spinning.
-const GET_FREE_ATTEMPTS: u32 = 64;
-/// devtmpfs creates /dev/loopN when GET_FREE adds the device, but a udev running on the node
+const CLAIM_ATTEMPTS: u32 = 64;
+/// devtmpfs creates /dev/loopN when the device is added, but a udev running on the node
 /// may briefly remove and recreate it.
 const OPEN_ATTEMPTS: u32 = 20;
 const OPEN_RETRY_DELAY: Duration = Duration::from_millis(5);
@@ -32,36 +34,6 @@ const DETACH_ATTEMPTS: u32 = 50;
 const DETACH_RETRY_DELAY: Duration = Duration::from_millis(20);
 /// Matches ext4's block size, so direct I/O never needs read-modify-write on the backing file.
 const DIRECT_IO_BLOCK_SIZE: u32 = 4096;
-
-/// LOOP_CTL_GET_FREE returns the device number as the ioctl's return value, which none of
-/// rustix's ready-made patterns expose.
-struct GetFree;
-
-// SAFETY: the ioctl takes no argument and its output is the syscall's return value.
-unsafe impl Ioctl for GetFree {
-    type Output = u32;
-    const IS_MUTATING: bool = false;
-
-    fn opcode(&self) -> Opcode {
-        LOOP_CTL_GET_FREE as Opcode
-    }
-
-    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
-        core::ptr::null_mut()
-    }
-
-    unsafe fn output_from_ptr(
-        out: IoctlOutput,
-        _: *mut core::ffi::c_void,
-    ) -> rustix::io::Result<u32> {
-        Ok(out as u32)
-    }
-}
-
-fn get_free(control: &File) -> rustix::io::Result<u32> {
-    // SAFETY: GetFree matches LOOP_CTL_GET_FREE's calling convention.
-    unsafe { ioctl::ioctl(control, GetFree) }
-}
 
 fn configure(device: impl AsFd, config: loop_config) -> rustix::io::Result<()> {
     // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which is what we pass by pointer.
@@ -132,8 +104,9 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let number = get_free(&control)
-            .map_err(|e| SysError::io("LOOP_CTL_GET_FREE", "/dev/loop-control", e))?;
+        // Held until LOOP_CONFIGURE answers, so no other attach here is handed this number.
+        let claim = loopclaim::claim(&control, Path::new("/sys/block"))?;
+        let number = claim.number();
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let device = open_device(&path, opts.read_only)?;
         match configure(&device, config_for(&backing, file, opts, direct_io)) {
@@ -147,8 +120,8 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
                     LoopDevice::new(number)
                 });
             }
-            Err(Errno::BUSY) if attempt < GET_FREE_ATTEMPTS => {
-                // Someone else configured this device between GET_FREE and our ioctl.
+            Err(Errno::BUSY) if attempt < CLAIM_ATTEMPTS => {
+                // Another process configured this device between our claim and our ioctl.
                 tracing::trace!(device = ?path, attempt, "loop device taken, asking for another");
             }
             Err(Errno::INVAL) if direct_io => {
@@ -163,7 +136,7 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
             Err(Errno::BUSY) => {
                 return Err(SysError::Other(format!(
                     "attach {}: every free loop device was taken by another process \
-                     {GET_FREE_ATTEMPTS} times in a row; retry when loop device churn settles",
+                     {CLAIM_ATTEMPTS} times in a row; retry when loop device churn settles",
                     file.display()
                 )))
             }
@@ -250,8 +223,13 @@ pub(super) fn list(sys_block: &Path) -> Result<Vec<LoopInfo>> {
         }
         let backing = match std::fs::read(entry.path().join("loop/backing_file")) {
             Ok(b) => b,
-            // Unbound, or detached between read_dir and here.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Unbound, or detached between read_dir and here (ENODEV: mid-detach).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(Errno::NODEV.raw_os_error()) =>
+            {
+                continue
+            }
             Err(e) => return Err(SysError::io("read", entry.path(), e)),
         };
         let backing = backing.strip_suffix(b"\n").unwrap_or(&backing);
