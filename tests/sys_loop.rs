@@ -10,23 +10,31 @@ use std::sync::Arc;
 use imagecache::sys::{LinuxSys, LoopDevice, LoopOptions, Sys};
 use support::scratch::{assert_no_leaks, ScratchXfs};
 
-/// Detaches on drop, so a failing assertion does not leak the device.
-struct Attached(Option<LoopDevice>);
+/// Detaches on drop, so a failing assertion does not leak the device. Only while the
+/// device is still bound to this file: tests in other processes attach at the same time,
+/// and a number freed here may already be theirs.
+struct Attached {
+    device: Option<LoopDevice>,
+    file: PathBuf,
+}
 
 impl Attached {
     fn new(file: &Path, opts: LoopOptions) -> Attached {
-        Attached(Some(LinuxSys.attach_loop(file, opts).expect("attach loop")))
+        Attached {
+            device: Some(LinuxSys.attach_loop(file, opts).expect("attach loop")),
+            file: file.to_owned(),
+        }
     }
 
     fn device(&self) -> &LoopDevice {
-        self.0.as_ref().unwrap()
+        self.device.as_ref().unwrap()
     }
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        if let Some(dev) = self.0.take() {
-            let _ = LinuxSys.detach_loop(&dev.path);
+        if let Some(dev) = self.device.take() {
+            let _ = LinuxSys.detach_loop_of(&dev.path, &self.file);
         }
     }
 }
@@ -77,10 +85,12 @@ fn attach_modes_and_detach() {
         if direct_io {
             assert_eq!(sysfs_flag(dev, "queue/logical_block_size"), "4096");
         }
+        // Still bound to our file, so the number is ours to detach by.
         LinuxSys.detach_loop(&dev.path).unwrap();
         assert!(bound_to(&file).is_empty(), "{opts:?} still bound");
-        // A second detach finds the device unbound (ENXIO) and is not an error.
-        LinuxSys.detach_loop(&dev.path).unwrap();
+        // Detaching again is not an error: the device is unbound (ENXIO), or already bound
+        // to another test's file, which is left alone.
+        assert!(!LinuxSys.detach_loop_of(&dev.path, &file).unwrap());
     }
     drop(scratch);
 }
