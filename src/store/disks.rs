@@ -25,24 +25,26 @@ fn columns(disk: &Disk) -> Result<(String, Option<String>, String)> {
 impl Store {
     pub fn insert_disk(&self, disk: &Disk) -> Result<()> {
         let (phase, digest, json) = columns(disk)?;
-        self.conn().execute(
-            "INSERT INTO disks (id, phase, snapshot_digest, object) VALUES (?1, ?2, ?3, ?4)",
-            params![disk.metadata.name, phase, digest, json],
-        )?;
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO disks (id, phase, snapshot_digest, object) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![disk.metadata.name, phase, digest, json])?;
         Ok(())
     }
 
     pub fn get_disk(&self, id: &str) -> Result<Option<Disk>> {
         let json: Option<String> = self
             .conn()
-            .query_row("SELECT object FROM disks WHERE id = ?1", [id], |r| r.get(0))
+            .prepare_cached("SELECT object FROM disks WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
             .optional()?;
         json.map(|j| parse_disk(&j)).transpose()
     }
 
     pub fn list_disks(&self) -> Result<Vec<Disk>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT object FROM disks ORDER BY created_seq")?;
+        let mut stmt = conn.prepare_cached("SELECT object FROM disks ORDER BY created_seq")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|j| parse_disk(&j?)).collect()
     }
@@ -52,16 +54,17 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let json: String = tx
-            .query_row("SELECT object FROM disks WHERE id = ?1", [id], |r| r.get(0))
+            .prepare_cached("SELECT object FROM disks WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
             .optional()?
             .ok_or_else(|| StoreError::NotFound(format!("Disk {id:?}")))?;
         let mut disk = parse_disk(&json)?;
         change(&mut disk);
         let (phase, digest, json) = columns(&disk)?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE disks SET object = ?2, phase = ?3, snapshot_digest = ?4 WHERE id = ?1",
-            params![id, json, phase, digest],
-        )?;
+        )?
+        .execute(params![id, json, phase, digest])?;
         tx.commit()?;
         Ok(disk)
     }
@@ -69,7 +72,8 @@ impl Store {
     pub fn delete_disk(&self, id: &str) -> Result<bool> {
         Ok(self
             .conn()
-            .execute("DELETE FROM disks WHERE id = ?1", [id])?
+            .prepare_cached("DELETE FROM disks WHERE id = ?1")?
+            .execute([id])?
             > 0)
     }
 
