@@ -162,6 +162,43 @@ mod tests {
         dir
     }
 
+    fn control() -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+            .expect("open /dev/loop-control (root)")
+    }
+
+    #[test]
+    fn held_claims_are_distinct_and_released_on_drop() {
+        let control = control();
+        let sysfs = sys_block(&[], &[]);
+        let first = claim(&control, Path::new("/sys/block")).unwrap();
+        // Whatever GET_FREE answers, the held number is skipped.
+        let second = claim(&control, sysfs.path()).unwrap();
+        assert_ne!(first.number(), second.number());
+        assert!(Path::new(&format!("/dev/loop{}", second.number())).exists());
+        let (a, b) = (first.number(), second.number());
+        drop(first);
+        drop(second);
+        let held = claimed();
+        assert!(!held.contains(&a) && !held.contains(&b));
+    }
+
+    #[test]
+    fn walks_past_bound_devices_and_adds_one_past_the_end() {
+        let control = control();
+        let free = get_free(&control).unwrap();
+        // Pretend the kernel's answer and the two after it are bound and nothing exists
+        // beyond: the claim must pass them and create the next device. (Another process
+        // can move GET_FREE's answer meanwhile; a bound device is never the claim.)
+        let sysfs = sys_block(&[free, free + 1, free + 2], &[]);
+        let got = claim(&control, sysfs.path()).unwrap();
+        assert!(!(free..free + 3).contains(&got.number()), "claimed {got:?}");
+        assert!(Path::new(&format!("/dev/loop{}", got.number())).exists());
+    }
+
     #[test]
     fn state_follows_sysfs() {
         let dir = sys_block(&[1], &[0]);
