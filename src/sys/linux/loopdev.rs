@@ -105,7 +105,7 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
     loop {
         attempt += 1;
         // Held until LOOP_CONFIGURE answers, so no other attach here is handed this number.
-        let claim = loopclaim::claim(&control, Path::new("/sys/block"))?;
+        let claim = loopclaim::claim(&control, loopclaim::Sources::kernel())?;
         let number = claim.number();
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let device = open_device(&path, opts.read_only)?;
