@@ -1,7 +1,7 @@
-//! Loop devices through the kernel's own interface: a free device from /dev/loop-control
-//! (loopclaim.rs), then LOOP_CONFIGURE (one ioctl binding the file, flags and block size). util-linux's
-//! losetup and mount's auto-loop scan every device and take ~1 s once a node has ~1,100 of
-//! them; this path costs a few syscalls whatever the count.
+//! Loop devices through the kernel's own interface: a free device claimed through
+//! /dev/loop-control (loopclaim.rs), then LOOP_CONFIGURE (one ioctl binding the file, flags
+//! and block size). util-linux's losetup and mount's auto-loop scan every device and take
+//! ~1 s once a node has ~1,100 of them; this path costs a few syscalls in the usual case.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
@@ -21,9 +21,8 @@ use super::loopclaim;
 use crate::sys::{LoopDevice, LoopInfo, LoopOptions, Result, SysError};
 
 /// How often to claim another device when another process configures the one we claimed
-/// before we do. Each round is a few syscalls; 64 rounds only run out when
-/// something is attaching loop devices in a tight loop, and then an error is better than
-/// spinning.
+/// before we do. Each round is a few syscalls; 64 rounds only run out when something is
+/// attaching loop devices in a tight loop, and then an error is better than spinning.
 const CLAIM_ATTEMPTS: u32 = 64;
 /// devtmpfs creates /dev/loopN when the device is added, but a udev running on the node
 /// may briefly remove and recreate it.
