@@ -92,14 +92,11 @@ pub(super) fn claim(control: &File, sources: Sources<'_>) -> Result<Claim> {
     // was read is refused by LOOP_CONFIGURE (EBUSY) and the caller claims again.
     let mut bound_in_a_row = 0;
     let mut listed = BTreeSet::new();
-    loop {
+    let missing = loop {
         if !claimed.contains(&number) && !listed.contains(&number) {
             match state(sources.sys_block, number) {
-                State::Unbound => break,
-                State::Missing => {
-                    add(control, number)?;
-                    break;
-                }
+                State::Unbound => break false,
+                State::Missing => break true,
                 State::Bound => {
                     bound_in_a_row += 1;
                     if bound_in_a_row == STATS_BEFORE_LISTING {
@@ -111,9 +108,17 @@ pub(super) fn claim(control: &File, sources: Sources<'_>) -> Result<Claim> {
         number = number.checked_add(1).ok_or_else(|| {
             SysError::Other("no loop device number left to claim: every one is in use".into())
         })?;
-    }
+    };
     claimed.insert(number);
-    Ok(Claim(number))
+    drop(claimed);
+    let claim = Claim(number);
+    if missing {
+        // Adding a device (a new gendisk, ~1 ms) outside the lock: the first burst of
+        // attaches on a node with 8 devices waited 8.5 ms (p50) while they were added in
+        // turn. The number is claimed, so no one here adds or takes it meanwhile.
+        add(control, number)?;
+    }
+    Ok(claim)
 }
 
 /// Loop devices the kernel lists with a size: bound ones (an unbound device has none).
