@@ -730,3 +730,91 @@ fn two_hundred_create_delete_cycles_through_the_api_leave_nothing_behind() {
     assert!(!snap.exists(), "{} outlived its cache", snap.display());
     f.finish();
 }
+
+#[test]
+fn thirty_two_concurrent_creates_and_deletes_get_distinct_devices_and_leave_nothing() {
+    const AT_ONCE: usize = 32;
+    let f = Fixture::new();
+    let client = imagecache::cli::Client::new(&f.daemon.socket);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = serde_json::json!({
+        "apiVersion": "imagecache.io/v1", "kind": "Disk",
+        "spec": {"images": [f.refs[0]], "cacheId": "two"}
+    })
+    .to_string()
+    .into_bytes();
+    let disks: Vec<Value> = rt.block_on(async {
+        let tasks: Vec<_> = (0..AT_ONCE)
+            .map(|i| {
+                let (client, body) = (client.clone(), body.clone());
+                tokio::spawn(async move {
+                    let answer = client
+                        .post(DISKS, body, "application/json")
+                        .await
+                        .unwrap_or_else(|e| panic!("create {i}: {e}"));
+                    serde_json::from_slice::<Value>(&answer.body).unwrap()
+                })
+            })
+            .collect();
+        let mut disks = Vec::new();
+        for t in tasks {
+            disks.push(t.await.unwrap());
+        }
+        disks
+    });
+    let mut devices = Vec::new();
+    for disk in &disks {
+        assert_eq!(status(disk)["phase"], "Ready", "{disk:#}");
+        let mnt = mountpoint(disk);
+        assert!(is_mounted(&mnt), "{} not mounted", mnt.display());
+        // The cache's images, the pod's among them.
+        let mut names = index_names(&mnt);
+        names.sort();
+        assert_eq!(names, f.refs[..2], "{}", mnt.display());
+        devices.push(status(disk)["device"].as_str().unwrap().to_owned());
+    }
+    devices.sort();
+    devices.dedup();
+    assert_eq!(devices.len(), AT_ONCE, "two disks share a loop device");
+    let digest = status(&disks[0])["snapshotDigest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rt.block_on(async {
+        let tasks: Vec<_> = disks
+            .iter()
+            .map(|d| {
+                let client = client.clone();
+                let id = d["metadata"]["name"].as_str().unwrap().to_owned();
+                tokio::spawn(async move {
+                    client
+                        .delete(&format!("{DISKS}/{id}"))
+                        .await
+                        .unwrap_or_else(|e| panic!("delete {id}: {e}"));
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_no_leaks(&f.root);
+    let left: Vec<_> = std::fs::read_dir(f.root.join("disks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in disks/: {left:?}");
+    // Every reference taken and dropped at once was counted: the cache's deletion
+    // removes the snapshot.
+    f.daemon.cli_ok(&["delete", "two"]);
+    let snap = f
+        .root
+        .join("snapshots/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap());
+    assert!(!snap.exists(), "{} outlived its cache", snap.display());
+    f.finish();
+}
