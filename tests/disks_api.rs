@@ -691,12 +691,7 @@ fn two_hundred_create_delete_cycles_through_the_api_leave_nothing_behind() {
         .enable_all()
         .build()
         .unwrap();
-    let body = serde_json::json!({
-        "apiVersion": "imagecache.io/v1", "kind": "Disk",
-        "spec": {"images": [f.refs[0]], "cacheId": "two"}
-    })
-    .to_string()
-    .into_bytes();
+    let body = alpha_from_two(&f);
     let digest = rt.block_on(async {
         let mut digest = String::new();
         for i in 0..200 {
@@ -728,12 +723,7 @@ fn thirty_two_concurrent_creates_and_deletes_get_distinct_devices_and_leave_noth
         .enable_all()
         .build()
         .unwrap();
-    let body = serde_json::json!({
-        "apiVersion": "imagecache.io/v1", "kind": "Disk",
-        "spec": {"images": [f.refs[0]], "cacheId": "two"}
-    })
-    .to_string()
-    .into_bytes();
+    let body = alpha_from_two(&f);
     let disks: Vec<Value> = rt.block_on(async {
         let tasks: Vec<_> = (0..AT_ONCE)
             .map(|i| {
@@ -808,4 +798,14 @@ fn assert_all_disks_gone(f: Fixture, digest: &str) {
         .join(digest.strip_prefix("sha256:").unwrap());
     assert!(!snap.exists(), "{} outlived its cache", snap.display());
     f.finish();
+}
+
+/// The JSON of a Disk request for image alpha from cache `two`.
+fn alpha_from_two(f: &Fixture) -> Vec<u8> {
+    serde_json::json!({
+        "apiVersion": "imagecache.io/v1", "kind": "Disk",
+        "spec": {"images": [f.refs[0]], "cacheId": "two"}
+    })
+    .to_string()
+    .into_bytes()
 }
