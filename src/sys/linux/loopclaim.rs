@@ -90,7 +90,7 @@ pub(super) fn claim(control: &File, sources: Sources<'_>) -> Result<Claim> {
     // stretch of bound devices is skipped by the kernel's list instead. The list is only a
     // shortcut: a device it leaves out is still checked in sysfs, and one bound since it
     // was read is refused by LOOP_CONFIGURE (EBUSY) and the caller claims again.
-    let mut bound_in_a_row = 0;
+    let mut bound_seen = 0;
     let mut listed = BTreeSet::new();
     let missing = loop {
         if !claimed.contains(&number) && !listed.contains(&number) {
@@ -98,8 +98,8 @@ pub(super) fn claim(control: &File, sources: Sources<'_>) -> Result<Claim> {
                 State::Unbound => break false,
                 State::Missing => break true,
                 State::Bound => {
-                    bound_in_a_row += 1;
-                    if bound_in_a_row == STATS_BEFORE_LISTING {
+                    bound_seen += 1;
+                    if bound_seen == STATS_BEFORE_LISTING {
                         listed = bound_loops(sources.partitions)?;
                     }
                 }
