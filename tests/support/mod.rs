@@ -2,7 +2,10 @@
 //! deterministic OCI image generator and a tree walker to compare results with.
 #![allow(dead_code)]
 
+pub mod busybox;
 pub mod cachefs;
+pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod gen;
 pub mod oci;

@@ -131,6 +131,22 @@ impl TestRegistry {
         );
     }
 
+    /// A point in the access log: `blobs_fetched_since` counts only requests after it.
+    pub fn log_mark(&self) -> LogMark {
+        LogMark(fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0))
+    }
+
+    /// Digests of the blobs GET-ed (any repository, answered 2xx/3xx) since `mark`, in
+    /// request order, repeats kept: what a client really downloaded.
+    pub fn blobs_fetched_since(&self, mark: LogMark) -> Vec<String> {
+        let log = fs::read(self.log_path()).unwrap_or_default();
+        let start = usize::try_from(mark.0).unwrap().min(log.len());
+        String::from_utf8_lossy(&log[start..])
+            .lines()
+            .filter_map(blob_get)
+            .collect()
+    }
+
     fn launch(credentials: Option<(String, String)>) -> TestRegistry {
         let dir = tempfile::Builder::new()
             .prefix("imagecache-registry-")
@@ -321,4 +337,22 @@ fn probe_v2(port: u16) -> Option<u16> {
     let line = std::str::from_utf8(&head[..n]).ok()?;
     // "HTTP/1.1 200 OK"
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A byte offset into the registry's log, from `TestRegistry::log_mark`.
+#[derive(Clone, Copy, Debug)]
+pub struct LogMark(u64);
+
+/// The blob digest of one access-log line (combined log format:
+/// `... "GET /v2/<repo>/blobs/sha256:<hex> HTTP/1.1" 200 ...`) when it is a successful GET.
+fn blob_get(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("\"GET /v2/")?;
+    let (request, after) = rest.split_once('"')?;
+    let path = request.split_whitespace().next()?;
+    let (_, digest) = path.rsplit_once("/blobs/")?;
+    if !digest.starts_with("sha256:") {
+        return None;
+    }
+    let status: u16 = after.split_whitespace().next()?.parse().ok()?;
+    (200..400).contains(&status).then(|| digest.to_string())
 }
