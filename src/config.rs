@@ -106,14 +106,14 @@ impl Config {
                 self.max_concurrent_downloads
             ));
         }
-        if !(crate::api::MIN_CACHE_SIZE_GIB..=crate::api::MAX_CACHE_SIZE_GIB)
+        if !(crate::objects::MIN_CACHE_SIZE_GIB..=crate::objects::MAX_CACHE_SIZE_GIB)
             .contains(&self.default_cache_size_gib)
         {
             return Err(format!(
                 "default_cache_size_gib = {} is out of range: use {} to {}",
                 self.default_cache_size_gib,
-                crate::api::MIN_CACHE_SIZE_GIB,
-                crate::api::MAX_CACHE_SIZE_GIB
+                crate::objects::MIN_CACHE_SIZE_GIB,
+                crate::objects::MAX_CACHE_SIZE_GIB
             ));
         }
         if !self.root.is_absolute() {

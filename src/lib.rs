@@ -12,6 +12,7 @@ pub mod disk;
 pub mod image;
 pub mod layout;
 pub mod matching;
+pub mod objects;
 pub mod registry;
 pub mod snapshot;
 pub mod store;

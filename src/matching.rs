@@ -31,7 +31,7 @@ use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::api::types::{CachedImage, ImageCache, Phase};
+use crate::objects::{CachedImage, ImageCache, Phase};
 use crate::registry::ImageReference;
 
 /// ECI: the id of the image cache to use (explicit).
@@ -635,7 +635,7 @@ pub fn annotations_of_pod(pod: &serde_json::Value) -> Result<BTreeMap<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::types::{ImageCacheSpec, ImageCacheStatus, ObjectMeta};
+    use crate::objects::{ImageCacheSpec, ImageCacheStatus, ObjectMeta};
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";

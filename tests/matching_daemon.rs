@@ -1016,6 +1016,8 @@ async fn check(
 
     let disk = match (&row.expect, answer) {
         (Expect::Refused { code, reason, says }, Err(e)) => {
+            // As the HTTP API answers it: the daemon's error mapped at the door.
+            let e = ApiError::from(e);
             let status = e.to_status();
             want(
                 "code",
@@ -1047,7 +1049,10 @@ async fn check(
         (Expect::Refused { .. }, Ok(reply)) => {
             return vec![format!("expected a refusal, got {reply:?}")];
         }
-        (_, Err(e)) => return vec![format!("refused: {} {e}", e.code())],
+        (_, Err(e)) => {
+            let e = ApiError::from(e);
+            return vec![format!("refused: {} {e}", e.code())];
+        }
         (_, Ok(Reply::Disk(disk))) => disk,
         (_, Ok(other)) => return vec![format!("not a Disk: {other:?}")],
     };

@@ -1,6 +1,9 @@
-//! API errors, answered as Kubernetes `Status` objects with the matching HTTP code.
+//! API errors, answered as Kubernetes `Status` objects with the matching HTTP code. The
+//! daemon's errors become these here, at the door: the daemon knows nothing of HTTP.
 
 use serde::{Deserialize, Serialize};
+
+use crate::daemon::DaemonError;
 
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +34,33 @@ pub enum ApiError {
     Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Every field error is a `FieldValueInvalid` cause, the reason kubectl shows for a bad value.
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> Self {
+        match e {
+            DaemonError::NotFound { kind, name } => ApiError::NotFound { kind, name },
+            DaemonError::AlreadyExists { kind, name } => ApiError::AlreadyExists { kind, name },
+            DaemonError::Conflict(message) => ApiError::Conflict(message),
+            DaemonError::Invalid { kind, name, fields } => ApiError::Invalid {
+                kind,
+                name,
+                causes: fields
+                    .into_iter()
+                    .map(|f| Cause {
+                        reason: "FieldValueInvalid".into(),
+                        message: f.message,
+                        field: f.field,
+                    })
+                    .collect(),
+            },
+            DaemonError::Internal(message) => ApiError::Internal(message),
+            e @ (DaemonError::Setup(_) | DaemonError::Store(_) | DaemonError::Sys(_)) => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
 }
 
 impl ApiError {

@@ -4,9 +4,9 @@
 pub mod error;
 pub mod parse;
 pub mod routes;
-pub mod types;
 pub mod validate;
 pub mod validate_disk;
 
 pub use error::{ApiError, Status};
-pub use types::*;
+// The resources are the daemon's as much as ours; re-exported so clients keep one path.
+pub use crate::objects::*;

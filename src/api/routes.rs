@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use super::parse::parse_body;
 use super::validate::validate_image_cache;
 use super::validate_disk::{parse_disk_request, validate_disk};
-use super::{ApiError, ImageCache};
+use super::{ApiError, ImageCache, Status};
 use crate::daemon::{Action, Daemon, Reply};
 
 pub const IMAGECACHES: &str = "/apis/imagecache.io/v1/imagecaches";
@@ -56,7 +56,7 @@ fn render(reply: Reply, created: bool) -> Response {
     match reply {
         Reply::ImageCache(c) => (code, Json(c)).into_response(),
         Reply::ImageCacheList(l) => (code, Json(l)).into_response(),
-        Reply::Status(s) => (code, Json(s)).into_response(),
+        Reply::Deleted(message) => (code, Json(Status::success(message))).into_response(),
         Reply::Verify(v) => (code, Json(v)).into_response(),
         Reply::Disk(disk) => (code, Json(disk)).into_response(),
         Reply::DiskList(l) => (code, Json(l)).into_response(),
@@ -68,7 +68,7 @@ async fn run(d: &Daemon, action: Action) -> Response {
     let created = matches!(action, Action::CreateImageCache(_) | Action::CreateDisk(_));
     match d.dispatch(action).await {
         Ok(reply) => render(reply, created),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

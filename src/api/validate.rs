@@ -4,18 +4,10 @@
 use std::str::FromStr;
 
 use super::error::Cause;
-use super::types::*;
 use super::ApiError;
+pub use crate::objects::ValidImageCache;
+use crate::objects::*;
 use crate::registry::ImageReference;
-
-/// An ImageCache create request that passed validation, with its references normalised and
-/// the size defaulted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidImageCache {
-    pub object: ImageCache,
-    pub images: Vec<ImageReference>,
-    pub size_gib: u32,
-}
 
 /// Checks a Kubernetes object name (DNS-1123 subdomain, as kubectl would require).
 pub fn check_name(name: &str) -> Result<(), String> {

@@ -5,27 +5,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::error::Cause;
-use super::types::*;
 use super::ApiError;
 use crate::matching::{annotations_of_pod, images_of_pod, parse_images};
-use crate::registry::ImageReference;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidDisk {
-    pub images: Vec<ImageReference>,
-    pub annotations: BTreeMap<String, String>,
-    /// `--cache ID`; `None` for automatic matching.
-    pub cache: Option<String>,
-    pub size_gib: Option<u32>,
-    /// None: attach only.
-    pub mountpoint: Option<Option<PathBuf>>,
-    /// `namespace:name` pull secrets from the Pod's imagePullSecrets.
-    pub pull_secrets: Vec<String>,
-    /// The spec as given, kept on the Disk object.
-    pub spec: DiskSpec,
-    /// The Pod's namespace/name/uid, as labels on the Disk.
-    pub labels: BTreeMap<String, String>,
-}
+pub use crate::objects::ValidDisk;
+use crate::objects::*;
 
 /// Accepts a `Disk` object, or a bare `Pod` object (the same as a Disk whose spec.pod it is).
 pub fn parse_disk_request(value: serde_json::Value) -> Result<Disk, ApiError> {

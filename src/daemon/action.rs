@@ -1,8 +1,9 @@
-//! The one way into the daemon: the API turns every request into an `Action`.
+//! The one way into the daemon: each front door (the HTTP API, the containerd snapshotter)
+//! turns every request into an `Action` and the `Reply` into its own protocol's answer.
 
-use crate::api::validate::ValidImageCache;
-use crate::api::validate_disk::ValidDisk;
-use crate::api::{Disk, DiskList, ImageCache, ImageCacheList, Status, VerifyResult};
+use crate::objects::{
+    Disk, DiskList, ImageCache, ImageCacheList, ValidDisk, ValidImageCache, VerifyResult,
+};
 
 #[derive(Debug)]
 pub enum Action {
@@ -33,7 +34,8 @@ pub enum Action {
 pub enum Reply {
     ImageCache(Box<ImageCache>),
     ImageCacheList(ImageCacheList),
-    Status(Status),
+    /// The object is gone; the message says which.
+    Deleted(String),
     Verify(VerifyResult),
     Disk(Box<Disk>),
     DiskList(DiskList),

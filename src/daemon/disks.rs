@@ -12,12 +12,10 @@ use tracing::{info, warn};
 use super::build::{fill::fill, BuildError};
 use super::events::{NORMAL, WARNING};
 use super::owner::Owner;
-use super::{clock, ids, Daemon, Reply};
-use crate::api::validate::ValidImageCache;
-use crate::api::validate_disk::ValidDisk;
-use crate::api::*;
+use super::{clock, ids, Daemon, DaemonError, Reply};
 use crate::disk::{self, CloneMode, DiskOptions, DiskSource};
 use crate::matching::{self, Candidate, DiskRequest, MatchError, Selection};
+use crate::objects::*;
 use crate::registry::{ImageReference, Keyring};
 
 /// Where a disk's file lives.
@@ -25,28 +23,21 @@ pub fn image_path(d: &Daemon, id: &str) -> PathBuf {
     d.inner.config.root.join("disks").join(format!("{id}.img"))
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::internal(e)
 }
 
-fn match_error(e: MatchError) -> ApiError {
+/// A selection that found no cache to use is the request's problem, in one of three ways.
+fn match_error(e: MatchError) -> DaemonError {
     match &e {
-        _ if e.is_not_found() => ApiError::NotFound {
+        _ if e.is_not_found() => DaemonError::NotFound {
             kind: KIND_IMAGE_CACHE.into(),
             name: e.to_string(),
         },
         MatchError::CacheNotReady { .. } | MatchError::ConflictingExplicit { .. } => {
-            ApiError::Conflict(e.to_string())
+            DaemonError::Conflict(e.to_string())
         }
-        _ => ApiError::Invalid {
-            kind: KIND_DISK.into(),
-            name: String::new(),
-            causes: vec![crate::api::error::Cause {
-                reason: "FieldValueInvalid".into(),
-                message: e.to_string(),
-                field: "spec".into(),
-            }],
-        },
+        _ => DaemonError::invalid_field(KIND_DISK, "", "spec", e.to_string()),
     }
 }
 
@@ -60,7 +51,7 @@ struct Plan {
     reason: String,
 }
 
-fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, ApiError> {
+fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, DaemonError> {
     let caches = d.inner.store.list_caches().map_err(internal)?;
     let candidates: Vec<Candidate> = caches.iter().filter_map(Candidate::from_cache).collect();
     let request = DiskRequest {
@@ -81,13 +72,15 @@ fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, ApiError> {
                 .find(|c| {
                     c.status.as_ref().map(|s| s.image_cache_id.as_str()) == Some(cache_id.as_str())
                 })
-                .ok_or_else(|| ApiError::not_found(KIND_IMAGE_CACHE, &cache_id))?;
+                .ok_or_else(|| DaemonError::not_found(KIND_IMAGE_CACHE, &cache_id))?;
             let digest = cache
                 .status
                 .as_ref()
                 .and_then(|s| s.snapshot_digest.clone())
                 .ok_or_else(|| {
-                    ApiError::Conflict(format!("cache {cache_id} has no snapshot: it is not Ready"))
+                    DaemonError::Conflict(format!(
+                        "cache {cache_id} has no snapshot: it is not Ready"
+                    ))
                 })?;
             let cache_size = cache
                 .spec
@@ -95,17 +88,14 @@ fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, ApiError> {
                 .unwrap_or(d.inner.config.default_cache_size_gib);
             let size_gib = req.size_gib.unwrap_or(cache_size);
             if size_gib < cache_size {
-                return Err(ApiError::Invalid {
-                    kind: KIND_DISK.into(),
-                    name: String::new(),
-                    causes: vec![crate::api::error::Cause {
-                        reason: "FieldValueInvalid".into(),
-                        message: format!(
-                            "{size_gib} GiB is smaller than cache {cache_id} ({cache_size} GiB): a disk is never smaller than its cache; ask for at least {cache_size}"
-                        ),
-                        field: "spec.sizeGiB".into(),
-                    }],
-                });
+                return Err(DaemonError::invalid_field(
+                    KIND_DISK,
+                    "",
+                    "spec.sizeGiB",
+                    format!(
+                        "{size_gib} GiB is smaller than cache {cache_id} ({cache_size} GiB): a disk is never smaller than its cache; ask for at least {cache_size}"
+                    ),
+                ));
             }
             Ok(Plan {
                 cache: Some((cache_id, digest)),
@@ -132,7 +122,7 @@ fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, ApiError> {
     }
 }
 
-pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, ApiError> {
+pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
     let plan = plan(d, &req)?;
     let id = ids::new_disk_id();
     let image = image_path(d, &id);
@@ -172,7 +162,9 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, ApiError> {
                 let _ = super::handlers::release_snapshot(d, digest);
             }
             warn!(disk = %id, error = %e, "disk creation failed");
-            return Err(ApiError::Internal(format!("cannot create the disk: {e}")));
+            return Err(DaemonError::Internal(format!(
+                "cannot create the disk: {e}"
+            )));
         }
     };
 
@@ -329,7 +321,7 @@ fn auto_create_cache(d: &Daemon, req: &ValidDisk) -> Option<String> {
     };
     match super::handlers::create_cache(d, valid) {
         Ok(_) => Some(name),
-        Err(ApiError::AlreadyExists { .. }) => Some(name),
+        Err(DaemonError::AlreadyExists { .. }) => Some(name),
         Err(e) => {
             warn!(error = %e, "could not auto-create a cache");
             None
@@ -467,15 +459,15 @@ async fn pull(
     synced.map_err(|e| BuildError::Internal(format!("sync the disk: {e}")))
 }
 
-pub fn get(d: &Daemon, id: &str) -> Result<Disk, ApiError> {
+pub fn get(d: &Daemon, id: &str) -> Result<Disk, DaemonError> {
     d.inner
         .store
         .get_disk(id)
         .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found(KIND_DISK, id))
+        .ok_or_else(|| DaemonError::not_found(KIND_DISK, id))
 }
 
-pub fn list(d: &Daemon) -> Result<Reply, ApiError> {
+pub fn list(d: &Daemon) -> Result<Reply, DaemonError> {
     Ok(Reply::DiskList(DiskList {
         api_version: API_VERSION.into(),
         kind: KIND_DISK_LIST.into(),
@@ -484,7 +476,7 @@ pub fn list(d: &Daemon) -> Result<Reply, ApiError> {
     }))
 }
 
-pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, ApiError> {
+pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
     let disk = get(d, id)?;
     let key = format!("disk/{id}");
     let running = d
@@ -529,7 +521,7 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, ApiError> {
     match deleted {
         Ok(()) => {}
         Err(e @ crate::disk::DiskError::Busy { .. }) => {
-            return Err(ApiError::Conflict(e.to_string()))
+            return Err(DaemonError::Conflict(e.to_string()))
         }
         Err(e) => return Err(internal(e)),
     }
@@ -542,7 +534,5 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, ApiError> {
         super::handlers::release_snapshot(d, &digest).map_err(internal)?;
     }
     info!(disk = %id, "disk deleted");
-    Ok(Reply::Status(Status::success(format!(
-        "Disk {id:?} deleted"
-    ))))
+    Ok(Reply::Deleted(format!("Disk {id:?} deleted")))
 }

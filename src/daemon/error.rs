@@ -1,11 +1,68 @@
-//! Errors of the daemon's own start-up and of builds.
+//! Why an action (or the daemon's start) failed, in the daemon's own terms. Each front door
+//! maps these kinds to its protocol's codes (the HTTP API to a Kubernetes `Status`); the
+//! messages say what was wrong and what to do, whichever door they leave by.
+
+/// One invalid field of a request: which, and what is allowed instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's path in the request, e.g. `spec.sizeGiB`.
+    pub field: String,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The named object does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: String, name: String },
+    /// The name is taken.
+    #[error("{kind} {name:?} already exists: delete it first or choose another name")]
+    AlreadyExists { kind: String, name: String },
+    /// The request is valid but the objects' state does not allow it now; the message says
+    /// what would.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request cannot be carried out as asked, whatever the state: each field says why.
+    #[error("{kind} {name:?} is invalid: {}", fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        kind: String,
+        name: String,
+        fields: Vec<FieldError>,
+    },
+    /// Something on the node failed; nothing the caller sent is to blame.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The daemon could not start.
     #[error("{0}")]
     Setup(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Sys(#[from] crate::sys::SysError),
+}
+
+impl DaemonError {
+    pub fn not_found(kind: &str, name: &str) -> Self {
+        DaemonError::NotFound {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A request refused for one field.
+    pub fn invalid_field(kind: &str, name: &str, field: &str, message: String) -> Self {
+        DaemonError::Invalid {
+            kind: kind.into(),
+            name: name.into(),
+            fields: vec![FieldError {
+                field: field.into(),
+                message,
+            }],
+        }
+    }
+
+    /// Something on the node failed, described by `e`.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        DaemonError::Internal(e.to_string())
+    }
 }

@@ -1,7 +1,7 @@
 //! Events on an object's status, in the Kubernetes Event shape. A repeat of the latest event
 //! (same type, reason and message) bumps its count instead of adding a line, as kubelet does.
 
-use crate::api::Event;
+use crate::objects::Event;
 
 pub const NORMAL: &str = "Normal";
 pub const WARNING: &str = "Warning";

@@ -6,15 +6,14 @@ use tracing::info;
 
 use super::build::{self, BuildSpec};
 use super::events::NORMAL;
-use super::{clock, ids, Action, Daemon, Reply};
-use crate::api::validate::ValidImageCache;
-use crate::api::*;
+use super::{clock, ids, Action, Daemon, DaemonError, Reply};
+use crate::objects::*;
 use crate::store::StoreError;
 
 /// How long a delete waits for a cancelled build to release its loop device and mount.
 const CANCEL_WAIT: Duration = Duration::from_secs(60);
 
-pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, ApiError> {
+pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> {
     match action {
         Action::CreateImageCache(valid) => create_cache(d, *valid),
         Action::GetImageCache(name) => Ok(Reply::ImageCache(Box::new(get(d, &name)?))),
@@ -34,19 +33,19 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, ApiError> {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::internal(e)
 }
 
-fn get(d: &Daemon, name: &str) -> Result<ImageCache, ApiError> {
+fn get(d: &Daemon, name: &str) -> Result<ImageCache, DaemonError> {
     d.inner
         .store
         .get_cache(name)
         .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found(KIND_IMAGE_CACHE, name))
+        .ok_or_else(|| DaemonError::not_found(KIND_IMAGE_CACHE, name))
 }
 
-pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, ApiError> {
+pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, DaemonError> {
     let ValidImageCache {
         mut object,
         images,
@@ -88,7 +87,7 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
     match d.inner.store.insert_cache(&object) {
         Ok(()) => {}
         Err(StoreError::AlreadyExists(_)) => {
-            return Err(ApiError::AlreadyExists {
+            return Err(DaemonError::AlreadyExists {
                 kind: KIND_IMAGE_CACHE.into(),
                 name: object.metadata.name,
             })
@@ -113,7 +112,7 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
     Ok(Reply::ImageCache(Box::new(object)))
 }
 
-pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, ApiError> {
+pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, DaemonError> {
     let cache = get(d, name)?;
     let running = d
         .inner
@@ -134,7 +133,7 @@ pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, ApiErr
             .contains_key(name)
         {
             if tokio::time::Instant::now() > deadline {
-                return Err(ApiError::Conflict(format!(
+                return Err(DaemonError::Conflict(format!(
                     "the build of ImageCache {name:?} did not stop within {}s: try the delete again",
                     CANCEL_WAIT.as_secs()
                 )));
@@ -147,9 +146,7 @@ pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, ApiErr
         release_snapshot(d, &digest).map_err(internal)?;
     }
     info!(cache = %name, "image cache deleted");
-    Ok(Reply::Status(Status::success(format!(
-        "ImageCache {name:?} deleted"
-    ))))
+    Ok(Reply::Deleted(format!("ImageCache {name:?} deleted")))
 }
 
 /// Drops one reference; the files go with the last one.
@@ -162,7 +159,7 @@ pub(super) fn release_snapshot(d: &Daemon, digest: &str) -> Result<(), Box<dyn s
     Ok(())
 }
 
-async fn verify(d: &Daemon, name: &str) -> Result<Reply, ApiError> {
+async fn verify(d: &Daemon, name: &str) -> Result<Reply, DaemonError> {
     let cache = get(d, name)?;
     let status = cache
         .status
@@ -170,7 +167,7 @@ async fn verify(d: &Daemon, name: &str) -> Result<Reply, ApiError> {
     let digest = match (status.phase, status.snapshot_digest) {
         (Phase::Ready, Some(digest)) => digest,
         (phase, _) => {
-            return Err(ApiError::Conflict(format!(
+            return Err(DaemonError::Conflict(format!(
                 "ImageCache {name:?} is {phase}, not Ready: only a Ready cache has a snapshot to verify"
             )))
         }

@@ -15,7 +15,7 @@ pub fn info(d: &Daemon) -> Result<serde_json::Value, Box<dyn std::error::Error>>
     let disks = d.inner.store.list_disks()?;
     let reflink = d.inner.clone_mode == CloneMode::Reflink;
     Ok(serde_json::json!({
-        "apiVersion": crate::api::API_VERSION,
+        "apiVersion": crate::objects::API_VERSION,
         "kind": "Info",
         "version": env!("CARGO_PKG_VERSION"),
         "root": cfg.root,
@@ -27,7 +27,7 @@ pub fn info(d: &Daemon) -> Result<serde_json::Value, Box<dyn std::error::Error>>
         "loopDevices": ours,
         "loopDevicesOnNode": loops.len(),
         "caches": caches.len(),
-        "readyCaches": caches.iter().filter(|c| c.status.as_ref().map(|s| s.phase) == Some(crate::api::Phase::Ready)).count(),
+        "readyCaches": caches.iter().filter(|c| c.status.as_ref().map(|s| s.phase) == Some(crate::objects::Phase::Ready)).count(),
         "disks": disks.len(),
         "snapshots": d.inner.snapshots.list().map(|l| l.len()).unwrap_or(0),
     }))

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use action::{Action, Reply};
-pub use error::DaemonError;
+pub use error::{DaemonError, FieldError};
 
 use crate::config::Config;
 use crate::disk::CloneMode;
@@ -109,7 +109,7 @@ impl Daemon {
     }
 
     /// Carries out one action.
-    pub async fn dispatch(&self, action: Action) -> Result<Reply, crate::api::ApiError> {
+    pub async fn dispatch(&self, action: Action) -> Result<Reply, DaemonError> {
         handlers::dispatch(self, action).await
     }
 

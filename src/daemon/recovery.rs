@@ -35,7 +35,7 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
         let now_s = clock::format(now);
         store.update_cache(&cache.metadata.name, |c| {
             if let Some(s) = c.status.as_mut() {
-                s.phase = crate::api::Phase::Failed;
+                s.phase = crate::objects::Phase::Failed;
                 s.message = Some(BuildError::Interrupted.to_string());
                 s.expire_date_time = Some(clock::format(now + time::Duration::hours(24)));
                 s.last_updated_time = now_s.clone();
@@ -51,12 +51,12 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
     }
     // A disk whose missing images were still being pulled keeps its data and stays mounted
     // (a pod may be using it), but lacks those images: say so.
-    for disk in store.disks_in_phase(crate::api::DiskPhase::Pulling)? {
+    for disk in store.disks_in_phase(crate::objects::DiskPhase::Pulling)? {
         let message = "the daemon stopped while images were being pulled into this disk; delete it and create it again".to_string();
         let now_s = clock::now_string();
         store.update_disk(&disk.metadata.name, |disk| {
             if let Some(s) = disk.status.as_mut() {
-                s.phase = crate::api::DiskPhase::Failed;
+                s.phase = crate::objects::DiskPhase::Failed;
                 s.message = Some(message.clone());
                 super::events::record(&mut s.events, WARNING, "PullInterrupted", message, &now_s);
             }

@@ -3,7 +3,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{Result, Store, StoreError};
-use crate::api::{Disk, DiskPhase};
+use crate::objects::{Disk, DiskPhase};
 
 fn parse_disk(json: &str) -> Result<Disk> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("Disk: {e}")))

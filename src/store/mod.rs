@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::api::{ImageCache, Phase};
+use crate::objects::{ImageCache, Phase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,9 +1,9 @@
 use super::*;
-use crate::api::{ImageCacheSpec, ImageCacheStatus, ObjectMeta};
+use crate::objects::{ImageCacheSpec, ImageCacheStatus, ObjectMeta};
 
 fn cache(name: &str, id: &str) -> ImageCache {
     ImageCache {
-        api_version: crate::api::API_VERSION.into(),
+        api_version: crate::objects::API_VERSION.into(),
         kind: "ImageCache".into(),
         metadata: ObjectMeta {
             name: name.into(),

@@ -64,7 +64,7 @@ pub fn suggested_gib(needed_bytes: u64) -> u64 {
     let with_overhead = needed_bytes + needed_bytes / 10 + (512 << 20);
     with_overhead
         .div_ceil(1 << 30)
-        .max(u64::from(crate::api::MIN_CACHE_SIZE_GIB))
+        .max(u64::from(crate::objects::MIN_CACHE_SIZE_GIB))
 }
 
 impl From<RegistryError> for BuildError {

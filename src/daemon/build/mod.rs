@@ -22,7 +22,7 @@ pub(crate) use workdir::clean_work_dir;
 use super::events::{NORMAL, WARNING};
 use super::owner::Owner;
 use super::{clock, ids, Daemon};
-use crate::api::{CachedImage, Phase};
+use crate::objects::{CachedImage, Phase};
 use crate::image::MountConfig;
 use crate::registry::{ImageReference, Keyring};
 use crate::snapshot::Snapshot;

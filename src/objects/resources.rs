@@ -1,4 +1,5 @@
-//! Wire types of the `imagecache.io/v1` API, in the Kubernetes object shape.
+//! The `imagecache.io/v1` resources in the Kubernetes object shape: what the daemon stores and
+//! answers with, and what the HTTP API sends as JSON.
 
 use std::collections::BTreeMap;
 
