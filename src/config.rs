@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imagecache/config.toml";
+pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/imagecache/snapshotter.sock";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,8 +31,9 @@ pub struct Config {
     /// An XFS filesystem in a sparse file under which the state root lives, for reflinks on
     /// hosts whose root filesystem lacks them.
     pub backing_image: Option<PathBuf>,
-    /// The containerd proxy snapshotter's socket.
-    pub snapshotter_socket: Option<PathBuf>,
+    /// The containerd proxy snapshotter's socket (`[proxy_plugins.imagecache]` in
+    /// containerd's config); an empty string turns the snapshotter off.
+    pub snapshotter_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -46,7 +48,7 @@ impl Default for Config {
             docker_config: None,
             default_cache_size_gib: 20,
             backing_image: None,
-            snapshotter_socket: None,
+            snapshotter_socket: PathBuf::from(DEFAULT_SNAPSHOTTER_SOCKET),
         }
     }
 }
@@ -66,6 +68,12 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The snapshotter's socket, or `None` when the config turns the snapshotter off.
+    pub fn snapshotter(&self) -> Option<&Path> {
+        (!self.snapshotter_socket.as_os_str().is_empty())
+            .then_some(self.snapshotter_socket.as_path())
+    }
+
     /// Loads `path`. A missing file at the default location means "all defaults"; a missing
     /// file the operator named explicitly is an error.
     pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
@@ -157,6 +165,17 @@ mod tests {
         );
         assert_eq!(c.max_concurrent_downloads, 4);
         assert_eq!(c.default_cache_size_gib, 30);
+        assert_eq!(c.snapshotter(), Some(Path::new("/run/ic/snap.sock")));
+    }
+
+    #[test]
+    fn the_snapshotter_is_on_by_default_and_an_empty_socket_turns_it_off() {
+        assert_eq!(
+            Config::default().snapshotter(),
+            Some(Path::new(DEFAULT_SNAPSHOTTER_SOCKET))
+        );
+        let off = Config::parse("snapshotter_socket = \"\"", Path::new("c.toml")).unwrap();
+        assert_eq!(off.snapshotter(), None);
     }
 
     #[test]

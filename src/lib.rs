@@ -15,6 +15,7 @@ pub mod matching;
 pub mod objects;
 pub mod registry;
 pub mod snapshot;
+pub mod snapshotter;
 pub mod store;
 pub mod sys;
 pub mod unpack;

@@ -25,7 +25,7 @@ fn content(rng: &mut u64, vocab: &[Vec<u8>], len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 64);
     while out.len() < len {
         let r = xorshift(rng);
-        if r % 16 == 0 {
+        if r.is_multiple_of(16) {
             for _ in 0..1 + (r >> 8) % 3 {
                 out.extend_from_slice(&xorshift(rng).to_le_bytes());
             }

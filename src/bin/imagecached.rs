@@ -11,6 +11,7 @@ use imagecache::daemon::Daemon;
 use imagecache::sys::LinuxSys;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 /// Builds frozen ext4 snapshots of OCI images and serves the imagecache.io/v1 API on a unix
@@ -42,6 +43,9 @@ struct Args {
     /// An XFS filesystem in this sparse file holds the state root (for ext4 hosts).
     #[arg(long)]
     backing_image: Option<PathBuf>,
+    /// The containerd snapshotter's socket ("" turns the snapshotter off).
+    #[arg(long)]
+    snapshotter_socket: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -85,6 +89,9 @@ fn load_config(args: &Args) -> Result<Config> {
     if let Some(backing) = &args.backing_image {
         config.backing_image = Some(backing.clone());
     }
+    if let Some(socket) = &args.snapshotter_socket {
+        config.snapshotter_socket = socket.clone();
+    }
     // Flags go through the same checks as the file.
     let text = toml::to_string(&config).context("cannot render the effective config")?;
     Ok(Config::parse(&text, Path::new("<flags>"))?)
@@ -92,21 +99,48 @@ fn load_config(args: &Args) -> Result<Config> {
 
 async fn serve(config: Config) -> Result<()> {
     let socket = config.socket.clone();
+    let snapshotter_socket = config.snapshotter().map(Path::to_owned);
     let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
     let listener = bind(&socket)?;
+    let stop = CancellationToken::new();
+    let snapshotter = match &snapshotter_socket {
+        Some(path) => {
+            let listener = imagecache::snapshotter::bind(path)?;
+            let (daemon, stop) = (daemon.clone(), stop.clone());
+            info!(socket = %path.display(), "containerd snapshotter serving");
+            Some(tokio::spawn(async move {
+                imagecache::snapshotter::serve(daemon, listener, stop.cancelled_owned()).await
+            }))
+        }
+        None => None,
+    };
     daemon.start_gc();
     info!(socket = %socket.display(), root = %daemon.config().root.display(), "imagecached serving");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let app = imagecache::api::routes::router(daemon.clone());
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        stop_signal().await;
+        signalled.cancel();
+    });
     axum::serve(listener, app)
-        .with_graceful_shutdown(stop_signal())
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await
         .context("API server failed")?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    stop.cancel();
+    if let Some(task) = snapshotter {
+        task.await
+            .context("snapshotter task panicked")?
+            .context("snapshotter server failed")?;
+    }
     info!("stopping: cancelling builds");
     daemon.shutdown().await;
     let _ = std::fs::remove_file(&socket);
+    if let Some(path) = &snapshotter_socket {
+        let _ = std::fs::remove_file(path);
+    }
     info!("stopped");
     Ok(())
 }

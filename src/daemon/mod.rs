@@ -14,6 +14,7 @@ mod owner;
 mod pipe;
 mod progress;
 mod recovery;
+pub mod snapshots;
 mod storage;
 
 use std::collections::HashMap;
@@ -57,6 +58,8 @@ struct Inner {
     builds: Mutex<HashMap<String, CancellationToken>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// The containerd snapshotter's request serialisation.
+    snapshotter: snapshots::State,
 }
 
 impl Daemon {
@@ -92,11 +95,14 @@ impl Daemon {
             builds: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            snapshotter: snapshots::State::default(),
         };
         let daemon = Daemon {
             inner: Arc::new(inner),
         };
         recovery::recover(&daemon)?;
+        snapshots::recover(&daemon)
+            .map_err(|e| DaemonError::Setup(format!("snapshotter recovery: {e}")))?;
         Ok(daemon)
     }
 

@@ -23,7 +23,7 @@ pub fn mount_backing_image(
     size_bytes: u64,
     root: &Path,
 ) -> Result<()> {
-    if size_bytes == 0 || size_bytes % BLOCK_SIZE != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_SIZE) {
         return Err(DiskError::UnalignedSize { size: size_bytes });
     }
     if root.exists() {

@@ -27,7 +27,7 @@ pub fn create(
     source: DiskSource<'_>,
     opts: &DiskOptions,
 ) -> Result<Disk> {
-    if opts.size_bytes == 0 || opts.size_bytes % BLOCK_SIZE != 0 {
+    if opts.size_bytes == 0 || !opts.size_bytes.is_multiple_of(BLOCK_SIZE) {
         return Err(DiskError::UnalignedSize {
             size: opts.size_bytes,
         });

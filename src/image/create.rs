@@ -122,7 +122,7 @@ pub fn cluster_size(size: u64) -> Option<u64> {
 }
 
 pub(super) fn check_size(size: u64) -> Result<()> {
-    if size == 0 || size % BLOCK_SIZE != 0 {
+    if size == 0 || !size.is_multiple_of(BLOCK_SIZE) {
         return Err(ImageError::UnalignedSize {
             size,
             block: BLOCK_SIZE,

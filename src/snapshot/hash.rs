@@ -26,7 +26,7 @@ pub fn hash_file(path: &Path) -> Result<ChunkManifest> {
 
 /// Hash `path` in `chunk_size` chunks. The file must not change meanwhile.
 pub fn hash_file_with(path: &Path, chunk_size: u64) -> Result<ChunkManifest> {
-    if chunk_size == 0 || chunk_size % 4096 != 0 {
+    if chunk_size == 0 || !chunk_size.is_multiple_of(4096) {
         return Err(SnapshotError::BadChunkSize(chunk_size));
     }
     let started = Instant::now();

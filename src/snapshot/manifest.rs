@@ -55,7 +55,7 @@ impl ChunkManifest {
         if m.version != MANIFEST_VERSION {
             return Err(format!("unsupported manifest version {}", m.version));
         }
-        if m.chunk_size == 0 || m.chunk_size % 4096 != 0 {
+        if m.chunk_size == 0 || !m.chunk_size.is_multiple_of(4096) {
             return Err(format!("bad chunk size {}", m.chunk_size));
         }
         let mut next_free = 0;

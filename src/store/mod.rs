@@ -3,6 +3,9 @@
 
 mod disks;
 mod schema;
+mod snapshotter;
+
+pub use snapshotter::{Backing, CachedLayer, NewSnapshot, SnapshotKind, SnapshotRecord};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -54,9 +57,11 @@ impl Store {
         // daemon's largest user-space cost when 32 disks were created at once.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&conn)?;
-        Ok(Store {
+        let store = Store {
             conn: Mutex::new(conn),
-        })
+        };
+        store.reindex_all_chains()?;
+        Ok(store)
     }
 
     pub fn open_in_memory() -> Result<Store> {
@@ -151,16 +156,21 @@ impl Store {
         let json = serde_json::to_string(&cache).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.prepare_cached("UPDATE caches SET object = ?2, phase = ?3 WHERE name = ?1")?
             .execute(params![name, json, phase.as_str()])?;
+        snapshotter::index_cache_chains(&tx, &cache)?;
         tx.commit()?;
         Ok(cache)
     }
 
     pub fn delete_cache(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let deleted = tx
             .prepare_cached("DELETE FROM caches WHERE name = ?1")?
             .execute([name])?
-            > 0)
+            > 0;
+        snapshotter::unindex_cache(&tx, name)?;
+        tx.commit()?;
+        Ok(deleted)
     }
 
     /// Takes a reference on a snapshot, recording it on first use.

@@ -37,6 +37,38 @@ const MIGRATIONS: &[&str] = &[
         UPDATE disks SET created_seq = NEW.rowid WHERE rowid = NEW.rowid;
     END;
 "#,
+    // The containerd snapshotter: its snapshots (the id names the directory; keys are
+    // containerd's, which may contain any character), and which Ready cache holds which layer.
+    r#"
+    CREATE TABLE ctr_snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL UNIQUE,
+        parent TEXT,
+        kind TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL,
+        backing TEXT NOT NULL,
+        cache_digest TEXT,
+        chain_id TEXT,
+        disk_id TEXT,
+        usage_size INTEGER,
+        usage_inodes INTEGER
+    );
+    CREATE INDEX ctr_snapshots_parent ON ctr_snapshots (parent);
+    CREATE INDEX ctr_snapshots_digest ON ctr_snapshots (cache_digest);
+    CREATE TABLE chain_index (
+        chain_id TEXT NOT NULL,
+        cache_name TEXT NOT NULL,
+        cache_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (chain_id, cache_name)
+    );
+    CREATE INDEX chain_index_cache ON chain_index (cache_name);
+    CREATE TABLE ctr_snapshot_holds (
+        digest TEXT PRIMARY KEY
+    );
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -28,9 +28,11 @@ impl TestDaemon {
         std::fs::write(
             &config_path,
             format!(
-                "root = {:?}\nsocket = {:?}\nsecrets_dir = {:?}\ninsecure_registries = [{}]\n",
+                "root = {:?}\nsocket = {:?}\nsnapshotter_socket = {:?}\nsecrets_dir = {:?}\n\
+                 insecure_registries = [{}]\n",
                 root,
                 socket,
+                dir.path().join("snapshotter.sock"),
                 secrets_dir,
                 insecure.join(", ")
             ),
@@ -46,6 +48,11 @@ impl TestDaemon {
         };
         d.spawn();
         d
+    }
+
+    /// The containerd snapshotter's socket.
+    pub fn snapshotter_socket(&self) -> PathBuf {
+        self.dir.path().join("snapshotter.sock")
     }
 
     fn log_path(&self) -> PathBuf {

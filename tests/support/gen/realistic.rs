@@ -235,7 +235,7 @@ impl LayerGen<'_> {
                 format!("usr/lib/python3/dist-packages/{pkg}/__init__.py"),
                 Content::Text,
             ),
-            (6..=8, _) if f % 3 == 0 => (
+            (6..=8, _) if f.is_multiple_of(3) => (
                 format!("usr/lib/python3/dist-packages/{pkg}/__pycache__/m{f}.cpython-311.pyc"),
                 Content::Binary,
             ),
@@ -244,7 +244,7 @@ impl LayerGen<'_> {
                 Content::Text,
             ),
             (_, 0) => (format!("usr/share/{pkg}/data-{f}.json"), Content::Text),
-            (_, _) if f % 4 == 0 => (format!("usr/share/{pkg}/icons/i{f}.png"), Content::Random),
+            (_, _) if f.is_multiple_of(4) => (format!("usr/share/{pkg}/icons/i{f}.png"), Content::Random),
             _ => (format!("usr/share/{pkg}/data-{f}.txt"), Content::Text),
         }
     }

@@ -1,0 +1,135 @@
+//! A Ready cache's frozen image, mounted read-only once however many snapshots use its
+//! layers, and unmounted with the last of them.
+//!
+//! The mount holds a reference on the snapshot (the store's count that caches and disks
+//! hold too), so deleting the cache while containers run from its layers keeps the frozen
+//! file until the last snapshot using it goes. The loop device is autoclear: it goes with the
+//! mount, and both outlive a restart of the daemon, which finds the mount and adopts it.
+
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use super::{paths, Daemon, Result, SnapshotError};
+use crate::sys::{LoopOptions, MountOptions};
+
+/// Mounts the frozen image of `digest` unless it is mounted already; returns the mountpoint.
+/// The first mount takes the snapshotter's reference on the snapshot.
+pub fn ensure_mounted(d: &Daemon, digest: &str) -> Result<PathBuf> {
+    let sys = d.inner.sys.as_ref();
+    let at = paths::cache_mount(&d.inner.config.root, digest);
+    if sys.mount_source(&at)?.is_some() {
+        return Ok(at);
+    }
+    let file = d
+        .inner
+        .snapshots
+        .image_path(digest)
+        .map_err(|e| SnapshotError::Internal(e.to_string()))?;
+    std::fs::create_dir_all(&at)
+        .map_err(|e| SnapshotError::Internal(format!("cannot create {}: {e}", at.display())))?;
+    let opts = LoopOptions {
+        read_only: true,
+        direct_io: true,
+        autoclear: true,
+    };
+    let mut device = sys.attach_loop(&file, opts)?;
+    let mount_opts = MountOptions {
+        read_only: true,
+        noatime: true,
+    };
+    // `noload`: a frozen image is never written, not even by a journal replay.
+    if let Err(e) = sys.mount(&device.path, &at, "ext4", mount_opts, "noload") {
+        if let Err(de) = sys.detach_loop(&device.path) {
+            warn!(device = ?device.path, error = %de, "cannot detach after a failed mount");
+        }
+        return Err(SnapshotError::Internal(format!(
+            "cannot mount cache image {} at {}: {e}",
+            file.display(),
+            at.display()
+        )));
+    }
+    // The mount now holds the autoclear device.
+    device.release();
+    d.inner.store.ctr_hold_snapshot(digest)?;
+    info!(%digest, mountpoint = %at.display(), "cache image mounted for containerd");
+    Ok(at)
+}
+
+/// Unmounts the image of `digest` once no snapshot uses it, and drops the snapshotter's
+/// reference (removing the frozen files if nothing else holds them).
+pub fn release_if_unused(d: &Daemon, digest: &str) -> Result<()> {
+    if d.inner.store.ctr_snapshots_on_digest(digest)? > 0 {
+        return Ok(());
+    }
+    let at = paths::cache_mount(&d.inner.config.root, digest);
+    unmount(d, &at)?;
+    release_hold(d, digest)?;
+    info!(%digest, "cache image unmounted: no containerd snapshot uses it");
+    Ok(())
+}
+
+fn unmount(d: &Daemon, at: &Path) -> Result<()> {
+    let sys = d.inner.sys.as_ref();
+    if sys.mount_source(at)?.is_some() {
+        crate::sys::unmount_settled(sys, at).map_err(|e| {
+            SnapshotError::FailedPrecondition(format!(
+                "cannot unmount cache image at {}: {e} (a process still uses it)",
+                at.display()
+            ))
+        })?;
+    }
+    match std::fs::remove_dir(at) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SnapshotError::Internal(format!(
+            "cannot remove {}: {e}",
+            at.display()
+        ))),
+    }
+}
+
+/// Every cache image mounted for the snapshotter, by digest (from its mountpoint's name).
+pub fn mounted_digests(d: &Daemon) -> Result<Vec<String>> {
+    let dir = paths::caches_dir(&d.inner.config.root);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(SnapshotError::Internal(format!(
+                "cannot list {}: {e}",
+                dir.display()
+            )))
+        }
+    };
+    let mut digests = Vec::new();
+    for entry in entries.flatten() {
+        if let Some(hex) = entry.file_name().to_str() {
+            digests.push(format!("sha256:{hex}"));
+        }
+    }
+    Ok(digests)
+}
+
+/// The unmount for Cleanup and recovery: a mountpoint no snapshot needs.
+pub fn drop_stale(d: &Daemon, digest: &str) -> Result<()> {
+    if d.inner.store.ctr_snapshots_on_digest(digest)? > 0 {
+        return Ok(());
+    }
+    unmount(d, &paths::cache_mount(&d.inner.config.root, digest))?;
+    release_hold(d, digest)
+}
+
+/// Drops the snapshotter's reference; the frozen files go with the last reference (the
+/// cache that made them may have been deleted while containers ran from its layers).
+fn release_hold(d: &Daemon, digest: &str) -> Result<()> {
+    if d.inner.store.ctr_release_snapshot(digest)? == Some(0) {
+        d.inner
+            .snapshots
+            .remove(digest)
+            .map_err(|e| SnapshotError::Internal(e.to_string()))?;
+        d.inner.store.forget_snapshot(digest)?;
+        info!(%digest, "snapshot removed: no cache, disk or container uses it");
+    }
+    Ok(())
+}

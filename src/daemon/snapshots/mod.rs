@@ -1,0 +1,184 @@
+//! The core of the containerd snapshotter: containerd's snapshot model (active, view and
+//! committed snapshots chained by parent) kept in the store, with each snapshot's directory
+//! on node storage, in a Ready cache's frozen image, or on a per-pod disk.
+//!
+//! It knows no gRPC: the front door in `crate::snapshotter` turns containerd's requests into
+//! a [`SnapshotRequest`] and maps a [`SnapshotError`] to its status codes.
+//!
+//! | request | what happens |
+//! |---|---|
+//! | Prepare with `containerd.io/snapshot.ref=<chainID>` held by a Ready cache | a committed snapshot named `<chainID>` backed by the cache's layer directory (the frozen image mounted read-only once); answers AlreadyExists so containerd fetches nothing |
+//! | Prepare with `containerd.io/snapshot/imagecache.io/disk=<disk id>` | lowers from the disk's own layer directories, upper and work on the disk |
+//! | any other Prepare | an active snapshot on node storage, an overlay of its parents' directories, as containerd's overlayfs snapshotter makes it |
+//! | Remove | refused while children exist; the last snapshot on a cache unmounts its image |
+
+mod cachemount;
+mod filter;
+mod mounts;
+mod ops;
+mod paths;
+mod recover;
+mod usage;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+pub use mounts::MountSpec;
+pub use recover::recover;
+
+use super::Daemon;
+use crate::store::{SnapshotKind, StoreError};
+
+/// The label containerd's unpacker puts on the snapshot of each layer it prepares: the
+/// layer's chainID, the name it commits it under.
+pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
+/// The label (passed by CRI from the container annotation of the same key) that binds a
+/// container's root filesystem to a per-pod disk.
+pub const LABEL_DISK: &str = "containerd.io/snapshot/imagecache.io/disk";
+
+/// A snapshot as containerd sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub parent: Option<String>,
+    pub kind: SnapshotKind,
+    /// Unix nanoseconds.
+    pub created: i64,
+    pub updated: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Bytes and inodes a snapshot's own directory uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub size: i64,
+    pub inodes: i64,
+}
+
+/// One snapshotter request, as containerd's snapshots service defines them.
+#[derive(Debug, Clone)]
+pub enum SnapshotRequest {
+    /// A new active snapshot over `parent` (committed, or empty for a base layer).
+    Prepare {
+        key: String,
+        parent: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// A new read-only view of `parent`.
+    View {
+        key: String,
+        parent: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// The mounts of an active snapshot or a view.
+    Mounts {
+        key: String,
+    },
+    /// Turn active snapshot `key` into committed snapshot `name`.
+    Commit {
+        name: String,
+        key: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// Remove a snapshot that has no children.
+    Remove {
+        key: String,
+    },
+    Stat {
+        key: String,
+    },
+    /// Change a snapshot's labels (the only mutable field); `fields` as containerd's update
+    /// mask: empty or `labels` replaces them all, `labels.<key>` sets or drops one.
+    Update {
+        name: String,
+        labels: BTreeMap<String, String>,
+        fields: Vec<String>,
+    },
+    /// Every snapshot matching any of `filters` (containerd's filter syntax; none: all).
+    List {
+        filters: Vec<String>,
+    },
+    Usage {
+        key: String,
+    },
+    /// Remove directories and cache mounts that no snapshot uses.
+    Cleanup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotReply {
+    Mounts(Vec<MountSpec>),
+    Info(SnapshotInfo),
+    List(Vec<SnapshotInfo>),
+    Usage(Usage),
+    Done,
+}
+
+/// What went wrong, in the kinds containerd tells apart.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for SnapshotError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => SnapshotError::NotFound(what),
+            StoreError::AlreadyExists(what) => SnapshotError::AlreadyExists(what),
+            other => SnapshotError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::sys::SysError> for SnapshotError {
+    fn from(e: crate::sys::SysError) -> Self {
+        SnapshotError::Internal(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, SnapshotError>;
+
+/// Serialises the snapshotter's state changes: containerd unpacks and starts containers
+/// concurrently, and a cache mount's reference count must see every change in order. Each
+/// request is short (a few store writes, a mount at most), far below the work it saves.
+#[derive(Debug, Default)]
+pub struct State {
+    lock: Mutex<()>,
+}
+
+impl Daemon {
+    /// Carries out one snapshotter request on a blocking thread (it mounts and walks
+    /// directories), one at a time.
+    pub async fn snapshot(&self, request: SnapshotRequest) -> Result<SnapshotReply> {
+        let d = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _serial = d
+                .inner
+                .snapshotter
+                .lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            ops::handle(&d, request)
+        })
+        .await
+        .map_err(|e| SnapshotError::Internal(format!("snapshotter task failed: {e}")))?
+    }
+
+    /// Counts of the snapshotter's snapshots by kind (for `info`).
+    pub fn snapshot_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut counts = BTreeMap::from([("active", 0), ("committed", 0), ("view", 0)]);
+        for r in self.inner.store.list_ctr_snapshots()? {
+            *counts.entry(r.kind.as_str()).or_default() += 1;
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,563 @@
+//! Each snapshotter request, step by step. Called one at a time (see `State`), so a check
+//! and the change it guards never interleave with another request's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, info, warn};
+
+use super::filter::Filters;
+use super::mounts::{self, MountSpec, Upper};
+use super::{cachemount, paths, usage};
+use super::{Daemon, Result, SnapshotError, SnapshotInfo, SnapshotReply, SnapshotRequest};
+use super::{Usage, LABEL_DISK, LABEL_TARGET};
+use crate::store::{Backing, NewSnapshot, SnapshotKind, SnapshotRecord};
+
+pub fn handle(d: &Daemon, request: SnapshotRequest) -> Result<SnapshotReply> {
+    use SnapshotRequest as R;
+    match request {
+        R::Prepare {
+            key,
+            parent,
+            labels,
+        } => prepare(d, &key, &parent, labels).map(SnapshotReply::Mounts),
+        R::View {
+            key,
+            parent,
+            labels,
+        } => view(d, &key, &parent, labels).map(SnapshotReply::Mounts),
+        R::Mounts { key } => mounts_of(d, &existing(d, &key)?).map(SnapshotReply::Mounts),
+        R::Commit { name, key, labels } => {
+            commit(d, &name, &key, labels).map(|()| SnapshotReply::Done)
+        }
+        R::Remove { key } => remove(d, &key).map(|()| SnapshotReply::Done),
+        R::Stat { key } => Ok(SnapshotReply::Info(info_of(existing(d, &key)?))),
+        R::Update {
+            name,
+            labels,
+            fields,
+        } => update(d, &name, labels, &fields).map(SnapshotReply::Info),
+        R::List { filters } => list(d, &filters).map(SnapshotReply::List),
+        R::Usage { key } => usage_of(d, &existing(d, &key)?).map(SnapshotReply::Usage),
+        R::Cleanup => cleanup(d).map(|()| SnapshotReply::Done),
+    }
+}
+
+fn now() -> i64 {
+    let t = super::super::clock::now();
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+fn existing(d: &Daemon, key: &str) -> Result<SnapshotRecord> {
+    d.inner
+        .store
+        .get_ctr_snapshot(key)?
+        .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {key:?}")))
+}
+
+pub(super) fn info_of(r: SnapshotRecord) -> SnapshotInfo {
+    SnapshotInfo {
+        name: r.key,
+        parent: r.parent,
+        kind: r.kind,
+        created: r.created,
+        updated: r.updated,
+        labels: r.labels,
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> SnapshotError {
+    SnapshotError::Internal(format!("cannot {what} {}: {e}", path.display()))
+}
+
+fn require_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(SnapshotError::InvalidArgument(
+            "snapshot key is empty: containerd always names the snapshot it asks for".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The parent's record, which must be committed; `None` for no parent.
+fn committed_parent(d: &Daemon, parent: &str) -> Result<Option<SnapshotRecord>> {
+    if parent.is_empty() {
+        return Ok(None);
+    }
+    let record = d
+        .inner
+        .store
+        .get_ctr_snapshot(parent)?
+        .ok_or_else(|| SnapshotError::NotFound(format!("parent snapshot {parent:?}")))?;
+    if record.kind != SnapshotKind::Committed {
+        return Err(SnapshotError::InvalidArgument(format!(
+            "parent {parent:?} is {}, not committed: only committed snapshots can be parents",
+            record.kind.as_str()
+        )));
+    }
+    Ok(Some(record))
+}
+
+/// The committed chain below a snapshot, nearest first.
+fn chain(d: &Daemon, first: Option<SnapshotRecord>) -> Result<Vec<SnapshotRecord>> {
+    let mut out = Vec::new();
+    let mut next = first;
+    while let Some(r) = next {
+        next = match r.parent.as_deref() {
+            Some(p) => Some(d.inner.store.get_ctr_snapshot(p)?.ok_or_else(|| {
+                SnapshotError::Internal(format!(
+                    "snapshot {:?} names parent {p:?}, which is not recorded",
+                    r.key
+                ))
+            })?),
+            None => None,
+        };
+        out.push(r);
+        if out.len() > 4096 {
+            return Err(SnapshotError::Internal("snapshot chain loops".into()));
+        }
+    }
+    Ok(out)
+}
+
+fn prepare(
+    d: &Daemon,
+    key: &str,
+    parent: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<Vec<MountSpec>> {
+    require_key(key)?;
+    if d.inner.store.get_ctr_snapshot(key)?.is_some() {
+        return Err(SnapshotError::AlreadyExists(format!("snapshot {key:?}")));
+    }
+    let parent_record = committed_parent(d, parent)?;
+    if let Some(target) = labels.get(LABEL_TARGET) {
+        offer_cached_layer(d, target, parent, &labels)?;
+    }
+    if let Some(disk_id) = labels.get(LABEL_DISK) {
+        return prepare_on_disk(d, key, parent_record, disk_id.clone(), &labels);
+    }
+    let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
+        key,
+        parent: parent_record.as_ref().map(|p| p.key.as_str()),
+        kind: SnapshotKind::Active,
+        labels: &labels,
+        now: now(),
+        backing: &Backing::Local,
+    })?;
+    let root = &d.inner.config.root;
+    let made = std::fs::create_dir_all(paths::fs_dir(root, record.id))
+        .and_then(|()| std::fs::create_dir_all(paths::work_dir(root, record.id)));
+    if let Err(e) = made {
+        d.inner.store.delete_ctr_snapshot(key)?;
+        return Err(io_err("create", &paths::snapshot_dir(root, record.id), e));
+    }
+    debug!(%key, id = record.id, "prepared active snapshot");
+    mounts_of(d, &record)
+}
+
+/// When a Ready cache holds layer `target`, records it as committed snapshot `target` backed
+/// by the cache and answers AlreadyExists: containerd then looks it up by that label and
+/// parent, and fetches and applies nothing. Returns Ok when no cache holds it (containerd
+/// applies the layer itself).
+fn offer_cached_layer(
+    d: &Daemon,
+    target: &str,
+    parent: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    if let Some(have) = d.inner.store.get_ctr_snapshot(target)? {
+        if have.kind == SnapshotKind::Committed && have.parent.as_deref().unwrap_or("") == parent {
+            return Err(SnapshotError::AlreadyExists(format!(
+                "snapshot {target:?} (layer already present)"
+            )));
+        }
+        // A snapshot of that name over another parent: let containerd apply this layer
+        // under its own key rather than hand it a chain that is not its own.
+        return Ok(());
+    }
+    for layer in d.inner.store.caches_with_layer(target)? {
+        let mountpoint = match cachemount::ensure_mounted(d, &layer.digest) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(cache = %layer.cache_id, error = %e, "cannot mount cache image; trying the next");
+                continue;
+            }
+        };
+        let dir = paths::layer_in(&mountpoint, target);
+        if !dir.is_dir() {
+            warn!(cache = %layer.cache_id, layer = %target, "indexed layer missing from the cache image");
+            cachemount::release_if_unused(d, &layer.digest)?;
+            continue;
+        }
+        let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
+            key: target,
+            parent: (!parent.is_empty()).then_some(parent),
+            kind: SnapshotKind::Committed,
+            labels,
+            now: now(),
+            backing: &Backing::Cache {
+                digest: layer.digest.clone(),
+                chain_id: target.to_owned(),
+            },
+        })?;
+        let root = &d.inner.config.root;
+        let linked = std::fs::create_dir_all(paths::snapshot_dir(root, record.id))
+            .and_then(|()| std::os::unix::fs::symlink(&dir, paths::fs_dir(root, record.id)));
+        if let Err(e) = linked {
+            d.inner.store.delete_ctr_snapshot(target)?;
+            cachemount::release_if_unused(d, &layer.digest)?;
+            return Err(io_err("link", &paths::fs_dir(root, record.id), e));
+        }
+        info!(layer = %target, cache = %layer.cache_id, "layer served from cache: containerd fetches nothing");
+        return Err(SnapshotError::AlreadyExists(format!(
+            "snapshot {target:?} (layer held by cache {})",
+            layer.cache_id
+        )));
+    }
+    Ok(())
+}
+
+/// The chainID of a committed snapshot: the label containerd's unpacker put on it, or the
+/// name a cache-backed layer carries.
+fn chain_id_of(r: &SnapshotRecord) -> Option<&str> {
+    if let Backing::Cache { chain_id, .. } = &r.backing {
+        return Some(chain_id);
+    }
+    r.labels.get(LABEL_TARGET).map(String::as_str)
+}
+
+/// A container bound to a per-pod disk: every layer below it from the disk's own layer
+/// directories, its upper and work directories on the disk, so its writes are bounded by the
+/// disk and go with it.
+fn prepare_on_disk(
+    d: &Daemon,
+    key: &str,
+    parent: Option<SnapshotRecord>,
+    disk_id: String,
+    labels: &BTreeMap<String, String>,
+) -> Result<Vec<MountSpec>> {
+    let disk_root = disk_mountpoint(d, &disk_id)?;
+    let mut lowers = Vec::new();
+    for layer in chain(d, parent.clone())? {
+        let chain_id = chain_id_of(&layer).ok_or_else(|| {
+            SnapshotError::FailedPrecondition(format!(
+                "layer snapshot {:?} has no chainID label, so disk {disk_id} cannot supply it",
+                layer.key
+            ))
+        })?;
+        let dir = paths::layer_in(&disk_root, chain_id);
+        if !dir.is_dir() {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "disk {disk_id} does not hold layer {chain_id} of this image: create the disk \
+                 from a cache that holds the image (imagecache disk create --image ...)"
+            )));
+        }
+        lowers.push(dir);
+    }
+    let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
+        key,
+        parent: parent.as_ref().map(|p| p.key.as_str()),
+        kind: SnapshotKind::Active,
+        labels,
+        now: now(),
+        backing: &Backing::Disk {
+            disk_id: disk_id.clone(),
+        },
+    })?;
+    if let Err(e) = lay_out_disk_snapshot(d, record.id, &disk_root, &lowers) {
+        d.inner.store.delete_ctr_snapshot(key)?;
+        let _cleanup = remove_dirs(d, &record, Some(&disk_root));
+        return Err(e);
+    }
+    info!(%key, disk = %disk_id, "container snapshot on disk");
+    mounts_of(d, &record)
+}
+
+fn lay_out_disk_snapshot(d: &Daemon, id: i64, disk_root: &Path, lowers: &[PathBuf]) -> Result<()> {
+    let root = &d.inner.config.root;
+    let on_disk = paths::disk_container_dir(disk_root, id);
+    for dir in [
+        on_disk.join("fs"),
+        on_disk.join("work"),
+        paths::fs_dir(root, id),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+    }
+    for (n, lower) in lowers.iter().enumerate() {
+        let link = paths::lower_link(root, id, n);
+        if let Some(dir) = link.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+        }
+        std::os::unix::fs::symlink(lower, &link).map_err(|e| io_err("link", &link, e))?;
+    }
+    Ok(())
+}
+
+fn disk_mountpoint(d: &Daemon, disk_id: &str) -> Result<PathBuf> {
+    let disk = d.inner.store.get_disk(disk_id)?.ok_or_else(|| {
+        SnapshotError::NotFound(format!(
+            "disk {disk_id:?} (named by the container's {LABEL_DISK} annotation)"
+        ))
+    })?;
+    let mountpoint = disk.status.and_then(|s| s.mountpoint).ok_or_else(|| {
+        SnapshotError::FailedPrecondition(format!(
+            "disk {disk_id} is not mounted: create it with a mountpoint (the default) to \
+                 run containers from it"
+        ))
+    })?;
+    let mountpoint = PathBuf::from(mountpoint);
+    if d.inner.sys.mount_source(&mountpoint)?.is_none() {
+        return Err(SnapshotError::FailedPrecondition(format!(
+            "disk {disk_id} is not mounted at {}",
+            mountpoint.display()
+        )));
+    }
+    Ok(mountpoint)
+}
+
+fn view(
+    d: &Daemon,
+    key: &str,
+    parent: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<Vec<MountSpec>> {
+    require_key(key)?;
+    let parent_record = committed_parent(d, parent)?;
+    let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
+        key,
+        parent: parent_record.as_ref().map(|p| p.key.as_str()),
+        kind: SnapshotKind::View,
+        labels: &labels,
+        now: now(),
+        backing: &Backing::Local,
+    })?;
+    let dir = paths::fs_dir(&d.inner.config.root, record.id);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        d.inner.store.delete_ctr_snapshot(key)?;
+        return Err(io_err("create", &dir, e));
+    }
+    mounts_of(d, &record)
+}
+
+/// The directory a committed layer's contents are reached through.
+fn layer_dir(d: &Daemon, r: &SnapshotRecord) -> PathBuf {
+    paths::fs_dir(&d.inner.config.root, r.id)
+}
+
+fn mounts_of(d: &Daemon, r: &SnapshotRecord) -> Result<Vec<MountSpec>> {
+    if r.kind == SnapshotKind::Committed {
+        return Err(SnapshotError::FailedPrecondition(format!(
+            "snapshot {:?} is committed: only active snapshots and views have mounts",
+            r.key
+        )));
+    }
+    let root = &d.inner.config.root;
+    let parent = match r.parent.as_deref() {
+        Some(p) => Some(existing(d, p)?),
+        None => None,
+    };
+    let below = chain(d, parent)?;
+    let (lowers, upper) = match &r.backing {
+        Backing::Disk { disk_id } => {
+            let disk_root = disk_mountpoint(d, disk_id)?;
+            let on_disk = paths::disk_container_dir(&disk_root, r.id);
+            let lowers = (0..below.len())
+                .map(|n| paths::lower_link(root, r.id, n))
+                .collect();
+            let upper = Upper {
+                upper: on_disk.join("fs"),
+                work: on_disk.join("work"),
+            };
+            (lowers, Some(upper))
+        }
+        _ => {
+            let lowers: Vec<PathBuf> = below.iter().map(|p| layer_dir(d, p)).collect();
+            let upper = (r.kind == SnapshotKind::Active).then(|| Upper {
+                upper: paths::fs_dir(root, r.id),
+                work: paths::work_dir(root, r.id),
+            });
+            (lowers, upper)
+        }
+    };
+    // A bind mount is not resolved the way an overlay's lowerdir is: give it the real
+    // directory behind a cache-backed layer's symlink.
+    let lowers = if upper.is_none() && lowers.len() == 1 {
+        vec![std::fs::canonicalize(&lowers[0]).map_err(|e| io_err("resolve", &lowers[0], e))?]
+    } else {
+        lowers
+    };
+    Ok(mounts::for_snapshot(
+        &lowers,
+        upper.as_ref(),
+        &paths::fs_dir(root, r.id),
+    ))
+}
+
+fn commit(d: &Daemon, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
+    require_key(name)?;
+    let r = existing(d, key)?;
+    if r.kind != SnapshotKind::Active {
+        return Err(SnapshotError::FailedPrecondition(format!(
+            "snapshot {key:?} is {}: only an active snapshot can be committed",
+            r.kind.as_str()
+        )));
+    }
+    if let Backing::Disk { disk_id } = &r.backing {
+        return Err(SnapshotError::FailedPrecondition(format!(
+            "snapshot {key:?} lives on disk {disk_id}, which goes with its pod: it cannot \
+             become a layer"
+        )));
+    }
+    let root = &d.inner.config.root;
+    let measured = usage::measure(&paths::fs_dir(root, r.id))?;
+    d.inner.store.commit_ctr_snapshot(
+        key,
+        name,
+        &labels,
+        (measured.size, measured.inodes),
+        now(),
+    )?;
+    // The work directory is only for overlayfs while the snapshot is active.
+    let work = paths::work_dir(root, r.id);
+    if let Err(e) = std::fs::remove_dir_all(&work) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(dir = %work.display(), error = %e, "cannot remove work directory");
+        }
+    }
+    debug!(%key, %name, "committed");
+    Ok(())
+}
+
+fn remove(d: &Daemon, key: &str) -> Result<()> {
+    let r = existing(d, key)?;
+    let children = d.inner.store.ctr_children(key)?;
+    if children > 0 {
+        return Err(SnapshotError::FailedPrecondition(format!(
+            "snapshot {key:?} has {children} child snapshot(s): remove them first"
+        )));
+    }
+    let disk_root = match &r.backing {
+        Backing::Disk { disk_id } => disk_mountpoint(d, disk_id).ok(),
+        _ => None,
+    };
+    d.inner.store.delete_ctr_snapshot(key)?;
+    remove_dirs(d, &r, disk_root.as_deref())?;
+    if let Backing::Cache { digest, .. } = &r.backing {
+        cachemount::release_if_unused(d, digest)?;
+    }
+    debug!(%key, "removed");
+    Ok(())
+}
+
+/// Removes a snapshot's directories: its own under the state root, and on its disk when the
+/// disk is still there (a deleted disk took them with it).
+fn remove_dirs(d: &Daemon, r: &SnapshotRecord, disk_root: Option<&Path>) -> Result<()> {
+    if let Some(disk_root) = disk_root {
+        let dir = paths::disk_container_dir(disk_root, r.id);
+        remove_tree(&dir)?;
+    }
+    remove_tree(&paths::snapshot_dir(&d.inner.config.root, r.id))
+}
+
+fn remove_tree(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", dir, e)),
+    }
+}
+
+fn update(
+    d: &Daemon,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    fields: &[String],
+) -> Result<SnapshotInfo> {
+    let r = existing(d, name)?;
+    let mut new_labels = r.labels.clone();
+    if fields.is_empty() {
+        new_labels = labels;
+    } else {
+        for field in fields {
+            if field == "labels" {
+                new_labels = labels.clone();
+            } else if let Some(k) = field.strip_prefix("labels.") {
+                match labels.get(k) {
+                    Some(v) => new_labels.insert(k.to_owned(), v.clone()),
+                    None => new_labels.remove(k),
+                };
+            } else {
+                return Err(SnapshotError::InvalidArgument(format!(
+                    "cannot update field {field:?} of snapshot {name:?}: only labels change"
+                )));
+            }
+        }
+    }
+    d.inner.store.set_ctr_labels(name, &new_labels, now())?;
+    Ok(info_of(existing(d, name)?))
+}
+
+fn list(d: &Daemon, filters: &[String]) -> Result<Vec<SnapshotInfo>> {
+    let filters = Filters::parse(filters)?;
+    Ok(d.inner
+        .store
+        .list_ctr_snapshots()?
+        .into_iter()
+        .map(info_of)
+        .filter(|i| filters.matches(i))
+        .collect())
+}
+
+fn usage_of(d: &Daemon, r: &SnapshotRecord) -> Result<Usage> {
+    let root = &d.inner.config.root;
+    match (r.kind, &r.backing) {
+        (SnapshotKind::Committed, _) => {
+            if let Some((size, inodes)) = r.usage {
+                return Ok(Usage { size, inodes });
+            }
+            // A cache-backed layer is measured once, the first time it is asked for.
+            let measured = usage::measure(&paths::fs_dir(root, r.id))?;
+            d.inner
+                .store
+                .set_ctr_usage(&r.key, (measured.size, measured.inodes))?;
+            Ok(measured)
+        }
+        (SnapshotKind::Active, Backing::Disk { disk_id }) => {
+            let disk_root = disk_mountpoint(d, disk_id)?;
+            usage::measure(&paths::disk_container_dir(&disk_root, r.id).join("fs"))
+        }
+        (SnapshotKind::Active, _) => usage::measure(&paths::fs_dir(root, r.id)),
+        (SnapshotKind::View, _) => Ok(Usage::default()),
+    }
+}
+
+/// Removes snapshot directories no record names and cache mounts no snapshot uses: what a
+/// crash between a store write and the filesystem change it records can leave.
+fn cleanup(d: &Daemon) -> Result<()> {
+    let root = &d.inner.config.root;
+    let known: std::collections::HashSet<i64> = d
+        .inner
+        .store
+        .list_ctr_snapshots()?
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let dir = paths::snapshots_dir(root);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i64>().ok());
+            if id.is_some_and(|id| !known.contains(&id)) {
+                info!(dir = %entry.path().display(), "removing snapshot directory no record names");
+                remove_tree(&entry.path())?;
+            }
+        }
+    }
+    for digest in cachemount::mounted_digests(d)? {
+        cachemount::drop_stale(d, &digest)?;
+    }
+    Ok(())
+}
