@@ -1,0 +1,63 @@
+//! Creating a disk, step by step; each step returns what the next needs.
+
+use tracing::{error, info};
+
+use super::clone::{clone_disk, hold_snapshot};
+use super::object::{disk_object, Made};
+use super::pull::PullJob;
+use super::{auto_cache, internal, pull, select};
+use crate::daemon::{clock, ids, Daemon, DaemonError, Reply};
+use crate::objects::ValidDisk;
+
+pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
+    let plan = select::plan(d, &req)?;
+    let id = ids::new_disk_id();
+    let mountpoint = req
+        .mountpoint
+        .clone()
+        .map(|p| p.unwrap_or_else(|| d.inner.config.root.join("disks").join(&id).join("mnt")));
+    // The reference is taken before cloning, so a concurrent delete of the cache cannot
+    // remove the snapshot file from under the clone.
+    let held = plan
+        .cache
+        .as_ref()
+        .map(|cache| hold_snapshot(d, cache))
+        .transpose()?;
+    let created = clone_disk(d, &id, mountpoint, &plan, held.as_ref()).await?;
+    let now = clock::now_string();
+    let auto_created = if plan.auto_create {
+        auto_cache::ensure_cache_of(d, &req)
+    } else {
+        None
+    };
+    let object = disk_object(
+        d,
+        Made {
+            id: &id,
+            req: &req,
+            plan: &plan,
+            created: &created,
+            auto_created,
+            now: &now,
+        },
+    );
+    if let Err(e) = d.inner.store.insert_disk(&object) {
+        error!(disk = %id, device = %created.device.display(), error = %e, "could not record a created disk: it stays attached until removed by hand");
+        return Err(internal(e));
+    }
+    info!(disk = %id, cache = ?plan.cache.as_ref().map(|c| &c.id), ms = created.timings.total_ms(), missing = plan.missing.len(), "disk created");
+    if plan.pull_needed() {
+        pull::spawn(
+            d,
+            PullJob {
+                id,
+                images: plan.missing,
+                pull_secrets: req.pull_secrets,
+                size_gib: plan.size_gib,
+                device: created.device,
+                mountpoint: created.mountpoint,
+            },
+        );
+    }
+    Ok(Reply::Disk(Box::new(object)))
+}

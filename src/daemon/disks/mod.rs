@@ -1,0 +1,105 @@
+//! Per-pod disks: pick a cache (matching.rs), clone its snapshot into a disk of the pod's
+//! own, and pull what the cache lacked into the disk in the background. A create runs in
+//! steps, a module each: select, clone, auto-create a cache, build the object, persist, pull.
+
+mod auto_cache;
+mod clone;
+mod create;
+mod object;
+mod pull;
+mod select;
+
+use std::path::PathBuf;
+
+use tracing::info;
+
+pub use create::create;
+
+use super::{Daemon, DaemonError, Reply};
+use crate::disk;
+use crate::objects::*;
+
+/// Where a disk's file lives.
+pub fn image_path(d: &Daemon, id: &str) -> PathBuf {
+    d.inner.config.root.join("disks").join(format!("{id}.img"))
+}
+
+fn internal(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::internal(e)
+}
+
+pub fn get(d: &Daemon, id: &str) -> Result<Disk, DaemonError> {
+    d.inner
+        .store
+        .get_disk(id)
+        .map_err(internal)?
+        .ok_or_else(|| DaemonError::not_found(KIND_DISK, id))
+}
+
+pub fn list(d: &Daemon) -> Result<Reply, DaemonError> {
+    Ok(Reply::DiskList(DiskList {
+        api_version: API_VERSION.into(),
+        kind: KIND_DISK_LIST.into(),
+        metadata: ListMeta::default(),
+        items: d.inner.store.list_disks().map_err(internal)?,
+    }))
+}
+
+pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
+    let disk = get(d, id)?;
+    let key = pull::build_key(id);
+    let running = d
+        .inner
+        .builds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(token) = running {
+        token.cancel();
+        while d
+            .inner
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let status = disk
+        .status
+        .clone()
+        .unwrap_or_else(|| unreachable!("stored disks have a status"));
+    let image = image_path(d, id);
+    let sys = d.inner.sys.clone();
+    let (device, mountpoint) = (
+        status.device.clone().map(PathBuf::from),
+        status.mountpoint.clone().map(PathBuf::from),
+    );
+    let deleted = tokio::task::spawn_blocking(move || {
+        disk::delete(
+            sys.as_ref(),
+            &image,
+            device.as_deref(),
+            mountpoint.as_deref(),
+        )
+    })
+    .await
+    .map_err(internal)?;
+    match deleted {
+        Ok(()) => {}
+        Err(e @ disk::DiskError::Busy { .. }) => return Err(DaemonError::Conflict(e.to_string())),
+        Err(e) => return Err(internal(e)),
+    }
+    // The default mountpoint's directory is ours; a caller-given one is left alone.
+    let own_dir = d.inner.config.root.join("disks").join(id);
+    let _ = std::fs::remove_dir(own_dir.join("mnt"));
+    let _ = std::fs::remove_dir(&own_dir);
+    d.inner.store.delete_disk(id).map_err(internal)?;
+    if let Some(digest) = status.snapshot_digest {
+        super::handlers::release_snapshot(d, &digest).map_err(internal)?;
+    }
+    info!(disk = %id, "disk deleted");
+    Ok(Reply::Deleted(format!("Disk {id:?} deleted")))
+}

@@ -1,0 +1,122 @@
+//! Step 1 of a disk create: choose the cache to clone (matching.rs) and the disk's size.
+
+use super::internal;
+use crate::daemon::{Daemon, DaemonError};
+use crate::matching::{self, Candidate, DiskRequest, MatchError, Selection};
+use crate::objects::{ValidDisk, KIND_DISK, KIND_IMAGE_CACHE};
+use crate::registry::ImageReference;
+
+/// The Ready cache a disk is cloned from.
+#[derive(Debug, Clone)]
+pub(super) struct ChosenCache {
+    pub id: String,
+    pub snapshot_digest: String,
+}
+
+/// What the disk starts from once the selection is made.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// None: an empty disk, every image pulled into it.
+    pub cache: Option<ChosenCache>,
+    pub matched: Vec<ImageReference>,
+    pub missing: Vec<ImageReference>,
+    pub size_gib: u32,
+    /// Create a cache of these images in the background for the next pod.
+    pub auto_create: bool,
+    /// Why this cache (or none), for the disk's first event.
+    pub reason: String,
+}
+
+impl Plan {
+    pub fn pull_needed(&self) -> bool {
+        !self.missing.is_empty()
+    }
+}
+
+/// A selection that found no cache to use is the request's problem, in one of three ways.
+fn match_error(e: MatchError) -> DaemonError {
+    match &e {
+        _ if e.is_not_found() => DaemonError::NotFound {
+            kind: KIND_IMAGE_CACHE.into(),
+            name: e.to_string(),
+        },
+        MatchError::CacheNotReady { .. } | MatchError::ConflictingExplicit { .. } => {
+            DaemonError::Conflict(e.to_string())
+        }
+        _ => DaemonError::invalid_field(KIND_DISK, "", "spec", e.to_string()),
+    }
+}
+
+pub(super) fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, DaemonError> {
+    let caches = d.inner.store.list_caches().map_err(internal)?;
+    let candidates: Vec<Candidate> = caches.iter().filter_map(Candidate::from_cache).collect();
+    let request = DiskRequest {
+        images: req.images.clone(),
+        annotations: &req.annotations,
+        explicit_cache: req.cache.clone(),
+    };
+    match matching::select(&request, &candidates).map_err(match_error)? {
+        Selection::Clone {
+            cache_id,
+            matched,
+            missing,
+            reason,
+            ..
+        } => {
+            let cache = caches
+                .iter()
+                .find(|c| {
+                    c.status.as_ref().map(|s| s.image_cache_id.as_str()) == Some(cache_id.as_str())
+                })
+                .ok_or_else(|| DaemonError::not_found(KIND_IMAGE_CACHE, &cache_id))?;
+            let digest = cache
+                .status
+                .as_ref()
+                .and_then(|s| s.snapshot_digest.clone())
+                .ok_or_else(|| {
+                    DaemonError::Conflict(format!(
+                        "cache {cache_id} has no snapshot: it is not Ready"
+                    ))
+                })?;
+            let cache_size = cache
+                .spec
+                .image_cache_size
+                .unwrap_or(d.inner.config.default_cache_size_gib);
+            let size_gib = req.size_gib.unwrap_or(cache_size);
+            if size_gib < cache_size {
+                return Err(DaemonError::invalid_field(
+                    KIND_DISK,
+                    "",
+                    "spec.sizeGiB",
+                    format!(
+                        "{size_gib} GiB is smaller than cache {cache_id} ({cache_size} GiB): a disk is never smaller than its cache; ask for at least {cache_size}"
+                    ),
+                ));
+            }
+            Ok(Plan {
+                cache: Some(ChosenCache {
+                    id: cache_id,
+                    snapshot_digest: digest,
+                }),
+                matched,
+                missing,
+                size_gib,
+                auto_create: false,
+                reason,
+            })
+        }
+        Selection::Cold {
+            auto_create,
+            reason,
+        } => Ok(Plan {
+            cache: None,
+            matched: Vec::new(),
+            missing: req.images.clone(),
+            size_gib: req
+                .size_gib
+                .unwrap_or(d.inner.config.default_cache_size_gib),
+            auto_create,
+            reason,
+        }),
+    }
+}
