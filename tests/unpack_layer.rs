@@ -24,7 +24,8 @@ fn every_entry_type_with_its_metadata() {
         .dir_with("tmp", 0o1777, 0, 0, 1_000_000_004)
         .dir_with("shared", 0o2775, 0, 50, 1_000_000_005)
         .symlink_with("bin/sh", "/usr/bin/dash", 7, 8, 1_000_000_006)
-        .hardlink("bin/su2", "bin/su")
+        // As docker and buildkit write it: the link's header repeats its target's.
+        .hardlink_with("bin/su2", "bin/su", 0o4755, 0, 0, 1_000_000_002)
         .node("dev/null", EntryType::Char, 1, 3, 0o666)
         .node("dev/loop9", EntryType::Block, 7, 9, 0o660)
         .node("run/fifo", EntryType::Fifo, 0, 0, 0o600);
@@ -140,6 +141,63 @@ fn long_names_gnu_and_pax() {
     assert_eq!(
         lstat(d.path().join("p/hl")).ino(),
         lstat(d.path().join(&pax_path)).ino()
+    );
+}
+
+#[test]
+fn a_hardlink_header_applies_to_the_shared_inode() {
+    let mut l = Layer::new();
+    l.dir("bin");
+    l.pax(&[("SCHILY.xattr.user.first", b"target")]).file_with(
+        "bin/tool",
+        b"tool",
+        0o755,
+        0,
+        0,
+        1_000_000_001,
+    );
+    // containerd chowns, sets the link's xattrs, chmods and sets the times on the link's
+    // path, which is the target's inode: the last entry naming an inode decides.
+    l.pax(&[
+        ("SCHILY.xattr.user.second", b"link"),
+        ("mtime", b"1200000000.5"),
+    ])
+    .hardlink_with("bin/tool2", "bin/tool", 0o4750, 1000, 1001, 1_200_000_000);
+    // A link to a symlink links the symlink itself; its header's mode is not applied
+    // through it (nor to the file it points at), its owner and times are.
+    l.symlink("bin/sym", "tool")
+        .hardlink_with("bin/sym2", "bin/sym", 0o600, 7, 8, 1_300_000_000);
+    let tar = l.tar();
+    let d = tmp();
+    apply(&tar, Compression::None, d.path()).unwrap();
+    let p = |s: &str| d.path().join(s);
+
+    for name in ["bin/tool", "bin/tool2"] {
+        let m = lstat(p(name));
+        assert_eq!(
+            (m.mode() & 0o7777, m.uid(), m.gid()),
+            (0o4750, 1000, 1001),
+            "{name}: the link's mode and owner, setuid kept"
+        );
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_200_000_000, 500_000_000));
+        assert_eq!(m.nlink(), 2);
+        assert_eq!(
+            xattr(p(name), "user.first").as_deref(),
+            Some(&b"target"[..])
+        );
+        assert_eq!(xattr(p(name), "user.second").as_deref(), Some(&b"link"[..]));
+    }
+    assert_eq!(lstat(p("bin/tool")).ino(), lstat(p("bin/tool2")).ino());
+    assert_eq!(fs::read(p("bin/tool2")).unwrap(), b"tool");
+
+    let sym = lstat(p("bin/sym"));
+    assert_eq!(kind(p("bin/sym2")), S_IFLNK);
+    assert_eq!(sym.ino(), lstat(p("bin/sym2")).ino());
+    assert_eq!((sym.uid(), sym.gid(), sym.mtime()), (7, 8, 1_300_000_000));
+    assert_eq!(
+        perm(p("bin/tool")),
+        0o4750,
+        "not chmodded through the symlink"
     );
 }
 

@@ -224,6 +224,30 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> Result<(), Er
     rfs::fsetxattr(fd, name, value, XattrFlags::empty())
 }
 
+/// chmod the node `name` in `dir` unless it is a symlink (whose mode Linux ignores and
+/// chmod would follow). The node is pinned with `O_PATH | O_NOFOLLOW` first, so what is
+/// checked is what is changed.
+pub fn chmod_unless_symlink(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    if FileType::from_raw_mode(rfs::fstat(&fd)?.st_mode) == FileType::Symlink {
+        return Ok(());
+    }
+    // fchmod refuses an O_PATH fd; its /proc link reaches the very inode it holds.
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rfs::chmodat(
+        rfs::CWD,
+        path.as_str(),
+        Mode::from_raw_mode(mode & 0o7777),
+        AtFlags::empty(),
+    )
+}
+
 pub fn futimens(fd: BorrowedFd<'_>, atime: Time, mtime: Time) -> Result<(), Errno> {
     rfs::futimens(fd, &timestamps(atime, mtime))
 }

@@ -176,12 +176,15 @@ pub(crate) fn node(
 }
 
 /// Hard-link `target_name` in `target_dir` (an entry earlier in this layer) as `name`.
-/// The link shares the target's inode, so it takes no metadata of its own.
+/// The link's own header then applies to the inode it shares with its target (owner, mode,
+/// xattrs, times), as containerd's and moby's unpack apply it: the last entry naming an
+/// inode decides its metadata.
 pub(crate) fn hardlink(
     target_dir: BorrowedFd<'_>,
     target_name: &[u8],
     dir: BorrowedFd<'_>,
     name: &[u8],
+    meta: &Meta,
 ) -> Result<Created, Failure> {
     let mut created = Created::default();
     make_replacing(dir, name, false, &mut created.removed, || {
@@ -191,6 +194,12 @@ pub(crate) fn hardlink(
         action: "hard-link it to its target (which must be an earlier entry of this layer)",
         err: e.into(),
     })?;
+    fsops::chown_nofollow(dir, name, meta.uid, meta.gid).map_err(Failure::fs("chown it"))?;
+    // The target may be a symlink (linkat links it, not what it points to): no chmod then.
+    fsops::chmod_unless_symlink(dir, name, meta.mode).map_err(Failure::fs("chmod it"))?;
+    path_xattrs(dir, name, meta)?;
+    fsops::utimens_nofollow(dir, name, meta.atime, meta.mtime)
+        .map_err(Failure::fs("set its times"))?;
     Ok(created)
 }
 

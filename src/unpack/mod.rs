@@ -281,7 +281,7 @@ impl Applier {
                     Kind::Dir => entry::directory(dir, name, &self.meta),
                     Kind::Symlink => entry::symlink(dir, name, &self.link, &self.meta),
                     Kind::Node(node) => entry::node(dir, name, node, &self.meta),
-                    Kind::Hardlink => hardlink(root, dir, parent, name, &self.link),
+                    Kind::Hardlink => hardlink(root, dir, parent, name, &self.link, &self.meta),
                 },
             },
         };
@@ -348,6 +348,7 @@ fn hardlink(
     parent: &[u8],
     name: &[u8],
     target: &[u8],
+    meta: &Meta,
 ) -> Result<Created, Failure> {
     let (target_parent, target_name) = safety::split(target);
     if target_parent == parent && target_name == name {
@@ -367,5 +368,5 @@ fn hardlink(
             })?;
         opened.as_fd()
     };
-    entry::hardlink(target_dir, target_name, dir, name)
+    entry::hardlink(target_dir, target_name, dir, name, meta)
 }

@@ -92,7 +92,22 @@ impl Layer {
     }
 
     pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
-        let mut h = header(EntryType::Link, 0o644, 0, 0);
+        self.hardlink_with(path, target, 0o644, 0, 0, MTIME)
+    }
+
+    /// A hard link whose own header carries `mode`, owner and `mtime` (which the unpacker
+    /// applies to the inode it shares with `target`).
+    pub fn hardlink_with(
+        &mut self,
+        path: &str,
+        target: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: u64,
+    ) -> &mut Self {
+        let mut h = header(EntryType::Link, mode, uid, gid);
+        h.set_mtime(mtime);
         self.b.append_link(&mut h, path, target).unwrap();
         self
     }

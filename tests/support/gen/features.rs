@@ -161,7 +161,11 @@ fn base_layer(rng: &mut Rng, libfeat: Vec<u8>) -> LayerSpec {
         .mode(0o2755)
         .owner(0, 5);
     l.file("usr/bin/tool", rng.bytes(7000)).mode(0o755);
-    l.hardlink("usr/bin/tool-hardlink", "usr/bin/tool");
+    // A link's header repeats its target's, as docker and buildkit write it; containerd
+    // applies it to the shared inode (tests/unpack_layer.rs covers a differing one, which
+    // umoci, the model's oracle, would ignore).
+    l.hardlink("usr/bin/tool-hardlink", "usr/bin/tool")
+        .mode(0o755);
     l.file("usr/bin/ping-like", rng.bytes(1200))
         .mode(0o755)
         .xattr("trusted.capability-like", &CAP_LIKE)
@@ -285,7 +289,9 @@ fn layer_a1(rng: &mut Rng) -> LayerSpec {
     l.file("usr/bin/tool", rng.bytes(9000))
         .mode(0o750)
         .owner(0, 10);
-    l.hardlink("usr/bin/tool2", "usr/bin/tool");
+    l.hardlink("usr/bin/tool2", "usr/bin/tool")
+        .mode(0o750)
+        .owner(0, 10);
     l.dir("usr/share");
     l.dir("usr/share/modes");
     l.dir("usr/share/modes/d0500").mode(0o555);

@@ -319,7 +319,8 @@ pub fn apply_layer(tree: &mut Tree, entries: &[TarEntry]) {
             },
             Body::Fifo => base(Kind::Fifo),
             Body::Hardlink(t) => {
-                let target = tree.get(&normalize(t)).unwrap_or_else(|| {
+                let target_key = normalize(t);
+                let target = tree.get_mut(&target_key).unwrap_or_else(|| {
                     panic!("generator bug: hardlink {key} -> {t}, which does not exist")
                 });
                 assert_eq!(
@@ -327,6 +328,14 @@ pub fn apply_layer(tree: &mut Tree, entries: &[TarEntry]) {
                     Kind::File,
                     "generator bug: hardlink to non-file"
                 );
+                // containerd applies the link entry's own header to the inode it shares
+                // with its target: owner, mode and times replace the target's, its xattrs
+                // are set over the target's.
+                target.mode = e.mode & 0o7777;
+                target.uid = e.uid;
+                target.gid = e.gid;
+                target.mtime = e.mtime as i64;
+                target.xattrs.extend(xattrs.clone());
                 target.clone()
             }
         };
@@ -347,7 +356,8 @@ pub fn apply_layer(tree: &mut Tree, entries: &[TarEntry]) {
             }
         }
         // A hardlink shares its target's inode: later metadata of either is the other's.
-        // The feature set never changes a linked file afterwards in the same layer.
+        // Only the target and the new link are updated here, so the feature set never
+        // links one file twice or changes a linked file afterwards in the same layer.
     }
 }
 
