@@ -13,6 +13,7 @@ mod info;
 mod owner;
 mod pipe;
 mod progress;
+mod record;
 mod recovery;
 pub mod snapshots;
 mod storage;

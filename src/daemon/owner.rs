@@ -1,7 +1,7 @@
 //! Whose status a pull reports to: a cache being built, or a disk being filled with the
 //! images its cache lacked.
 
-use super::{clock, events, Daemon};
+use super::{clock, events, record, Daemon};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
@@ -15,19 +15,21 @@ impl Owner {
         let now = clock::now_string();
         match self {
             Owner::Cache(name) => {
-                let _ = d.inner.store.update_cache(name, |c| {
+                let written = d.inner.store.update_cache(name, |c| {
                     if let Some(s) = c.status.as_mut() {
                         s.last_updated_time = now.clone();
                         events::record(&mut s.events, type_, reason, message, &now);
                     }
                 });
+                record::or_log(written, name, reason);
             }
             Owner::Disk(id) => {
-                let _ = d.inner.store.update_disk(id, |disk| {
+                let written = d.inner.store.update_disk(id, |disk| {
                     if let Some(s) = disk.status.as_mut() {
                         events::record(&mut s.events, type_, reason, message, &now);
                     }
                 });
+                record::or_log(written, id, reason);
             }
         }
     }
@@ -35,7 +37,7 @@ impl Owner {
     /// Records "NN%" where the owner shows progress (caches do; disks show their phase).
     pub fn progress(&self, d: &Daemon, pct: String) {
         if let Owner::Cache(name) = self {
-            let _ = d.inner.store.update_cache(name, |c| {
+            let written = d.inner.store.update_cache(name, |c| {
                 if let Some(s) = c.status.as_mut() {
                     if s.progress != pct {
                         s.progress = pct;
@@ -43,6 +45,7 @@ impl Owner {
                     }
                 }
             });
+            record::or_log(written, name, "progress");
         }
     }
 }

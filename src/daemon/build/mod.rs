@@ -4,29 +4,33 @@
 
 mod error;
 pub(crate) mod fill;
+mod freeze;
+mod keyring;
 mod layers;
 pub(crate) mod plan;
 mod reuse;
+mod status;
 mod workdir;
+mod workimage;
 mod writeback;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use error::BuildError;
+pub(crate) use keyring::keyring_for;
 pub(crate) use workdir::clean_work_dir;
 
-use super::events::{NORMAL, WARNING};
+use super::events::NORMAL;
 use super::owner::Owner;
-use super::{clock, ids, Daemon};
-use crate::objects::{CachedImage, Phase};
-use crate::image::MountConfig;
-use crate::registry::{ImageReference, Keyring};
+use super::{ids, record, Daemon};
+use crate::objects::Phase;
+use crate::registry::ImageReference;
 use crate::snapshot::Snapshot;
 use crate::store::BuildRecord;
+use workimage::WorkImage;
 
 /// What to build, from a validated ImageCache.
 #[derive(Debug, Clone)]
@@ -73,7 +77,7 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
         work_dir: work_dir.to_string_lossy().into_owned(),
     };
     if let Err(e) = d.inner.store.insert_build(&record) {
-        fail(d, spec, &BuildError::Internal(e.to_string()));
+        status::fail(d, spec, &BuildError::Internal(e.to_string()));
         return;
     }
     let started = Instant::now();
@@ -81,19 +85,24 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
     if let Err(e) = clean_work_dir(d.inner.sys.as_ref(), &work_dir) {
         warn!(cache = %spec.name, error = %e, "could not clean the build's work directory");
     }
-    let _ = d.inner.store.delete_build(&build_id);
+    // Left behind, the record only makes the next start clean a directory already gone.
+    record::or_log(
+        d.inner.store.delete_build(&build_id),
+        &build_id,
+        "the end of the build",
+    );
     match result {
         Ok(built) => {
             info!(cache = %spec.name, digest = %built.snapshot.digest, secs = started.elapsed().as_secs_f64(), "cache ready");
         }
         Err(BuildError::Cancelled) if d.inner.shutdown.is_cancelled() => {
             info!(cache = %spec.name, "build interrupted: the daemon is stopping");
-            fail(d, spec, &BuildError::Interrupted);
+            status::fail(d, spec, &BuildError::Interrupted);
         }
         Err(BuildError::Cancelled) => info!(cache = %spec.name, "build cancelled"),
         Err(e) => {
             warn!(cache = %spec.name, error = %e, "build failed");
-            fail(d, spec, &e);
+            status::fail(d, spec, &e);
         }
     }
 }
@@ -103,6 +112,7 @@ struct Built {
     snapshot: Snapshot,
 }
 
+/// The steps of a build, each handing the next what it needs.
 async fn build(
     d: &Daemon,
     spec: &BuildSpec,
@@ -110,68 +120,27 @@ async fn build(
     cancel: &CancellationToken,
 ) -> Result<Built, BuildError> {
     let started = Instant::now();
-    let cfg = &d.inner.config;
-    let mut keyring = Keyring::from_pull_secrets(&cfg.secrets_dir, &spec.pull_secrets)?;
-    if let Some(path) = &cfg.docker_config {
-        keyring = keyring.with_docker_config(path)?;
-    }
-    let keyring = Arc::new(keyring);
-    set_phase(d, &spec.name, Phase::Pulling, None);
+    let keyring = keyring_for(d, &spec.pull_secrets)?;
+    status::set_phase(d, &spec.name, Phase::Pulling, None)?;
 
     // mkfs while the manifests resolve: both take a few hundred ms.
-    std::fs::create_dir_all(work_dir)
-        .map_err(|e| BuildError::io("create the work directory", work_dir, e))?;
-    let image_path = work_dir.join("disk.img");
-    let mountpoint = work_dir.join("mnt");
-    let size_bytes = u64::from(spec.size_gib) << 30;
     let parent = if spec.reuse {
         reuse::parent(d, spec)
     } else {
         None
     };
-    let prepare = {
-        let image_path = image_path.clone();
-        let sys = d.inner.sys.clone();
-        let parent_image = parent.as_ref().map(|p| p.image.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
-            match parent_image {
-                Some(from) => reuse::clone_parent(sys.as_ref(), &from, &image_path, size_bytes),
-                None => {
-                    crate::image::create_sparse(&image_path, size_bytes)?;
-                    Ok(crate::image::mkfs(&image_path, "imagecache")?)
-                }
-            }
-        })
-    };
-    if let Some(p) = &parent {
-        event(d, &spec.name, NORMAL, "Reusing", p.message.clone());
-    }
-    for image in &spec.images {
-        event(
-            d,
-            &spec.name,
-            NORMAL,
-            "Pulling",
-            format!("Pulling image {image}"),
-        );
-    }
+    let (work, made) = WorkImage::start(d, work_dir, spec.size_gib, parent.as_ref())?;
+    let owner = Owner::Cache(spec.name.clone());
+    announce(d, &owner, spec, parent.as_ref());
     let resolved = cancellable(cancel, plan::resolve_all(d, &spec.images, &keyring)).await;
     let t_resolved = started.elapsed();
-    prepare
-        .await
+    made.await
         .map_err(|e| BuildError::Internal(e.to_string()))??;
     let resolved = resolved?;
-    // Attaching and mounting is a handful of syscalls: fine on the async thread.
-    let sys = d.inner.sys.clone();
-    let mounted = crate::image::mount(
-        sys.as_ref(),
-        &image_path,
-        &mountpoint,
-        &MountConfig::build(),
-    )?;
+
+    let mounted = work.mount(d)?;
     let root = mounted.path().to_owned();
-    let owner = Owner::Cache(spec.name.clone());
-    let plan = fill::fill(
+    let filled = fill::fill(
         d,
         &owner,
         resolved,
@@ -183,62 +152,13 @@ async fn build(
     )
     .await?;
     let t_layers = started.elapsed();
-    d.inner.store.update_cache(&spec.name, |c| {
-        if let Some(s) = c.status.as_mut() {
-            s.images = plan
-                .images
-                .iter()
-                .map(|i| CachedImage {
-                    image: i.resolved.reference.to_string(),
-                    digest: i.resolved.manifest.digest.clone(),
-                    resolved_digest: i.resolved.index.as_ref().map(|x| x.digest.clone()),
-                    chain_ids: i.chain_ids.clone(),
-                    size_bytes: i.size_bytes,
-                })
-                .collect();
-        }
-    })?;
-
-    set_phase(d, &spec.name, Phase::Freezing, Some("100%".into()));
+    status::record_images(d, &spec.name, &filled)?;
+    status::set_phase(d, &spec.name, Phase::Freezing, Some("100%".into()))?;
     // syncfs writes back what the layers left dirty, then unmount and detach.
     tokio::task::block_in_place(|| mounted.unmount_and_detach())?;
     let t_synced = started.elapsed();
-    let snapshots = d.inner.snapshots.clone();
-    let reused = parent.is_some();
-    let freeze_sys = d.inner.sys.clone();
-    let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, BuildError> {
-        let t0 = Instant::now();
-        // Before anything reads it: fewer extents make every clone of the snapshot cheaper.
-        // A reused build shares extents with its parent: a rewrite would unshare them.
-        let max_gap = crate::image::MAX_FILLED_GAP;
-        let mut densified = crate::image::densify(&image_path, max_gap, !reused)?;
-        // Both only read the image: checking and hashing side by side saves the fsck's time.
-        // Writeback of the image runs under them too, so commit's fsync finds it done.
-        let (checked, hashed) = std::thread::scope(|s| {
-            let _writeback =
-                s.spawn(|| std::fs::File::open(&image_path).and_then(|f| f.sync_data()));
-            let fsck = s.spawn(|| crate::image::fsck(&image_path));
-            let hashed = crate::snapshot::hash_file(&image_path);
-            (fsck.join().expect("fsck thread panicked"), hashed)
-        });
-        checked?;
-        let manifest = hashed?;
-        tracing::debug!(elapsed = ?t0.elapsed(), "checked and hashed the image");
-        // Now that the data is on disk its extents can be counted; a rewrite keeps the
-        // content, so the check and the hashes above still hold.
-        if !reused {
-            crate::image::rewrite_if_fragmented(
-                freeze_sys.as_ref(),
-                &image_path,
-                max_gap,
-                &mut densified,
-            )?;
-        }
-        info!(?densified, elapsed = ?t0.elapsed(), "joined the image's data runs");
-        Ok(snapshots.commit(&image_path, &manifest)?)
-    })
-    .await
-    .map_err(|e| BuildError::Internal(e.to_string()))??;
+
+    let snapshot = freeze::freeze(d, &work.path, parent.is_some()).await?;
     info!(
         cache = %spec.name,
         resolve = ?t_resolved,
@@ -248,38 +168,28 @@ async fn build(
         "build steps"
     );
     if cancel.is_cancelled() {
-        // Nobody will reference this snapshot: give its space back unless another cache
-        // froze the very same content.
-        if d.inner.store.snapshot_refs(&snapshot.digest)? == 0 {
-            let _ = d.inner.snapshots.remove(&snapshot.digest);
-        }
+        freeze::discard(d, &snapshot)?;
         return Err(BuildError::Cancelled);
     }
-    d.inner.store.snapshot_ref(&snapshot.digest)?;
-    // Blocks the frozen file really holds: the manifest's figure is rounded to whole chunks.
-    let data_bytes = std::fs::metadata(&snapshot.image_path)
-        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-        .unwrap_or(snapshot.data_bytes);
-    let now = clock::now_string();
-    let message = format!(
-        "Froze snapshot {} ({} of {} GiB) in {:.1}s",
-        snapshot.digest,
-        clock::human_bytes(data_bytes),
-        spec.size_gib,
-        started.elapsed().as_secs_f64()
-    );
-    d.inner.store.update_cache(&spec.name, |c| {
-        if let Some(s) = c.status.as_mut() {
-            s.phase = Phase::Ready;
-            s.progress = "100%".into();
-            s.snapshot_digest = Some(snapshot.digest.clone());
-            s.data_size_bytes = Some(data_bytes);
-            s.data_size = Some(clock::human_bytes(data_bytes));
-            s.last_updated_time = now.clone();
-            super::events::record(&mut s.events, NORMAL, "Frozen", message, &now);
-        }
-    })?;
+    let data_bytes = freeze::adopt(d, &snapshot)?;
+    status::mark_ready(
+        d,
+        spec,
+        &snapshot,
+        data_bytes,
+        started.elapsed().as_secs_f64(),
+    )?;
     Ok(Built { snapshot })
+}
+
+/// The Reusing and Pulling events that open a build.
+fn announce(d: &Daemon, owner: &Owner, spec: &BuildSpec, parent: Option<&reuse::Parent>) {
+    if let Some(p) = parent {
+        owner.event(d, NORMAL, "Reusing", p.message.clone());
+    }
+    for image in &spec.images {
+        owner.event(d, NORMAL, "Pulling", format!("Pulling image {image}"));
+    }
 }
 
 /// Runs `fut` unless the build is cancelled first.
@@ -291,52 +201,4 @@ async fn cancellable<T>(
         _ = cancel.cancelled() => Err(BuildError::Cancelled),
         r = fut => r,
     }
-}
-
-pub(super) fn event(d: &Daemon, name: &str, type_: &str, reason: &str, message: String) {
-    let now = clock::now_string();
-    let _ = d.inner.store.update_cache(name, |c| {
-        if let Some(s) = c.status.as_mut() {
-            s.last_updated_time = now.clone();
-            super::events::record(&mut s.events, type_, reason, message, &now);
-        }
-    });
-}
-
-fn set_phase(d: &Daemon, name: &str, phase: Phase, progress: Option<String>) {
-    let now = clock::now_string();
-    let _ = d.inner.store.update_cache(name, |c| {
-        if let Some(s) = c.status.as_mut() {
-            s.phase = phase;
-            if s.start_time.is_none() {
-                s.start_time = Some(now.clone());
-            }
-            if let Some(p) = progress {
-                s.progress = p;
-            }
-            s.last_updated_time = now.clone();
-        }
-    });
-}
-
-/// Marks the cache Failed with the cause; a failed cache expires 24 h after failing.
-fn fail(d: &Daemon, spec: &BuildSpec, error: &BuildError) {
-    let now = clock::now();
-    let now_s = clock::format(now);
-    let expire = clock::format(now + time::Duration::hours(24));
-    let _ = d.inner.store.update_cache(&spec.name, |c| {
-        if let Some(s) = c.status.as_mut() {
-            s.phase = Phase::Failed;
-            s.message = Some(error.to_string());
-            s.expire_date_time = Some(expire);
-            s.last_updated_time = now_s.clone();
-            super::events::record(
-                &mut s.events,
-                WARNING,
-                error.reason(),
-                error.to_string(),
-                &now_s,
-            );
-        }
-    });
 }

@@ -2,19 +2,17 @@
 //! record the outcome on the disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::warn;
 
-use crate::daemon::build::{fill::fill, BuildError};
+use crate::daemon::build::{fill::fill, keyring_for, BuildError};
 use crate::daemon::events::{self, NORMAL, WARNING};
 use crate::daemon::owner::Owner;
-use crate::daemon::{clock, Daemon};
+use crate::daemon::{clock, record, Daemon};
 use crate::objects::DiskPhase;
-use crate::registry::{ImageReference, Keyring};
-use crate::store::StoreError;
+use crate::registry::ImageReference;
 
 /// What to pull into which disk.
 pub(super) struct PullJob {
@@ -83,18 +81,7 @@ fn record_outcome(d: &Daemon, job: &PullJob, result: &Result<(), BuildError>, ms
             }
         }
     });
-    match recorded {
-        Ok(_) => {}
-        // Deleted while it pulled: there is no status left to record on.
-        Err(StoreError::NotFound(_)) => debug!(disk = %job.id, "disk deleted during its pull"),
-        // Nobody waits on a background pull: the log is where this loss shows.
-        Err(e) => error!(
-            disk = %job.id,
-            pull_ok = result.is_ok(),
-            error = %e,
-            "could not record the outcome of the disk's pull: its status stays Pulling"
-        ),
-    }
+    record::or_log(recorded, &job.id, "the outcome of the pull");
 }
 
 async fn pull(
@@ -103,12 +90,7 @@ async fn pull(
     started: Instant,
     cancel: &CancellationToken,
 ) -> Result<(), BuildError> {
-    let cfg = &d.inner.config;
-    let mut keyring = Keyring::from_pull_secrets(&cfg.secrets_dir, &job.pull_secrets)?;
-    if let Some(path) = &cfg.docker_config {
-        keyring = keyring.with_docker_config(path)?;
-    }
-    let keyring = Arc::new(keyring);
+    let keyring = keyring_for(d, &job.pull_secrets)?;
     let resolved = crate::daemon::build::plan::resolve_all(d, &job.images, &keyring).await?;
     let device = &job.device;
     // An attach-only disk is mounted just for the pull.
