@@ -88,6 +88,27 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Err
     }
 }
 
+/// Open directory `rel` in a lower layer the way containerd 1.6 looks a path up there
+/// (continuity's `fs.RootPath`): symlinks, the final one included, resolve with `root` as
+/// `/`, and `..` stops at it. Only ever read from, never written.
+pub fn open_dir_in_root(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno> {
+    let mut attempts = 0;
+    loop {
+        let res = rfs::openat2(
+            root,
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        );
+        // EAGAIN: a concurrent rename raced a `..` step; see `open_dir_beneath`.
+        match res {
+            Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
 /// Open the directory `name` in `dir`, refusing a symlink at `name`.
 pub fn open_child_dir(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
     rfs::openat(
@@ -222,6 +243,61 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
 
 pub fn fsetxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> Result<(), Errno> {
     rfs::fsetxattr(fd, name, value, XattrFlags::empty())
+}
+
+/// Set an xattr only if the node does not have it yet: `Ok(false)` if it already did.
+pub fn fsetxattr_create(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> Result<bool, Errno> {
+    match rfs::fsetxattr(fd, name, value, XattrFlags::CREATE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The names of every xattr of an open file, each without its NUL.
+pub fn flistxattr(fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        match rfs::flistxattr(fd, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                break;
+            }
+            // The list grew or did not fit: ask for its size and try again.
+            Err(Errno::RANGE) => buf.resize(rfs::flistxattr_query(fd)?.max(buf.len() * 2), 0),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// An xattr's value, `None` if the file no longer has it.
+pub fn fgetxattr(fd: BorrowedFd<'_>, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rfs::fgetxattr(fd, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA) => return Ok(None),
+            Err(Errno::RANGE) => {
+                let want = rfs::fgetxattr_query(fd, name)?;
+                buf.resize(want.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An open file's permission bits (with setuid/setgid/sticky), uid and gid.
+pub fn owner_and_mode(fd: BorrowedFd<'_>) -> Result<(u32, u32, u32), Errno> {
+    let st = rfs::fstat(fd)?;
+    Ok((st.st_mode & 0o7777, st.st_uid, st.st_gid))
 }
 
 /// chmod the node `name` in `dir` unless it is a symlink (whose mode Linux ignores and

@@ -12,11 +12,14 @@
 //! - `meta`: an entry's ownership, mode, times and xattrs from its header and PAX fields.
 //! - `whiteout`: OCI whiteouts to overlayfs form.
 //! - `space`: the fail-fast free-space check and the no-space report.
+//! - `implicit`: directories a layer writes into without listing them, given the lower
+//!   layers' attributes after all layers are unpacked (they unpack in parallel).
 
 mod archive;
 mod decompress;
 mod entry;
 mod error;
+mod implicit;
 mod meta;
 mod pax;
 mod safety;
@@ -29,6 +32,7 @@ use std::path::Path;
 
 pub use decompress::Compression;
 pub use error::UnpackError;
+pub use implicit::{inherit_implicit_dirs, ImplicitDir};
 
 use archive::{ReadError, TarReader};
 use decompress::HashingReader;
@@ -52,6 +56,10 @@ pub struct LayerStats {
     pub uncompressed_bytes: u64,
     /// `sha256:<hex>` of the uncompressed tar stream: the layer's verified diffID.
     pub diff_id: String,
+    /// Directories the layer wrote into without listing them. They are made 0755
+    /// root:root; [`inherit_implicit_dirs`] gives them a lower layer's attributes once the
+    /// lower layers are unpacked.
+    pub implicit_dirs: Vec<ImplicitDir>,
 }
 
 /// Decompress and apply one layer into `dest` (a fresh empty directory).
@@ -96,6 +104,7 @@ pub fn apply_layer<R: Read>(
         file_bytes: applier.file_bytes,
         uncompressed_bytes,
         diff_id,
+        implicit_dirs: applier.parents.take_made(),
     })
 }
 
@@ -291,6 +300,7 @@ impl Applier {
                     self.parents.forget();
                 }
                 if let Some((fd, inode)) = created.dir {
+                    self.parents.listed(inode);
                     self.dir_times.push(DirTimes {
                         path: self.path.clone(),
                         inode,

@@ -6,10 +6,12 @@
 //! entry outside. The final component is always created with *at calls relative to that
 //! parent fd and never followed.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 
+use super::implicit::ImplicitDir;
 use crate::sys::fsops;
 
 /// Why a name was refused, worded to follow "layer entry `<name>`".
@@ -68,6 +70,11 @@ pub(crate) fn refusal(errno: Errno) -> Option<&'static str> {
 pub(crate) struct Parents {
     key: Vec<u8>,
     fd: Option<OwnedFd>,
+    /// Every directory made because an entry needed it as a parent and the layer had not
+    /// listed it (yet), for [`super::implicit`] to finish once the lower layers exist.
+    made: Vec<ImplicitDir>,
+    /// Index into `made` by inode, to notice a made directory the layer lists later.
+    made_inodes: HashMap<u64, usize>,
 }
 
 impl Parents {
@@ -75,11 +82,31 @@ impl Parents {
         Parents {
             key: Vec::new(),
             fd: None,
+            made: Vec::new(),
+            made_inodes: HashMap::new(),
+        }
+    }
+
+    /// The directories made for entries that did not list them, in the order made.
+    pub(crate) fn take_made(&mut self) -> Vec<ImplicitDir> {
+        self.made_inodes.clear();
+        std::mem::take(&mut self.made)
+    }
+
+    /// A directory entry was applied to the directory `inode`: if that is one made
+    /// earlier for a child, the entry's header now decides its mode and owner.
+    pub(crate) fn listed(&mut self, inode: u64) {
+        if self.made.is_empty() {
+            return;
+        }
+        if let Some(&i) = self.made_inodes.get(&inode) {
+            self.made[i].listed = true;
         }
     }
 
     /// The directory `parent` (normalised, relative to `root`), creating missing
-    /// directories 0755 root:root as containerd does.
+    /// directories 0755 root:root as containerd does when no lower layer has them (the
+    /// attributes of one that does are applied later, see [`super::implicit`]).
     pub(crate) fn get<'a>(
         &'a mut self,
         root: BorrowedFd<'a>,
@@ -90,7 +117,11 @@ impl Parents {
         }
         let hit = self.fd.is_some() && self.key == parent;
         if !hit {
-            let fd = open_or_create(root, parent)?;
+            let before = self.made.len();
+            let fd = open_or_create(root, parent, &mut self.made)?;
+            for i in before..self.made.len() {
+                self.made_inodes.insert(self.made[i].inode, i);
+            }
             self.key.clear();
             self.key.extend_from_slice(parent);
             self.fd = Some(fd);
@@ -112,9 +143,13 @@ impl Parents {
     }
 }
 
-fn open_or_create(root: BorrowedFd<'_>, parent: &[u8]) -> Result<OwnedFd, Errno> {
+fn open_or_create(
+    root: BorrowedFd<'_>,
+    parent: &[u8],
+    made: &mut Vec<ImplicitDir>,
+) -> Result<OwnedFd, Errno> {
     match fsops::open_dir_beneath(root, parent) {
-        Err(Errno::NOENT) => create_parents(root, parent),
+        Err(Errno::NOENT) => create_parents(root, parent, made),
         other => other,
     }
 }
@@ -122,7 +157,11 @@ fn open_or_create(root: BorrowedFd<'_>, parent: &[u8]) -> Result<OwnedFd, Errno>
 /// Walk `parent` component by component, making what is missing. Every step is opened
 /// through the confined resolver again, so a symlink met on the way is judged by
 /// RESOLVE_BENEATH like any other.
-fn create_parents(root: BorrowedFd<'_>, parent: &[u8]) -> Result<OwnedFd, Errno> {
+fn create_parents(
+    root: BorrowedFd<'_>,
+    parent: &[u8],
+    implicit: &mut Vec<ImplicitDir>,
+) -> Result<OwnedFd, Errno> {
     let mut current: Option<OwnedFd> = None;
     let mut start = 0;
     let ends = parent
@@ -150,6 +189,11 @@ fn create_parents(root: BorrowedFd<'_>, parent: &[u8]) -> Result<OwnedFd, Errno>
                     // Explicit, so neither umask nor a setgid grandparent decides.
                     fsops::fchown(fd.as_fd(), 0, 0)?;
                     fsops::fchmod(fd.as_fd(), 0o755)?;
+                    implicit.push(ImplicitDir {
+                        path: prefix.to_vec(),
+                        inode: fsops::inode(fd.as_fd())?,
+                        listed: false,
+                    });
                 }
                 current = Some(fd);
             }

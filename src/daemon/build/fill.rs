@@ -44,6 +44,7 @@ pub async fn fill(
     .await;
     flusher.stop().await;
     let stats = pulled?;
+    layers::inherit_implicit_dirs(&plan, &stats, root).await?;
     plan.write_snapshots(root, &stats)?;
     Ok(plan)
 }

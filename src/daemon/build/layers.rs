@@ -271,3 +271,64 @@ async fn fetch_and_unpack(
         other => layer_error(other),
     })
 }
+
+/// Once every layer of `plan` is unpacked: the directories each new layer made without
+/// listing them take their lower layers' attributes, as containerd's unpack gives them
+/// (see `unpack::inherit_implicit_dirs`). Layers run from the bottom of their chain up, so
+/// a directory a lower layer made the same way is final before a layer above copies it.
+/// Only those directories are touched; most layers have none.
+pub async fn inherit_implicit_dirs(
+    plan: &Plan,
+    stats: &HashMap<String, LayerStats>,
+    root: &Path,
+) -> Result<(), BuildError> {
+    let parents: HashMap<&str, Option<&str>> = plan
+        .existing
+        .iter()
+        .map(|(chain, e)| (chain.as_str(), e.parent.as_deref()))
+        .chain(
+            plan.layers
+                .iter()
+                .map(|l| (l.chain_id.as_str(), l.parent.as_deref())),
+        )
+        .collect();
+    let mut jobs = Vec::new();
+    for layer in &plan.layers {
+        let Some(dirs) = stats
+            .get(&layer.chain_id)
+            .map(|s| &s.implicit_dirs)
+            .filter(|d| !d.is_empty())
+        else {
+            continue;
+        };
+        let mut lowers = Vec::new();
+        let mut below = layer.parent.as_deref();
+        while let Some(chain) = below {
+            lowers.push(layer_dir(root, chain));
+            below = parents.get(chain).copied().flatten();
+        }
+        jobs.push((layer.clone(), lowers, dirs.clone()));
+    }
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    jobs.sort_by_key(|(_, lowers, _)| lowers.len());
+    let root = root.to_owned();
+    tokio::task::spawn_blocking(move || {
+        for (layer, lowers, dirs) in jobs {
+            let dest = layer_dir(&root, &layer.chain_id);
+            let n = unpack::inherit_implicit_dirs(&dest, &lowers, &dirs).map_err(|e| {
+                BuildError::Layer {
+                    image: layer.source.to_string(),
+                    digest: layer.descriptor.digest.clone(),
+                    source: Box::new(e),
+                }
+            })?;
+            tracing::debug!(layer = %layer.descriptor.digest, made = dirs.len(), inherited = n,
+                "directories the layer did not list took their lower layers' attributes");
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| BuildError::Internal(format!("implicit directories task: {e}")))?
+}
