@@ -163,6 +163,32 @@ impl Cri {
         annotations: &[(&str, &str)],
         log_path: &str,
     ) -> String {
+        self.try_create_container(
+            pod_id,
+            pod_config,
+            name,
+            image,
+            command,
+            args,
+            annotations,
+            log_path,
+        )
+        .unwrap_or_else(|e| panic!("CRI CreateContainer {name} ({image}): {e}"))
+    }
+
+    /// CreateContainer, returning containerd's error instead of panicking on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_create_container(
+        &self,
+        pod_id: &str,
+        pod_config: &PodSandboxConfig,
+        name: &str,
+        image: &str,
+        command: &[&str],
+        args: &[&str],
+        annotations: &[(&str, &str)],
+        log_path: &str,
+    ) -> Result<String, tonic::Status> {
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
@@ -179,15 +205,15 @@ impl Cri {
             ..Default::default()
         };
         let mut c = self.runtime.clone();
-        self.rt
+        Ok(self
+            .rt
             .block_on(c.create_container(CreateContainerRequest {
                 pod_sandbox_id: pod_id.into(),
                 config: Some(config),
                 sandbox_config: Some(pod_config.clone()),
-            }))
-            .unwrap_or_else(|e| panic!("CRI CreateContainer {name} ({image}): {e}"))
+            }))?
             .into_inner()
-            .container_id
+            .container_id)
     }
 
     pub fn start_container(&self, id: &str) {

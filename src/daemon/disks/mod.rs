@@ -47,6 +47,16 @@ pub fn list(d: &Daemon) -> Result<Reply, DaemonError> {
 
 pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
     let disk = get(d, id)?;
+    // A container's overlay holds the disk's filesystem through a private clone of its
+    // mount, so the unmount below would succeed under a running container: the snapshot
+    // records are what say the disk is in use.
+    let containers = d.inner.store.ctr_snapshots_on_disk(id)?;
+    if containers > 0 {
+        return Err(DaemonError::Conflict(format!(
+            "disk {id} holds the root filesystem of {containers} container(s) in containerd: \
+             remove those containers (or their pod) first"
+        )));
+    }
     let key = pull::build_key(id);
     let running = d
         .inner

@@ -244,7 +244,9 @@ impl LayerGen<'_> {
                 Content::Text,
             ),
             (_, 0) => (format!("usr/share/{pkg}/data-{f}.json"), Content::Text),
-            (_, _) if f.is_multiple_of(4) => (format!("usr/share/{pkg}/icons/i{f}.png"), Content::Random),
+            (_, _) if f.is_multiple_of(4) => {
+                (format!("usr/share/{pkg}/icons/i{f}.png"), Content::Random)
+            }
             _ => (format!("usr/share/{pkg}/data-{f}.txt"), Content::Text),
         }
     }

@@ -1,0 +1,148 @@
+//! Shared by the snapshotter tests: a node with a registry, a daemon whose Ready cache holds
+//! the pause image and the test's images, containerd on imagecache's snapshotter, and ways to
+//! run a container and look at what is left.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::busybox::{busybox_image, files_layer, pause_image};
+use crate::support::containerd::{ContainerdOptions, TestContainerd};
+use crate::support::cri::{wait_log_match, Cri};
+use crate::support::daemon::{cache_yaml, TestDaemon};
+use crate::support::gen::model::LayerSpec;
+use crate::support::oci::{push_image, Compression, Image};
+use crate::support::registry::TestRegistry;
+use crate::support::scratch::ScratchXfs;
+
+/// A registry with the pause image, and a daemon whose Ready cache holds it and `cached`.
+pub struct Node {
+    pub registry: TestRegistry,
+    pub daemon: TestDaemon,
+    pub scratch: ScratchXfs,
+    pub pause: Image,
+}
+
+impl Node {
+    pub fn addr(&self) -> String {
+        self.registry.addr()
+    }
+
+    pub fn image_ref(&self, repo: &str) -> String {
+        format!("{}/{repo}:v1", self.addr())
+    }
+
+    pub fn containerd(&self) -> TestContainerd {
+        TestContainerd::start(
+            &self.scratch.path().join("containerd"),
+            &ContainerdOptions {
+                registry: self.addr(),
+                sandbox_image: self.image_ref("pause"),
+                proxy_snapshotter: Some(self.daemon.snapshotter_socket()),
+            },
+        )
+    }
+}
+
+pub fn node_with_cache(cached: &[(&str, &Image)]) -> Node {
+    let scratch = ScratchXfs::new(16 << 30);
+    let registry = TestRegistry::start();
+    let addr = registry.addr();
+    let pause = pause_image();
+    push_image(&addr, "pause", "v1", &pause, None);
+    let mut refs = vec![format!("{addr}/pause:v1")];
+    for (repo, image) in cached {
+        push_image(&addr, repo, "v1", image, None);
+        refs.push(format!("{addr}/{repo}:v1"));
+    }
+    let daemon = TestDaemon::start(&scratch.path().join("state"), &[&addr]);
+    let out = daemon.create(&cache_yaml("node-images", &refs, ""), true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Node {
+        registry,
+        daemon,
+        scratch,
+        pause,
+    }
+}
+
+/// busybox, a layer of files, and a layer that deletes one of them and adds another.
+pub fn layered_image() -> Image {
+    let mut top = LayerSpec::new(Compression::Gzip);
+    top.whiteout("etc/doomed");
+    top.file("etc/top", "from the top layer\n".as_bytes().to_vec());
+    busybox_image(&[
+        files_layer(&[
+            ("etc/greeting", "hello from layer 2\n"),
+            ("etc/doomed", "deleted above\n"),
+        ]),
+        top,
+    ])
+}
+
+pub fn layer_digests(images: &[&Image]) -> Vec<String> {
+    images
+        .iter()
+        .flat_map(|i| i.layers.iter().map(|l| l.digest.clone()))
+        .collect()
+}
+
+/// Runs `script` in a new container of `image` in `pod` and returns its output lines.
+pub fn run(
+    cri: &Cri,
+    pod: &str,
+    pod_config: &k8s_cri::v1::PodSandboxConfig,
+    name: &str,
+    image: &str,
+    script: &str,
+    annotations: &[(&str, &str)],
+) -> Vec<String> {
+    let log_path = format!("{name}/0.log");
+    let id = cri.create_container(
+        pod,
+        pod_config,
+        name,
+        image,
+        &["/bin/sh", "-c", &format!("{script}; echo END")],
+        &[],
+        annotations,
+        &log_path,
+    );
+    cri.start_container(&id);
+    let log = Cri::log_file(pod_config, &log_path);
+    wait_log_match(&log, Duration::from_secs(60), |l| l == "END");
+    // Stopping a pod while a container's shim is still exiting fails in containerd 1.6
+    // ("ttrpc: closed"); the kubelet would retry, a test waits for the exit instead.
+    wait_for("the container to exit", Duration::from_secs(30), || {
+        cri.container_status(&id).finished_at != 0
+    });
+    crate::support::cri::container_log(&log)
+        .into_iter()
+        .take_while(|l| l != "END")
+        .collect()
+}
+
+pub fn snapshot_names(containerd: &TestContainerd) -> Vec<String> {
+    let out = containerd.ctr_ok(&["snapshots", "--snapshotter", "imagecache", "ls"]);
+    out.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    imagecache::sys::Sys::mounts_under(&imagecache::sys::LinuxSys, dir).expect("mountinfo")
+}
+
+/// containerd's garbage collector removes snapshots in the background after an image goes.
+pub fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
