@@ -67,6 +67,19 @@ fn a_cached_image_is_pulled_without_a_layer_and_runs_from_the_cache() {
             assert!(names.contains(&chain), "{chain} not listed: {names:?}");
         }
 
+        // What an operator sees: the config to give containerd, and the snapshots by kind
+        // (the image's three layers, the pause image's one shared with it).
+        assert_eq!(
+            node.daemon.cli_ok(&["containerd-config"]),
+            imagecache::snapshotter::containerd_config(&node.daemon.snapshotter_socket())
+        );
+        let info: serde_json::Value =
+            serde_json::from_str(&node.daemon.cli_ok(&["info", "-o", "json"])).unwrap();
+        assert_eq!(info["containerdSnapshots"]["committed"], 3, "{info:#}");
+        assert!(info["containerdSnapshots"]["active"].as_u64().unwrap() >= 1, "{info:#}");
+        let text = node.daemon.cli_ok(&["info"]);
+        assert!(text.contains("3 committed"), "{text}");
+
         cri.stop_pod_sandbox(&pod);
         cri.remove_pod_sandbox(&pod);
         cri.remove_image(&image_ref);

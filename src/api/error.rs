@@ -56,9 +56,10 @@ impl From<DaemonError> for ApiError {
                     .collect(),
             },
             DaemonError::Internal(message) => ApiError::Internal(message),
-            e @ (DaemonError::Setup(_) | DaemonError::Store(_) | DaemonError::Sys(_)) => {
-                ApiError::Internal(e.to_string())
-            }
+            e @ (DaemonError::Setup(_)
+            | DaemonError::Store(_)
+            | DaemonError::Sys(_)
+            | DaemonError::Snapshot(_)) => ApiError::Internal(e.to_string()),
         }
     }
 }

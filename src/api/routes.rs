@@ -61,6 +61,10 @@ fn render(reply: Reply, created: bool) -> Response {
         Reply::Disk(disk) => (code, Json(disk)).into_response(),
         Reply::DiskList(l) => (code, Json(l)).into_response(),
         Reply::Info(i) => (code, Json(i)).into_response(),
+        // The API sends no snapshotter requests, so none is answered here.
+        Reply::Snapshot(r) => {
+            ApiError::Internal(format!("snapshotter reply on the HTTP API: {r:?}")).into_response()
+        }
     }
 }
 

@@ -39,6 +39,13 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
     line("Ready caches", &v["readyCaches"]);
     line("Snapshots", &v["snapshots"]);
     line("Disks", &v["disks"]);
+    line("Snapshotter socket", &v["snapshotterSocket"]);
+    let counts = &v["containerdSnapshots"];
+    let counts = format!(
+        "{} committed, {} active, {} view",
+        counts["committed"], counts["active"], counts["view"]
+    );
+    line("containerd snapshots", &serde_json::Value::String(counts));
     if v["reflink"] == serde_json::Value::Bool(false) {
         eprintln!("WARNING: the state root cannot reflink: every disk is a full copy of its snapshot. Set backing_image in the config or put the state root on XFS.");
     }

@@ -1,6 +1,7 @@
 //! The `imagecache` command line: one file per subcommand, all talking to the daemon's socket.
 
 pub mod client;
+pub mod containerd_config;
 pub mod create;
 pub mod delete;
 pub mod describe;
@@ -45,6 +46,8 @@ pub enum Command {
     Disk(disk::Command),
     /// The node's state root, reflink support, loop devices, caches and disks.
     Info(info::Args),
+    /// The containerd configuration that makes imagecache containerd's snapshotter.
+    ContainerdConfig(containerd_config::Args),
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -57,6 +60,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Verify(a) => verify::run(&client, a).await,
         Command::Disk(c) => disk::run(&client, c).await,
         Command::Info(a) => info::run(&client, a).await,
+        Command::ContainerdConfig(a) => containerd_config::run(&client, a).await,
     }
 }
 

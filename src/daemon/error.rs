@@ -39,6 +39,9 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Sys(#[from] crate::sys::SysError),
+    /// A containerd snapshots request failed, in the kinds containerd tells apart.
+    #[error(transparent)]
+    Snapshot(#[from] super::snapshots::SnapshotError),
 }
 
 impl DaemonError {

@@ -30,6 +30,7 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> 
         Action::ListDisks => super::disks::list(d),
         Action::DeleteDisk(id) => super::disks::delete(d, &id).await,
         Action::Info => Ok(Reply::Info(super::info::info(d).map_err(internal)?)),
+        Action::Snapshot(request) => Ok(Reply::Snapshot(d.snapshot(request).await?)),
     }
 }
 

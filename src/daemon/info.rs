@@ -30,5 +30,7 @@ pub fn info(d: &Daemon) -> Result<serde_json::Value, Box<dyn std::error::Error>>
         "readyCaches": caches.iter().filter(|c| c.status.as_ref().map(|s| s.phase) == Some(crate::objects::Phase::Ready)).count(),
         "disks": disks.len(),
         "snapshots": d.inner.snapshots.list().map(|l| l.len()).unwrap_or(0),
+        "snapshotterSocket": cfg.snapshotter(),
+        "containerdSnapshots": d.snapshot_counts()?,
     }))
 }

@@ -9,16 +9,24 @@ use containerd_client::types::Mount;
 use prost_types::Timestamp;
 
 use crate::daemon::snapshots::{MountSpec, SnapshotError, SnapshotInfo};
+use crate::daemon::DaemonError;
 use crate::store::SnapshotKind;
 
-pub fn status(e: SnapshotError) -> tonic::Status {
+pub fn status(e: DaemonError) -> tonic::Status {
     use tonic::Code;
     let code = match &e {
-        SnapshotError::NotFound(_) => Code::NotFound,
-        SnapshotError::AlreadyExists(_) => Code::AlreadyExists,
-        SnapshotError::FailedPrecondition(_) => Code::FailedPrecondition,
-        SnapshotError::InvalidArgument(_) => Code::InvalidArgument,
-        SnapshotError::Internal(_) => Code::Internal,
+        DaemonError::Snapshot(s) => match s {
+            SnapshotError::NotFound(_) => Code::NotFound,
+            SnapshotError::AlreadyExists(_) => Code::AlreadyExists,
+            SnapshotError::FailedPrecondition(_) => Code::FailedPrecondition,
+            SnapshotError::InvalidArgument(_) => Code::InvalidArgument,
+            SnapshotError::Internal(_) => Code::Internal,
+        },
+        DaemonError::NotFound { .. } => Code::NotFound,
+        DaemonError::AlreadyExists { .. } => Code::AlreadyExists,
+        DaemonError::Conflict(_) => Code::FailedPrecondition,
+        DaemonError::Invalid { .. } => Code::InvalidArgument,
+        _ => Code::Internal,
     };
     tonic::Status::new(code, e.to_string())
 }
@@ -84,7 +92,7 @@ mod tests {
 
     #[test]
     fn each_error_kind_has_its_code() {
-        let code = |e| status(e).code();
+        let code = |e| status(DaemonError::Snapshot(e)).code();
         assert_eq!(
             code(SnapshotError::NotFound("x".into())),
             tonic::Code::NotFound

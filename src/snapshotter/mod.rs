@@ -87,7 +87,7 @@ pub fn containerd_config(socket: &Path) -> String {
 [proxy_plugins]
   [proxy_plugins.imagecache]
     type = "snapshot"
-    address = "{}"
+    address = {}
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "imagecache"
@@ -95,6 +95,6 @@ pub fn containerd_config(socket: &Path) -> String {
   # layer annotations) to the snapshotter as labels.
   disable_snapshot_annotations = false
 "#,
-        socket.display()
+        toml::Value::String(socket.display().to_string())
     )
 }

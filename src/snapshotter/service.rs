@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::daemon::snapshots::{SnapshotReply, SnapshotRequest};
-use crate::daemon::Daemon;
+use crate::daemon::{Action, Daemon, Reply};
 
 const SERVICE: &str = "containerd.services.snapshots.v1.Snapshots";
 /// containerd's own snapshots service sends List in chunks of this many.
@@ -40,17 +40,27 @@ impl NamedService for SnapshotsService {
     const NAME: &'static str = SERVICE;
 }
 
-type Reply<T> = Result<Response<T>, Status>;
+type GrpcReply<T> = Result<Response<T>, Status>;
 
+/// Every request enters the daemon as an action, as the HTTP API's do.
 async fn ask(d: &Daemon, request: SnapshotRequest) -> Result<SnapshotReply, Status> {
-    d.snapshot(request).await.map_err(convert::status)
+    match d.dispatch(Action::Snapshot(request)).await {
+        Ok(Reply::Snapshot(reply)) => Ok(reply),
+        Ok(other) => Err(Status::internal(format!(
+            "daemon answered a snapshot request with {other:?}"
+        ))),
+        Err(e) => Err(convert::status(e)),
+    }
 }
 
 fn unexpected(reply: SnapshotReply) -> Status {
     Status::internal(format!("snapshotter answered out of turn: {reply:?}"))
 }
 
-async fn prepare(d: Daemon, r: Request<PrepareSnapshotRequest>) -> Reply<PrepareSnapshotResponse> {
+async fn prepare(
+    d: Daemon,
+    r: Request<PrepareSnapshotRequest>,
+) -> GrpcReply<PrepareSnapshotResponse> {
     let r = r.into_inner();
     let request = SnapshotRequest::Prepare {
         key: r.key,
@@ -65,7 +75,7 @@ async fn prepare(d: Daemon, r: Request<PrepareSnapshotRequest>) -> Reply<Prepare
     }
 }
 
-async fn view(d: Daemon, r: Request<ViewSnapshotRequest>) -> Reply<ViewSnapshotResponse> {
+async fn view(d: Daemon, r: Request<ViewSnapshotRequest>) -> GrpcReply<ViewSnapshotResponse> {
     let r = r.into_inner();
     let request = SnapshotRequest::View {
         key: r.key,
@@ -80,7 +90,7 @@ async fn view(d: Daemon, r: Request<ViewSnapshotRequest>) -> Reply<ViewSnapshotR
     }
 }
 
-async fn mounts(d: Daemon, r: Request<MountsRequest>) -> Reply<MountsResponse> {
+async fn mounts(d: Daemon, r: Request<MountsRequest>) -> GrpcReply<MountsResponse> {
     let key = r.into_inner().key;
     match ask(&d, SnapshotRequest::Mounts { key }).await? {
         SnapshotReply::Mounts(m) => Ok(Response::new(MountsResponse {
@@ -90,7 +100,7 @@ async fn mounts(d: Daemon, r: Request<MountsRequest>) -> Reply<MountsResponse> {
     }
 }
 
-async fn commit(d: Daemon, r: Request<CommitSnapshotRequest>) -> Reply<()> {
+async fn commit(d: Daemon, r: Request<CommitSnapshotRequest>) -> GrpcReply<()> {
     let r = r.into_inner();
     let request = SnapshotRequest::Commit {
         name: r.name,
@@ -100,14 +110,14 @@ async fn commit(d: Daemon, r: Request<CommitSnapshotRequest>) -> Reply<()> {
     ask(&d, request).await.map(|_| Response::new(()))
 }
 
-async fn remove(d: Daemon, r: Request<RemoveSnapshotRequest>) -> Reply<()> {
+async fn remove(d: Daemon, r: Request<RemoveSnapshotRequest>) -> GrpcReply<()> {
     let key = r.into_inner().key;
     ask(&d, SnapshotRequest::Remove { key })
         .await
         .map(|_| Response::new(()))
 }
 
-async fn stat(d: Daemon, r: Request<StatSnapshotRequest>) -> Reply<StatSnapshotResponse> {
+async fn stat(d: Daemon, r: Request<StatSnapshotRequest>) -> GrpcReply<StatSnapshotResponse> {
     let key = r.into_inner().key;
     match ask(&d, SnapshotRequest::Stat { key }).await? {
         SnapshotReply::Info(i) => Ok(Response::new(StatSnapshotResponse {
@@ -117,7 +127,7 @@ async fn stat(d: Daemon, r: Request<StatSnapshotRequest>) -> Reply<StatSnapshotR
     }
 }
 
-async fn update(d: Daemon, r: Request<UpdateSnapshotRequest>) -> Reply<UpdateSnapshotResponse> {
+async fn update(d: Daemon, r: Request<UpdateSnapshotRequest>) -> GrpcReply<UpdateSnapshotResponse> {
     let r = r.into_inner();
     let info = r
         .info
@@ -137,7 +147,7 @@ async fn update(d: Daemon, r: Request<UpdateSnapshotRequest>) -> Reply<UpdateSna
 
 type ListStream = tokio_stream::Iter<std::vec::IntoIter<Result<ListSnapshotsResponse, Status>>>;
 
-async fn list(d: Daemon, r: Request<ListSnapshotsRequest>) -> Reply<ListStream> {
+async fn list(d: Daemon, r: Request<ListSnapshotsRequest>) -> GrpcReply<ListStream> {
     let filters = r.into_inner().filters;
     match ask(&d, SnapshotRequest::List { filters }).await? {
         SnapshotReply::List(infos) => {
@@ -152,7 +162,7 @@ async fn list(d: Daemon, r: Request<ListSnapshotsRequest>) -> Reply<ListStream> 
     }
 }
 
-async fn usage(d: Daemon, r: Request<UsageRequest>) -> Reply<UsageResponse> {
+async fn usage(d: Daemon, r: Request<UsageRequest>) -> GrpcReply<UsageResponse> {
     let key = r.into_inner().key;
     match ask(&d, SnapshotRequest::Usage { key }).await? {
         SnapshotReply::Usage(u) => Ok(Response::new(UsageResponse {
@@ -163,7 +173,7 @@ async fn usage(d: Daemon, r: Request<UsageRequest>) -> Reply<UsageResponse> {
     }
 }
 
-async fn cleanup(d: Daemon, _r: Request<CleanupRequest>) -> Reply<()> {
+async fn cleanup(d: Daemon, _r: Request<CleanupRequest>) -> GrpcReply<()> {
     ask(&d, SnapshotRequest::Cleanup)
         .await
         .map(|_| Response::new(()))
@@ -175,7 +185,7 @@ struct Unary<F>(Daemon, F);
 impl<Req, Resp, F, Fut> UnaryService<Req> for Unary<F>
 where
     F: Fn(Daemon, Request<Req>) -> Fut,
-    Fut: Future<Output = Reply<Resp>> + Send + 'static,
+    Fut: Future<Output = GrpcReply<Resp>> + Send + 'static,
 {
     type Response = Resp;
     type Future = BoxFuture<Response<Resp>, Status>;
@@ -190,7 +200,7 @@ struct Streaming<F>(Daemon, F);
 impl<F, Fut> ServerStreamingService<ListSnapshotsRequest> for Streaming<F>
 where
     F: Fn(Daemon, Request<ListSnapshotsRequest>) -> Fut,
-    Fut: Future<Output = Reply<ListStream>> + Send + 'static,
+    Fut: Future<Output = GrpcReply<ListStream>> + Send + 'static,
 {
     type Response = ListSnapshotsResponse;
     type ResponseStream = ListStream;
@@ -208,7 +218,7 @@ where
     Req: prost::Message + Default + Send + 'static,
     Resp: prost::Message + Send + 'static,
     F: Fn(Daemon, Request<Req>) -> Fut + Send + 'static,
-    Fut: Future<Output = Reply<Resp>> + Send + 'static,
+    Fut: Future<Output = GrpcReply<Resp>> + Send + 'static,
 {
     Box::pin(async move {
         let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<Resp, Req>::default());

@@ -40,18 +40,8 @@ pub struct ContainerdOptions {
 /// snapshot with its image and chainID, and pass `containerd.io/snapshot/*` annotations of a
 /// container to its rootfs snapshot.
 pub fn cri_snapshotter_config(socket: &Path) -> String {
-    format!(
-        r#"[proxy_plugins]
-  [proxy_plugins.imagecache]
-    type = "snapshot"
-    address = {socket}
-
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "imagecache"
-  disable_snapshot_annotations = false
-"#,
-        socket = toml_str(&socket.to_string_lossy()),
-    )
+    // Exactly what `imagecache containerd-config` prints for an operator.
+    imagecache::snapshotter::containerd_config(socket)
 }
 
 /// The whole containerd configuration `TestContainerd::start(dir, opts)` runs with.
