@@ -182,3 +182,6 @@ impl Daemon {
         Ok(counts)
     }
 }
+
+#[cfg(test)]
+mod tests;

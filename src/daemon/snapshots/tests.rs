@@ -1,0 +1,293 @@
+//! containerd's snapshot semantics, as its snapshotter test suite states them, on a daemon
+//! over the recording fake: the rules live in the store and ops, not in the kernel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::config::Config;
+use crate::sys::FakeSys;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    d: Daemon,
+}
+
+fn daemon() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        root: dir.path().join("state"),
+        ..Config::default()
+    };
+    let d = Daemon::start(config, Arc::new(FakeSys::new())).unwrap();
+    Fixture { _dir: dir, d }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn ask(d: &Daemon, r: SnapshotRequest) -> Result<SnapshotReply> {
+    ops::handle(d, r)
+}
+
+fn prepare(d: &Daemon, key: &str, parent: &str) -> Result<Vec<MountSpec>> {
+    match ask(
+        d,
+        SnapshotRequest::Prepare {
+            key: key.into(),
+            parent: parent.into(),
+            labels: BTreeMap::new(),
+        },
+    )? {
+        SnapshotReply::Mounts(m) => Ok(m),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn commit(d: &Daemon, name: &str, key: &str) -> Result<SnapshotReply> {
+    ask(
+        d,
+        SnapshotRequest::Commit {
+            name: name.into(),
+            key: key.into(),
+            labels: labels(&[("containerd.io/snapshot.ref", name)]),
+        },
+    )
+}
+
+fn stat(d: &Daemon, key: &str) -> Result<SnapshotInfo> {
+    match ask(d, SnapshotRequest::Stat { key: key.into() })? {
+        SnapshotReply::Info(i) => Ok(i),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn remove(d: &Daemon, key: &str) -> Result<SnapshotReply> {
+    ask(d, SnapshotRequest::Remove { key: key.into() })
+}
+
+#[test]
+fn a_chain_of_layers_prepares_commits_and_mounts_like_overlayfs() {
+    let f = daemon();
+    let d = &f.d;
+    let base = prepare(d, "extract-1 sha256:a", "").unwrap();
+    assert_eq!(base[0].kind, "bind", "{base:?}");
+    let upper = std::path::Path::new(&base[0].source);
+    std::fs::write(upper.join("file"), b"layer a").unwrap();
+    commit(d, "sha256:a", "extract-1 sha256:a").unwrap();
+    // The key is gone, the name is committed, and the file stayed in its directory.
+    assert!(matches!(
+        stat(d, "extract-1 sha256:a"),
+        Err(SnapshotError::NotFound(_))
+    ));
+    let a = stat(d, "sha256:a").unwrap();
+    assert_eq!(a.kind, SnapshotKind::Committed);
+    assert_eq!(a.parent, None);
+    assert!(upper.join("file").exists());
+
+    let over = prepare(d, "extract-2 sha256:b", "sha256:a").unwrap();
+    assert_eq!(over[0].kind, "overlay");
+    let lowerdir = over[0]
+        .options
+        .iter()
+        .find(|o| o.starts_with("lowerdir="))
+        .unwrap();
+    assert_eq!(lowerdir, &format!("lowerdir={}", upper.display()));
+    commit(d, "sha256:b", "extract-2 sha256:b").unwrap();
+    let container = prepare(d, "container", "sha256:b").unwrap();
+    let lowers = container[0]
+        .options
+        .iter()
+        .find(|o| o.starts_with("lowerdir="))
+        .unwrap();
+    assert_eq!(
+        lowers.matches(':').count(),
+        1,
+        "two lowers, nearest first: {lowers}"
+    );
+    // Mounts answers the same as Prepare did.
+    match ask(
+        d,
+        SnapshotRequest::Mounts {
+            key: "container".into(),
+        },
+    )
+    .unwrap()
+    {
+        SnapshotReply::Mounts(m) => assert_eq!(m, container),
+        other => panic!("{other:?}"),
+    }
+    // A committed snapshot has no mounts of its own.
+    assert!(matches!(
+        ask(
+            d,
+            SnapshotRequest::Mounts {
+                key: "sha256:a".into()
+            }
+        ),
+        Err(SnapshotError::FailedPrecondition(_))
+    ));
+}
+
+#[test]
+fn names_parents_and_children_are_checked() {
+    let f = daemon();
+    let d = &f.d;
+    prepare(d, "k1", "").unwrap();
+    assert!(matches!(
+        prepare(d, "k1", ""),
+        Err(SnapshotError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        prepare(d, "k2", "nope"),
+        Err(SnapshotError::NotFound(_))
+    ));
+    // An active snapshot cannot be a parent.
+    assert!(matches!(
+        prepare(d, "k2", "k1"),
+        Err(SnapshotError::InvalidArgument(_))
+    ));
+    commit(d, "c1", "k1").unwrap();
+    prepare(d, "k3", "").unwrap();
+    assert!(matches!(
+        commit(d, "c1", "k3"),
+        Err(SnapshotError::AlreadyExists(_))
+    ));
+    // A parent with children stays; the children go first.
+    prepare(d, "child", "c1").unwrap();
+    assert!(matches!(
+        remove(d, "c1"),
+        Err(SnapshotError::FailedPrecondition(_))
+    ));
+    remove(d, "child").unwrap();
+    remove(d, "c1").unwrap();
+    assert!(matches!(remove(d, "c1"), Err(SnapshotError::NotFound(_))));
+    // A view is read-only and cannot be committed.
+    prepare(d, "k4", "").unwrap();
+    commit(d, "c4", "k4").unwrap();
+    match ask(
+        d,
+        SnapshotRequest::View {
+            key: "v".into(),
+            parent: "c4".into(),
+            labels: BTreeMap::new(),
+        },
+    )
+    .unwrap()
+    {
+        SnapshotReply::Mounts(m) => assert_eq!(m[0].options, vec!["ro", "rbind"]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stat(d, "v").unwrap().kind, SnapshotKind::View);
+    assert!(matches!(
+        commit(d, "cv", "v"),
+        Err(SnapshotError::FailedPrecondition(_))
+    ));
+}
+
+#[test]
+fn labels_update_by_mask_and_list_filters() {
+    let f = daemon();
+    let d = &f.d;
+    ask(
+        d,
+        SnapshotRequest::Prepare {
+            key: "k".into(),
+            parent: String::new(),
+            labels: labels(&[("a", "1"), ("b", "2")]),
+        },
+    )
+    .unwrap();
+    let update = |labels: BTreeMap<String, String>, fields: &[&str]| match ask(
+        d,
+        SnapshotRequest::Update {
+            name: "k".into(),
+            labels,
+            fields: fields.iter().map(|s| s.to_string()).collect(),
+        },
+    ) {
+        Ok(SnapshotReply::Info(i)) => Ok(i.labels),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    };
+    // One label set, one dropped (named in the mask, absent from the labels).
+    assert_eq!(
+        update(labels(&[("c", "3")]), &["labels.c", "labels.a"]).unwrap(),
+        labels(&[("b", "2"), ("c", "3")])
+    );
+    // No mask: the labels are replaced.
+    assert_eq!(
+        update(labels(&[("z", "9")]), &[]).unwrap(),
+        labels(&[("z", "9")])
+    );
+    assert!(matches!(
+        update(labels(&[]), &["parent"]),
+        Err(SnapshotError::InvalidArgument(_))
+    ));
+    prepare(d, "other", "").unwrap();
+    let list = |filters: &[&str]| match ask(
+        d,
+        SnapshotRequest::List {
+            filters: filters.iter().map(|s| s.to_string()).collect(),
+        },
+    )
+    .unwrap()
+    {
+        SnapshotReply::List(l) => l.into_iter().map(|i| i.name).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(list(&[]), vec!["k", "other"]);
+    assert_eq!(list(&["labels.z==9"]), vec!["k"]);
+    assert_eq!(list(&["name==other", "labels.z"]), vec!["k", "other"]);
+}
+
+#[test]
+fn usage_counts_an_active_snapshots_upper_and_a_committed_one_once() {
+    let f = daemon();
+    let d = &f.d;
+    let m = prepare(d, "k", "").unwrap();
+    std::fs::write(
+        std::path::Path::new(&m[0].source).join("f"),
+        vec![1u8; 8192],
+    )
+    .unwrap();
+    let usage = |key: &str| match ask(d, SnapshotRequest::Usage { key: key.into() }).unwrap() {
+        SnapshotReply::Usage(u) => u,
+        other => panic!("{other:?}"),
+    };
+    let active = usage("k");
+    assert_eq!(active.inodes, 2, "{active:?}");
+    assert!(active.size >= 8192, "{active:?}");
+    commit(d, "c", "k").unwrap();
+    assert_eq!(usage("c"), active);
+}
+
+#[test]
+fn cleanup_removes_directories_no_record_names_and_a_restart_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        root: dir.path().join("state"),
+        ..Config::default()
+    };
+    let sys = Arc::new(FakeSys::new());
+    {
+        let d = Daemon::start(config.clone(), sys.clone()).unwrap();
+        prepare(&d, "kept", "").unwrap();
+        commit(&d, "layer", "kept").unwrap();
+        prepare(&d, "active", "layer").unwrap();
+    }
+    let stray = paths::snapshot_dir(&config.root, 999);
+    std::fs::create_dir_all(stray.join("fs")).unwrap();
+    let d = Daemon::start(config.clone(), sys).unwrap();
+    assert!(!stray.exists(), "recovery left a directory no record names");
+    assert_eq!(stat(&d, "layer").unwrap().kind, SnapshotKind::Committed);
+    assert_eq!(stat(&d, "active").unwrap().parent.as_deref(), Some("layer"));
+    assert_eq!(
+        d.snapshot_counts().unwrap(),
+        BTreeMap::from([("active", 1), ("committed", 1), ("view", 0)])
+    );
+}
