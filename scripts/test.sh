@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of imagecache on this machine, as root: lint, unit and integration tests
 # (real loop devices, XFS scratch filesystems, a real registry on 127.0.0.1), then the
-# benchmark against containerd with its acceptance thresholds.
+# benchmarks against containerd (cold pull, pod start) with their acceptance thresholds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,3 +12,4 @@ cargo clippy --release --all-targets --locked -- -D warnings
 # without starving the ones that measure.
 cargo test --release --locked -- --test-threads=2
 bash scripts/bench-vs-containerd.sh --check
+bash scripts/bench-pod-start.sh --check

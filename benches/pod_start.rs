@@ -1,0 +1,550 @@
+//! Pod start as the kubelet sees it: RunPodSandbox + PullImage + CreateContainer +
+//! StartContainer, until the container's process has written its first line to its CRI log.
+//! containerd 1.6 (Debian's) is driven over CRI; everything runs on 127.0.0.1, on a scratch
+//! XFS filesystem.
+//!
+//! The image is the existing benchmark's debian-sized one (scripts/bench-vs-containerd.sh:
+//! `gen-image --kind realistic --seed 1`, 4 layers, ~420 MB, gzip) with a busybox layer on
+//! top, so its containers have a shell to run. The pod sandbox ("pause") image comes from the
+//! same local registry and shares no blob with it.
+//!
+//! Cases, run side by side in each round (a, b, c, then the next round):
+//!
+//! - (a) `overlayfs`: containerd's own snapshotter, cold: every run starts a containerd on an
+//!   empty state root, so both images are pulled and unpacked.
+//! - (b) `cache`: containerd on imagecache's snapshotter, both images in a Ready cache built
+//!   once before the runs (not timed). Every run starts a containerd on an empty state root
+//!   too, so each PullImage is a real pull through the snapshotter; no layer blob may be
+//!   fetched (checked).
+//! - (c) `disk`: as (b), and the container is bound to a per-pod disk cloned from that cache
+//!   (annotation `containerd.io/snapshot/imagecache.io/disk`); the disk's create through the
+//!   daemon's API is inside the time, before RunPodSandbox.
+//!
+//! The page cache is dropped before each timed run (after containerd has started), as in
+//! scripts/bench-vs-containerd.sh; `--keep-page-cache` skips that.
+//!
+//! Output: a table of medians (and every run) on standard output, per-step medians, and one
+//! `POD_START_RESULT {json}` line that scripts/bench-pod-start.sh reads for its thresholds.
+//!
+//! Run: `bash scripts/bench-pod-start.sh [--check] [--runs N]` (root), or
+//! `cargo bench --bench pod_start -- --runs N`.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+#[path = "../tests/snapshotter_util/mod.rs"]
+mod snapshotter_util;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use imagecache::api::{Disk, DiskPhase, DiskSpec, API_VERSION, KIND_DISK};
+use imagecache::cli::Client;
+use imagecache::sys::{LinuxSys, Sys};
+use serde_json::json;
+
+use snapshotter_util::{snapshot_names, wait_for};
+use support::busybox::{busybox_layer, image_with_cmd, pause_image};
+use support::containerd::{ContainerdOptions, TestContainerd};
+use support::cri::{container_log, Cri};
+use support::daemon::{cache_yaml, TestDaemon};
+use support::gen::realistic::{realistic_layers, REALISTIC_BYTES, REALISTIC_FILES};
+use support::oci::{push_image, Compression, Image};
+use support::registry::TestRegistry;
+use support::scratch::{assert_no_leaks, ScratchXfs};
+
+const DISKS: &str = "/apis/imagecache.io/v1/disks";
+const DISK_LABEL: &str = "containerd.io/snapshot/imagecache.io/disk";
+/// What the container prints first; its arrival in the CRI log ends the timed part.
+const FIRST_LINE: &str = "ready";
+/// A pod that has not printed by then is broken, not slow.
+const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(120);
+/// containerd's garbage collector removes snapshots in the background after RemoveImage.
+const GC_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Parser, Debug)]
+#[command(about = "Pod start through CRI: overlayfs cold vs imagecache cache vs per-pod disk")]
+struct Args {
+    /// Timed runs of each case.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Leave the page cache alone between runs.
+    #[arg(long)]
+    keep_page_cache: bool,
+    /// Uncompressed bytes of the generated image's 4 layers (smaller for a quick try).
+    #[arg(long, default_value_t = REALISTIC_BYTES)]
+    bytes: u64,
+    /// Files in the generated image's 4 layers.
+    #[arg(long, default_value_t = REALISTIC_FILES)]
+    files: u64,
+    /// `cargo bench` passes this to a bench without a harness.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Case {
+    Overlayfs,
+    Cache,
+    Disk,
+}
+
+impl Case {
+    const ALL: [Case; 3] = [Case::Overlayfs, Case::Cache, Case::Disk];
+
+    fn key(self) -> &'static str {
+        match self {
+            Case::Overlayfs => "a",
+            Case::Cache => "b",
+            Case::Disk => "c",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Case::Overlayfs => "(a) overlayfs, cold",
+            Case::Cache => "(b) imagecache, Ready cache",
+            Case::Disk => "(c) imagecache, per-pod disk",
+        }
+    }
+}
+
+/// One timed pod start, step by step.
+#[derive(Clone, Debug, Default)]
+struct Steps {
+    disk: Duration,
+    sandbox: Duration,
+    pull: Duration,
+    create: Duration,
+    start: Duration,
+    first_line: Duration,
+    total: Duration,
+    /// The daemon's own clone / grow / attach / mount time of the disk, ms.
+    disk_daemon: Option<[f64; 4]>,
+    layer_blobs_fetched: usize,
+}
+
+/// What every run shares.
+struct Env<'a> {
+    registry: &'a TestRegistry,
+    daemon: &'a TestDaemon,
+    scratch: &'a Path,
+    app_ref: String,
+    pause_ref: String,
+    /// Layer blobs of both images: any of them in the registry's access log is a download.
+    layer_digests: HashSet<String>,
+    drop_page_cache: bool,
+    rt: tokio::runtime::Runtime,
+    api: Client,
+}
+
+fn main() {
+    let args = Args::parse();
+    assert!(args.runs > 0, "--runs must be at least 1");
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "pod_start needs root (containerd, loop devices, mounts)"
+    );
+
+    // Dropped last: everything else lives on it.
+    let scratch = ScratchXfs::new(64 << 30);
+    let registry = TestRegistry::start();
+    let addr = registry.addr();
+
+    let t = Instant::now();
+    let pause = pause_image();
+    let app = app_image(args.bytes, args.files);
+    push_image(&addr, "pause", "v1", &pause, None);
+    push_image(&addr, "bench/app", "v1", &app, None);
+    eprintln!(
+        "images generated and pushed in {:.1} s: app {} layers, {:.1} MB ({:.1} MB compressed); pause {:.1} MB",
+        t.elapsed().as_secs_f64(),
+        app.layers.len(),
+        app.uncompressed_size() as f64 / 1e6,
+        app.compressed_size() as f64 / 1e6,
+        pause.uncompressed_size() as f64 / 1e6,
+    );
+    let app_ref = format!("{addr}/bench/app:v1");
+    let pause_ref = format!("{addr}/pause:v1");
+
+    let daemon = TestDaemon::start(&scratch.path().join("state"), &[&addr]);
+    let t = Instant::now();
+    let out = daemon.create(
+        &cache_yaml("pod-start", &[pause_ref.clone(), app_ref.clone()], ""),
+        true,
+    );
+    assert!(
+        out.status.success(),
+        "cache build failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    eprintln!(
+        "cache of both images Ready in {:.2} s (not timed)",
+        t.elapsed().as_secs_f64()
+    );
+
+    let env = Env {
+        registry: &registry,
+        daemon: &daemon,
+        scratch: scratch.path(),
+        app_ref,
+        pause_ref,
+        layer_digests: app
+            .layers
+            .iter()
+            .chain(&pause.layers)
+            .map(|l| l.digest.clone())
+            .collect(),
+        drop_page_cache: !args.keep_page_cache,
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        api: Client::new(&daemon.socket),
+    };
+
+    let mut results: Vec<(Case, Vec<Steps>)> = Case::ALL.iter().map(|c| (*c, vec![])).collect();
+    for run in 1..=args.runs {
+        for (case, steps) in results.iter_mut() {
+            let s = pod_start(&env, *case, run);
+            eprintln!(
+                "run {run} {}: total {} (disk {}, RunPodSandbox {}, PullImage {}, CreateContainer {}, StartContainer {}, first line {}), layer blobs fetched {}",
+                case.title(),
+                ms(s.total),
+                ms(s.disk),
+                ms(s.sandbox),
+                ms(s.pull),
+                ms(s.create),
+                ms(s.start),
+                ms(s.first_line),
+                s.layer_blobs_fetched
+            );
+            steps.push(s);
+        }
+    }
+    report(&results, &args);
+
+    drop(env);
+    let state = daemon.root.clone();
+    drop(daemon);
+    assert_no_leaks(&state);
+    // Every containerd's directory went with its run; nothing may be mounted on the scratch
+    // filesystem but itself.
+    let left: Vec<_> = LinuxSys
+        .mounts_under(scratch.path())
+        .expect("mountinfo")
+        .into_iter()
+        .filter(|m| m != scratch.path())
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    drop(registry);
+}
+
+/// The existing benchmark's 4 layers with a busybox layer on top. The busybox layer carries a
+/// file of its own, so its blob differs from the pause image's: nothing the sandbox pulled
+/// spares the app's pull any work.
+fn app_image(bytes: u64, files: u64) -> Image {
+    let mut layers = realistic_layers(1, Compression::Gzip, bytes, files);
+    let mut tools = busybox_layer();
+    tools.file("etc/pod-start", "the pod start benchmark's image\n");
+    layers.push(tools.to_layer());
+    image_with_cmd(layers, &["/bin/sh"])
+}
+
+/// One pod start of `case` on a containerd with an empty state root; tears everything down
+/// (outside the timed part) so the next run starts as cold as this one.
+fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
+    // Short: containerd's sockets live in this directory, and unix socket paths are short.
+    let dir = env.scratch.join(format!("cd-{}{run}", case.key()));
+    let containerd = TestContainerd::start(
+        &dir,
+        &ContainerdOptions {
+            registry: env.registry.addr(),
+            sandbox_image: env.pause_ref.clone(),
+            proxy_snapshotter: match case {
+                Case::Overlayfs => None,
+                Case::Cache | Case::Disk => Some(env.daemon.snapshotter_socket()),
+            },
+        },
+    );
+    let cri = containerd.cri();
+    let name = format!("bench-{}{run}", case.key());
+    let pod_config = cri.pod_config(&name, &format!("uid-{name}"), "default");
+    let log_path = "app/0.log";
+    let log = Cri::log_file(&pod_config, log_path);
+    if env.drop_page_cache {
+        drop_page_cache();
+    }
+
+    let mut s = Steps::default();
+    let mark = env.registry.log_mark();
+    let t0 = Instant::now();
+    let disk = (case == Case::Disk).then(|| {
+        let (disk, daemon_ms) = create_disk(env);
+        s.disk_daemon = Some(daemon_ms);
+        disk
+    });
+    let t = lap(t0, &mut s.disk);
+    let pod = cri.run_pod_sandbox_with(&pod_config);
+    let t = lap(t, &mut s.sandbox);
+    cri.pull_image(&env.app_ref);
+    let t = lap(t, &mut s.pull);
+    let annotations: Vec<(&str, &str)> = match &disk {
+        Some((id, _)) => vec![(DISK_LABEL, id.as_str())],
+        None => vec![],
+    };
+    let id = cri.create_container(
+        &pod,
+        &pod_config,
+        "app",
+        &env.app_ref,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("echo {FIRST_LINE}; exec sleep 600"),
+        ],
+        &[],
+        &annotations,
+        log_path,
+    );
+    let t = lap(t, &mut s.create);
+    cri.start_container(&id);
+    let t = lap(t, &mut s.start);
+    let line = first_line(&log);
+    lap(t, &mut s.first_line);
+    s.total = t0.elapsed();
+    assert_eq!(line, FIRST_LINE, "the container's first line");
+    s.layer_blobs_fetched = env
+        .registry
+        .blobs_fetched_since(mark)
+        .iter()
+        .filter(|d| env.layer_digests.contains(*d))
+        .count();
+    if case != Case::Overlayfs {
+        assert_eq!(
+            s.layer_blobs_fetched,
+            0,
+            "{}: layer blobs were downloaded, so the cache was not used",
+            case.title()
+        );
+    }
+
+    cri.stop_pod_sandbox(&pod);
+    cri.remove_pod_sandbox(&pod);
+    if case != Case::Overlayfs {
+        // The snapshotter's state outlives this containerd: leave it empty for the next one.
+        cri.remove_image(&env.app_ref);
+        cri.remove_image(&env.pause_ref);
+        wait_for("containerd to remove every snapshot", GC_TIMEOUT, || {
+            snapshot_names(&containerd).is_empty()
+        });
+    }
+    if let Some((id, root)) = disk {
+        wait_for(
+            "the container's directory on the disk to go",
+            GC_TIMEOUT,
+            || {
+                std::fs::read_dir(root.join("containers"))
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(true)
+            },
+        );
+        env.rt
+            .block_on(env.api.delete(&format!("{DISKS}/{id}")))
+            .expect("delete disk");
+    }
+    drop(cri);
+    drop(containerd);
+    std::fs::remove_dir_all(&dir).expect("remove containerd's state");
+    s
+}
+
+/// Adds the time since `since` to `into`; now.
+fn lap(since: Instant, into: &mut Duration) -> Instant {
+    let now = Instant::now();
+    *into = now - since;
+    now
+}
+
+/// A disk for the app image from whichever cache holds it, through the daemon's API (what a
+/// node agent calls before the pod starts): its id and mountpoint, and the daemon's own
+/// clone / grow / attach / mount milliseconds.
+fn create_disk(env: &Env) -> ((String, PathBuf), [f64; 4]) {
+    let disk = Disk {
+        api_version: API_VERSION.into(),
+        kind: KIND_DISK.into(),
+        metadata: Default::default(),
+        spec: DiskSpec {
+            images: vec![env.app_ref.clone()],
+            ..Default::default()
+        },
+        status: None,
+    };
+    let answer = env
+        .rt
+        .block_on(env.api.post(
+            DISKS,
+            serde_json::to_vec(&disk).unwrap(),
+            "application/json",
+        ))
+        .expect("create disk");
+    let created: Disk = answer.json().unwrap();
+    let status = created.status.expect("a created disk has a status");
+    assert!(
+        status.phase == DiskPhase::Ready && status.cache_id.is_some(),
+        "the disk was not cloned from the cache: {status:?}"
+    );
+    let t = &status.timings;
+    (
+        (
+            created.metadata.name,
+            PathBuf::from(status.mountpoint.expect("a mounted disk")),
+        ),
+        [t.clone_ms, t.grow_ms, t.attach_ms, t.mount_ms],
+    )
+}
+
+/// Waits for the first full line of the container's CRI log; polled every 2 ms (the pod
+/// starts take 100s of ms at the least).
+fn first_line(log: &Path) -> String {
+    let deadline = Instant::now() + FIRST_LINE_TIMEOUT;
+    loop {
+        if let Some(line) = container_log(log).into_iter().next() {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line in {} within {FIRST_LINE_TIMEOUT:?}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Writes dirty pages out, then drops clean ones: reads during the run come from the disk.
+fn drop_page_cache() {
+    rustix::fs::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the page cache");
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn med(steps: &[Steps], f: impl Fn(&Steps) -> f64) -> f64 {
+    median(steps.iter().map(f).collect())
+}
+
+fn runs(steps: &[Steps], f: impl Fn(&Steps) -> f64) -> String {
+    steps
+        .iter()
+        .map(|s| format!("{:.3}", f(s)))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn report(results: &[(Case, Vec<Steps>)], args: &Args) {
+    let total = |s: &Steps| secs(s.total);
+    let pull = |s: &Steps| secs(s.pull);
+
+    println!();
+    println!(
+        "Pod start through CRI, {} runs per case, medians (every run in brackets), seconds; page cache {}",
+        args.runs,
+        if args.keep_page_cache {
+            "kept"
+        } else {
+            "dropped before each run"
+        }
+    );
+    println!("| case | pod start | PullImage |");
+    println!("|---|---|---|");
+    for (case, steps) in results {
+        println!(
+            "| {} | {:.3} ({}) | {:.3} ({}) |",
+            case.title(),
+            med(steps, total),
+            runs(steps, total),
+            med(steps, pull),
+            runs(steps, pull)
+        );
+    }
+    println!();
+    println!("Per step, medians, ms:");
+    println!("| case | disk create | RunPodSandbox | PullImage | CreateContainer | StartContainer | first line | total |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let in_ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (case, steps) in results {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            case.title(),
+            med(steps, |s| in_ms(s.disk)),
+            med(steps, |s| in_ms(s.sandbox)),
+            med(steps, |s| in_ms(s.pull)),
+            med(steps, |s| in_ms(s.create)),
+            med(steps, |s| in_ms(s.start)),
+            med(steps, |s| in_ms(s.first_line)),
+            med(steps, |s| in_ms(s.total)),
+        );
+    }
+    if let Some((_, steps)) = results.iter().find(|(c, _)| *c == Case::Disk) {
+        let part = |i: usize| med(steps, move |s| s.disk_daemon.map_or(f64::NAN, |d| d[i]));
+        println!(
+            "Disk create, daemon's own steps, medians: clone {:.2} ms, grow {:.2} ms, attach {:.2} ms, mount {:.2} ms",
+            part(0),
+            part(1),
+            part(2),
+            part(3)
+        );
+    }
+
+    let a = &results[0].1;
+    let ratio = |steps: &[Steps], f: fn(&Steps) -> f64| med(steps, f) / med(a, f);
+    println!();
+    for (case, steps) in &results[1..] {
+        println!(
+            "{}: pod start {:.3}× of (a), PullImage {:.3}× of (a)'s",
+            case.title(),
+            ratio(steps, total),
+            ratio(steps, pull)
+        );
+    }
+
+    let mut cases = serde_json::Map::new();
+    for (case, steps) in results {
+        let list = |f: fn(&Steps) -> f64| steps.iter().map(f).collect::<Vec<_>>();
+        cases.insert(
+            case.key().into(),
+            json!({
+                "title": case.title(),
+                "total": med(steps, total),
+                "pull": med(steps, pull),
+                "total_runs": list(total),
+                "pull_runs": list(pull),
+                "layer_blobs_fetched": steps.iter().map(|s| s.layer_blobs_fetched).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    println!(
+        "POD_START_RESULT {}",
+        json!({ "runs": args.runs, "page_cache_dropped": !args.keep_page_cache, "cases": cases })
+    );
+}

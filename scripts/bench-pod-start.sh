@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Pod start as the kubelet sees it, side by side on this machine and in this run: containerd
+# 1.6 over CRI (RunPodSandbox + PullImage + CreateContainer + StartContainer until the
+# container's first line is in its CRI log) of the debian-sized 4-layer benchmark image with
+# (a) the overlayfs snapshotter, cold; (b) imagecache's snapshotter, the image in a Ready
+# cache; (c) the same with the container on a per-pod disk cloned from that cache, the disk's
+# create included. The driver is benches/pod_start.rs (it says what each case does).
+#
+# Everything runs on 127.0.0.1 under one temp dir (the driver's scratch XFS, registry and
+# daemon all make their temp dirs under it), removed on exit with every process, mount and
+# loop device beneath it.
+#
+# Usage: scripts/bench-pod-start.sh [--check] [--runs N]
+#   --check  fail unless (b) and (c) each start a pod in at most 0.1x of (a)'s time and (b)'s
+#            PullImage takes at most 0.05x of (a)'s (medians of the runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+check=0
+runs=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --check) check=1 ;;
+    --runs) runs="$2"; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+max_start_ratio=0.1
+max_pull_ratio=0.05
+
+bash scripts/setup.sh
+# Built before the temp dir exists, so a build never writes beneath it. The compiled bench is
+# run directly, not through cargo, so a signal reaches it and nothing outlives the script.
+driver_bin=$(cargo bench --locked --bench pod_start --no-run --message-format=json |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "pod_start") | .executable')
+[ -x "$driver_bin" ] || { echo "FAIL: no pod_start bench binary built" >&2; exit 1; }
+
+# Short: containerd's sockets end up under it, and unix socket paths are short.
+work=$(mktemp -d /tmp/ic-pod.XXXXXX)
+driver=
+cleanup() {
+  # Normally the driver has undone everything itself; this is for a driver that died.
+  if [ -n "$driver" ]; then kill "$driver" 2>/dev/null || true; wait "$driver" 2>/dev/null || true; fi
+  # Processes started for this run (containerd, its shims, imagecached, the registry) each
+  # name a path under $work on their command line; killed by pid.
+  for p in /proc/[0-9]*; do
+    if grep -qaF "$work" "$p/cmdline" 2>/dev/null; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
+  done
+  # Containers whose shims were killed, by runc's state under $work.
+  for s in "$work"/*/mnt/cd-*/runc/*/*/state.json; do
+    [ -e "$s" ] || continue
+    id=${s%/state.json}
+    runc --root "${id%/*}" delete --force "${id##*/}" 2>/dev/null || true
+  done
+  # Innermost mounts first; grep finds nothing once everything is gone, which under
+  # pipefail must not fail the run.
+  for _ in 1 2 3; do
+    { grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
+    { losetup -a | grep "$work" || true; } | cut -d: -f1 | while read -r d; do
+      losetup -d "$d" 2>/dev/null || true
+    done
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+out="$work/out"
+# In the background so the traps above run as soon as a signal comes, not when it ends.
+# Progress goes to standard error as it happens; the tables come at the end.
+TMPDIR="$work" "$driver_bin" --runs "$runs" > "$out" &
+driver=$!
+wait "$driver"
+driver=
+grep -v '^POD_START_RESULT ' "$out"
+
+# The driver checks that nothing of its own is left; this checks the same from outside.
+leaks=$({ grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}'; { losetup -a | grep "$work" || true; } | cut -d: -f1)
+if [ -n "$leaks" ]; then
+  echo "FAIL: left behind under $work:" >&2
+  echo "$leaks" >&2
+  exit 1
+fi
+
+result=$(grep '^POD_START_RESULT ' "$out" | cut -d' ' -f2-)
+[ -n "$result" ] || { echo "FAIL: the driver printed no POD_START_RESULT line" >&2; exit 1; }
+echo
+echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), $(containerd --version | awk '{print $1, $3}'); $runs runs, medians"
+
+status=0
+ratio() { jq -r --arg x "$1" --arg y "$2" --arg k "$3" '.cases[$x][$k] / .cases[$y][$k]' <<<"$result"; }
+over() { awk -v r="$1" -v m="$2" 'BEGIN { exit !(r > m) }'; }
+for c in b c; do
+  r=$(ratio "$c" a total)
+  title=$(jq -r --arg c "$c" '.cases[$c].title' <<<"$result")
+  printf '%s: pod start %.3fx of (a) (at most %s)\n' "$title" "$r" "$max_start_ratio"
+  if over "$r" "$max_start_ratio"; then
+    printf 'FAIL: %s: pod start %.3f s is %.3fx of (a)'"'"'s %.3f s (at most %sx allowed)\n' "$title" \
+      "$(jq -r --arg c "$c" '.cases[$c].total' <<<"$result")" "$r" \
+      "$(jq -r '.cases.a.total' <<<"$result")" "$max_start_ratio" >&2
+    status=1
+  fi
+done
+r=$(ratio b a pull)
+printf '(b) PullImage %.3fx of (a)'"'"'s (at most %s)\n' "$r" "$max_pull_ratio"
+if over "$r" "$max_pull_ratio"; then
+  printf 'FAIL: (b) PullImage %.3f s is %.3fx of (a)'"'"'s %.3f s (at most %sx allowed)\n' \
+    "$(jq -r '.cases.b.pull' <<<"$result")" "$r" "$(jq -r '.cases.a.pull' <<<"$result")" \
+    "$max_pull_ratio" >&2
+  status=1
+fi
+if [ "$check" = 1 ]; then exit "$status"; fi
