@@ -40,6 +40,7 @@ fn unlisted_directories_keep_their_lower_layers_attributes_in_a_built_cache() {
     top.file("tmp/f", b"")
         .file("home/u/.profile", b"")
         .file("srv/data/g", b"")
+        .file("srv/data/sub/h", b"")
         .file("new/dir/file", b"");
     let image = Image::new(
         vec![
@@ -84,6 +85,8 @@ fn unlisted_directories_keep_their_lower_layers_attributes_in_a_built_cache() {
         assert_eq!(attrs(&m("home/u")), (0o700, 1000, 1000));
         assert_eq!(xattr(m("home/u"), "user.who").as_deref(), Some(&b"u"[..]));
         assert_eq!(attrs(&m("srv/data")), (0o2770, 0, 50));
+        // Made in the setgid srv/data once that had its attributes: its group, not setgid.
+        assert_eq!(attrs(&m("srv/data/sub")), (0o755, 0, 50));
         assert_eq!(attrs(&m("new/dir")), (0o755, 0, 0));
         assert!(m("srv/data/f").is_file() && m("srv/data/g").is_file());
     }

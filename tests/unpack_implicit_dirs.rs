@@ -179,3 +179,59 @@ fn a_directory_the_layer_replaced_is_left_alone() {
     assert!(m.is_file());
     assert_eq!((m.mode() & 0o7777, m.uid()), (0o644, 0));
 }
+
+/// containerd makes a directory no lower layer has with mkdir then chmod 0755, in an upper
+/// directory whose parents already have their attributes: under a setgid parent the kernel
+/// gives it the parent's group, and the chmod drops the setgid bit it passed down, so one
+/// level further the group is root's again.
+#[test]
+fn directories_made_under_a_setgid_parent_take_its_group() {
+    let mut base = Layer::new();
+    base.dir("c")
+        .dir_with("c/d", 0o2775, 0, 50, MTIME)
+        .dir("l")
+        .dir_with("l/d", 0o2775, 0, 80, MTIME);
+    // The middle layer makes c/d/mid in c/d, itself implicit: mid takes group 50.
+    let mut middle = Layer::new();
+    middle.file("c/d/mid/file", b"");
+    let mut top = Layer::new();
+    top.file("c/d/deeper/file", b"")
+        .file("c/d/x/y/file", b"")
+        // mid comes from the middle layer, not setgid: deep's group is root's.
+        .file("c/d/mid/deep/file", b"")
+        // A setgid parent the layer lists itself, before writing under it.
+        .dir_with("e", 0o2775, 0, 60, MTIME)
+        .file("e/f/g/file", b"")
+        // l/d is listed only after sub was made in it, when it was still layer 0's.
+        .file("l/d/sub/file", b"")
+        .dir_with("l/d", 0o755, 0, 0, MTIME);
+
+    let t = tempfile::tempdir().unwrap();
+    let (dirs, stats) = unpack_chain(t.path(), vec![base.tar(), middle.tar(), top.tar()]);
+    let middle = |s: &str| dirs[1].join(s);
+    let top = |s: &str| dirs[2].join(s);
+
+    assert_eq!(attrs(middle("c/d")), (0o2775, 0, 50));
+    assert_eq!(attrs(middle("c/d/mid")), (0o755, 0, 50));
+    assert_eq!(attrs(top("c/d")), (0o2775, 0, 50));
+    assert_eq!(attrs(top("c/d/deeper")), (0o755, 0, 50));
+    assert_eq!(attrs(top("c/d/x")), (0o755, 0, 50));
+    assert_eq!(attrs(top("c/d/x/y")), (0o755, 0, 0), "x is not setgid");
+    assert_eq!(attrs(top("c/d/mid")), (0o755, 0, 50), "copied from the middle");
+    assert_eq!(attrs(top("c/d/mid/deep")), (0o755, 0, 0));
+    assert_eq!(attrs(top("e")), (0o2775, 0, 60));
+    assert_eq!(attrs(top("e/f")), (0o755, 0, 60));
+    assert_eq!(attrs(top("e/f/g")), (0o755, 0, 0));
+    assert_eq!(attrs(top("l/d")), (0o755, 0, 0), "its own header last");
+    assert_eq!(attrs(top("l/d/sub")), (0o755, 0, 80));
+
+    let made_in = |p: &str| {
+        let ds = &stats[2].implicit_dirs;
+        let d = ds.iter().find(|d| d.path == p.as_bytes()).unwrap();
+        d.made_in.map(|i| String::from_utf8(ds[i].path.clone()).unwrap())
+    };
+    assert_eq!(made_in("c/d/deeper").as_deref(), Some("c/d"));
+    assert_eq!(made_in("c/d/x/y").as_deref(), Some("c/d/x"));
+    assert_eq!(made_in("e/f").as_deref(), None, "e was listed");
+    assert_eq!(made_in("c").as_deref(), None, "made in the layer root");
+}

@@ -9,6 +9,10 @@
 //! missing is skipped; one where it is not a directory (a whiteout device, a file) ends the
 //! search with 0755 root:root. Opaque directories in between are not consulted. The upper
 //! copy wins in the overlay, so `/tmp` stays 1777 and a 0700 home stays private.
+//! A directory no lower layer has is made in the upper directory after its parent got its
+//! attributes, so under a setgid parent (`c/d` 2775 root:50, then `c/d/new/file`) the
+//! kernel gives it the parent's group; containerd's chmod 0755 clears the setgid bit the
+//! kernel also passes down, so one level further down the group is root's again.
 //!
 //! Here every layer of a cache unpacks in parallel into its own directory, so the lower
 //! layers may not exist yet while a layer unpacks. The unpacker records the directories it
@@ -37,6 +41,11 @@ pub struct ImplicitDir {
     /// that entry's header after the copied attributes, so its owner and mode win and a
     /// lower layer only adds the xattrs the entry did not set.
     pub listed: bool,
+    /// The index in the same list of the directory this one was made in, when that one
+    /// was itself made for a child and not listed yet. containerd had already given that
+    /// parent its lower layer's attributes when it made this one, so if they are setgid,
+    /// this directory takes their group, as the kernel gives it.
+    pub made_in: Option<usize>,
 }
 
 /// Xattrs containerd never copies up from a lower layer (nor takes from a tar): overlayfs's
@@ -45,8 +54,9 @@ const TRUSTED: &[u8] = b"trusted.";
 
 /// Give each of `dirs`, made while unpacking the layer at `dest`, the attributes
 /// containerd's overlayfs unpack gives it. `lowers` are the layer directories below,
-/// topmost first, each already final (its own implicit directories done). Returns how many
-/// directories took a lower layer's attributes.
+/// topmost first, each already final (its own implicit directories done). `dirs` are in
+/// the order made, so a parent comes before the directories made in it. Returns how many
+/// directories changed.
 pub fn inherit_implicit_dirs(
     dest: &Path,
     lowers: &[PathBuf],
@@ -66,19 +76,41 @@ pub fn inherit_implicit_dirs(
         .iter()
         .map(|l| open(l))
         .collect::<Result<Vec<OwnedFd>, _>>()?;
-    let mut inherited = 0;
-    for dir in dirs {
+    // What each directory was given when containerd made it: its lower layer's (mode, gid).
+    let mut given: Vec<Option<(u32, u32)>> = vec![None; dirs.len()];
+    let mut changed = 0;
+    for (i, dir) in dirs.iter().enumerate() {
         let Some(fd) = still_there(root.as_fd(), dir)? else {
             continue;
         };
-        let Some(source) = lower_dir(&lower_fds, &dir.path)? else {
-            continue;
-        };
-        copy_attributes(source.as_fd(), fd.as_fd(), dir)
-            .map_err(|(action, e)| entry_io(&dir.path, action, e))?;
-        inherited += 1;
+        let failed = |(action, e): Failed| entry_io(&dir.path, action, e);
+        match lower_dir(&lower_fds, &dir.path)? {
+            Some(source) => {
+                given[i] = Some(copy_attributes(source.as_fd(), fd.as_fd(), dir).map_err(failed)?);
+                changed += 1;
+            }
+            None if !dir.listed => {
+                let parent = dir.made_in.and_then(|p| given.get(p).copied().flatten());
+                if let Some((_, gid)) = parent.filter(|(mode, _)| mode & SETGID != 0) {
+                    group_from_parent(fd.as_fd(), gid).map_err(failed)?;
+                    given[i] = Some((0o755, gid));
+                    changed += 1;
+                }
+            }
+            None => {}
+        }
     }
-    Ok(inherited)
+    Ok(changed)
+}
+
+const SETGID: u32 = 0o2000;
+
+/// A directory made in a setgid parent: the kernel gives it the parent's group, and
+/// containerd's chmod 0755 after its mkdir clears the setgid bit the kernel passes down too.
+fn group_from_parent(target: BorrowedFd<'_>, gid: u32) -> Result<(), Failed> {
+    let failed = |action: &'static str| move |e: Errno| (action, io::Error::from(e));
+    fsops::fchown(target, 0, gid).map_err(failed("chown it"))?;
+    fsops::fchmod(target, 0o755).map_err(failed("chmod it"))
 }
 
 /// The directory the unpacker made, if the layer did not replace or remove it later.
@@ -121,21 +153,23 @@ fn lower_dir(lowers: &[OwnedFd], path: &[u8]) -> Result<Option<OwnedFd>, UnpackE
 type Failed = (&'static str, io::Error);
 
 /// Owner then mode (chown may clear setgid), then the xattrs the directory does not have.
+/// Returns the lower directory's mode and group, which the directory had when containerd
+/// made children in it, even if the layer lists it later.
 fn copy_attributes(
     source: BorrowedFd<'_>,
     target: BorrowedFd<'_>,
     dir: &ImplicitDir,
-) -> Result<(), Failed> {
+) -> Result<(u32, u32), Failed> {
     let failed = |action: &'static str| move |e: Errno| (action, io::Error::from(e));
+    let (mode, uid, gid) =
+        fsops::owner_and_mode(source).map_err(failed("stat its lower-layer directory"))?;
     if !dir.listed {
-        let (mode, uid, gid) =
-            fsops::owner_and_mode(source).map_err(failed("stat its lower-layer directory"))?;
         fsops::fchown(target, uid, gid).map_err(failed("chown it"))?;
         fsops::fchmod(target, mode).map_err(failed("chmod it"))?;
     }
     let names = match fsops::flistxattr(source) {
         Ok(names) => names,
-        Err(Errno::NOTSUP) => return Ok(()),
+        Err(Errno::NOTSUP) => return Ok((mode, gid)),
         Err(e) => return Err(failed("list its lower-layer directory's xattrs")(e)),
     };
     for name in names.iter().filter(|n| !n.starts_with(TRUSTED)) {
@@ -157,5 +191,5 @@ fn copy_attributes(
             Err(e) => return Err(failed("set its xattrs")(e)),
         }
     }
-    Ok(())
+    Ok((mode, gid))
 }

@@ -105,8 +105,9 @@ impl Parents {
     }
 
     /// The directory `parent` (normalised, relative to `root`), creating missing
-    /// directories 0755 root:root as containerd does when no lower layer has them (the
-    /// attributes of one that does are applied later, see [`super::implicit`]).
+    /// directories as containerd does when no lower layer has them: 0755, root's, in a
+    /// setgid parent's group (the attributes of one a lower layer has, and the group under
+    /// a parent that takes a lower layer's, are applied later, see [`super::implicit`]).
     pub(crate) fn get<'a>(
         &'a mut self,
         root: BorrowedFd<'a>,
@@ -117,11 +118,12 @@ impl Parents {
         }
         let hit = self.fd.is_some() && self.key == parent;
         if !hit {
-            let before = self.made.len();
-            let fd = open_or_create(root, parent, &mut self.made)?;
-            for i in before..self.made.len() {
-                self.made_inodes.insert(self.made[i].inode, i);
-            }
+            let fd = match fsops::open_dir_beneath(root, parent) {
+                Err(Errno::NOENT) => {
+                    create_parents(root, parent, &mut self.made, &mut self.made_inodes)?
+                }
+                other => other?,
+            };
             self.key.clear();
             self.key.extend_from_slice(parent);
             self.fd = Some(fd);
@@ -143,24 +145,14 @@ impl Parents {
     }
 }
 
-fn open_or_create(
-    root: BorrowedFd<'_>,
-    parent: &[u8],
-    made: &mut Vec<ImplicitDir>,
-) -> Result<OwnedFd, Errno> {
-    match fsops::open_dir_beneath(root, parent) {
-        Err(Errno::NOENT) => create_parents(root, parent, made),
-        other => other,
-    }
-}
-
 /// Walk `parent` component by component, making what is missing. Every step is opened
 /// through the confined resolver again, so a symlink met on the way is judged by
 /// RESOLVE_BENEATH like any other.
 fn create_parents(
     root: BorrowedFd<'_>,
     parent: &[u8],
-    implicit: &mut Vec<ImplicitDir>,
+    made: &mut Vec<ImplicitDir>,
+    made_inodes: &mut HashMap<u64, usize>,
 ) -> Result<OwnedFd, Errno> {
     let mut current: Option<OwnedFd> = None;
     let mut start = 0;
@@ -177,22 +169,31 @@ fn create_parents(
         match fsops::open_dir_beneath(root, prefix) {
             Ok(fd) => current = Some(fd),
             Err(Errno::NOENT) => {
-                let at = current.as_ref().map(|fd| fd.as_fd()).unwrap_or(root);
-                let made = match fsops::mkdir(at, name, 0o755) {
+                let at = current.as_ref().map(|fd| fd.as_fd());
+                let (gid, made_in) = match at {
+                    Some(at) => group_and_pending_parent(at, made, made_inodes)?,
+                    None => (0, None),
+                };
+                let made_now = match fsops::mkdir(at.unwrap_or(root), name, 0o755) {
                     Ok(()) => true,
                     // A dangling symlink or a concurrent maker: let the resolver judge it.
                     Err(Errno::EXIST) => false,
                     Err(e) => return Err(e),
                 };
                 let fd = fsops::open_dir_beneath(root, prefix)?;
-                if made {
-                    // Explicit, so neither umask nor a setgid grandparent decides.
-                    fsops::fchown(fd.as_fd(), 0, 0)?;
+                if made_now {
+                    // Explicit, so neither umask nor the daemon's own ids decide. The mode
+                    // drops the setgid bit the kernel passes down, as containerd's chmod
+                    // 0755 after its mkdir does; the group stays.
+                    fsops::fchown(fd.as_fd(), 0, gid)?;
                     fsops::fchmod(fd.as_fd(), 0o755)?;
-                    implicit.push(ImplicitDir {
+                    let inode = fsops::inode(fd.as_fd())?;
+                    made_inodes.insert(inode, made.len());
+                    made.push(ImplicitDir {
                         path: prefix.to_vec(),
-                        inode: fsops::inode(fd.as_fd())?,
+                        inode,
                         listed: false,
+                        made_in,
                     });
                 }
                 current = Some(fd);
@@ -202,6 +203,26 @@ fn create_parents(
     }
     current.ok_or(Errno::NOENT)
 }
+
+/// The group a directory made in `parent` gets (the parent's if it is setgid, as the kernel
+/// gives it, else root's), and which of `made` the parent is if its attributes are still
+/// to come from a lower layer (see [`ImplicitDir::made_in`]). The layer root stands for
+/// containerd's fresh 0755 root:root upper directory, so its callers pass no parent.
+fn group_and_pending_parent(
+    parent: BorrowedFd<'_>,
+    made: &[ImplicitDir],
+    made_inodes: &HashMap<u64, usize>,
+) -> Result<(u32, Option<usize>), Errno> {
+    let (mode, _, gid) = fsops::owner_and_mode(parent)?;
+    let gid = if mode & SETGID != 0 { gid } else { 0 };
+    let pending = made_inodes
+        .get(&fsops::inode(parent)?)
+        .copied()
+        .filter(|&i| !made[i].listed);
+    Ok((gid, pending))
+}
+
+const SETGID: u32 = 0o2000;
 
 #[cfg(test)]
 mod tests {
