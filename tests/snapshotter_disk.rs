@@ -127,7 +127,10 @@ fn a_disk_bound_container_runs_from_the_disk_and_its_writes_stay_there() {
             node.daemon.log()
         );
         let said = String::from_utf8_lossy(&refused.stderr);
-        assert!(said.contains("remove those containers"), "unclear refusal: {said}");
+        assert!(
+            said.contains("remove those containers"),
+            "unclear refusal: {said}"
+        );
         assert!(disk_root.join("containers").exists());
 
         cri.stop_pod_sandbox(&pod);
@@ -166,9 +169,10 @@ fn a_disk_that_lacks_the_image_is_refused_with_the_reason() {
     // A disk cloned from a cache of the pause image alone holds the busybox base layer but
     // not the image's own layers.
     let pause_ref = node.image_ref("pause");
-    let out = node
-        .daemon
-        .create(&cache_yaml("pause-only", &[pause_ref.clone()], ""), true);
+    let out = node.daemon.create(
+        &cache_yaml("pause-only", std::slice::from_ref(&pause_ref), ""),
+        true,
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -267,7 +267,10 @@ fn prepare_on_disk(
     })?;
     if let Err(e) = lay_out_disk_snapshot(d, record.id, &disk_root, &lowers) {
         d.inner.store.delete_ctr_snapshot(key)?;
-        let _cleanup = remove_dirs(d, &record, Some(&disk_root));
+        if let Err(cleanup) = remove_dirs(d, &record, Some(&disk_root)) {
+            // The next Cleanup removes what this left: the record is already gone.
+            warn!(%key, error = %cleanup, "cannot remove a half-made disk snapshot's directories");
+        }
         return Err(e);
     }
     info!(%key, disk = %disk_id, "container snapshot on disk");
