@@ -76,7 +76,10 @@ fn a_cached_image_is_pulled_without_a_layer_and_runs_from_the_cache() {
         let info: serde_json::Value =
             serde_json::from_str(&node.daemon.cli_ok(&["info", "-o", "json"])).unwrap();
         assert_eq!(info["containerdSnapshots"]["committed"], 3, "{info:#}");
-        assert!(info["containerdSnapshots"]["active"].as_u64().unwrap() >= 1, "{info:#}");
+        assert!(
+            info["containerdSnapshots"]["active"].as_u64().unwrap() >= 1,
+            "{info:#}"
+        );
         let text = node.daemon.cli_ok(&["info"]);
         assert!(text.contains("3 committed"), "{text}");
 
