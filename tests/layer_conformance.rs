@@ -338,7 +338,8 @@ fn image_attrs() -> Vec<LayerTar> {
     l1.dir("b")
         .mode(0o700)
         .owner(1000, 1000)
-        .xattr("user.dirattr", b"blue");
+        .xattr("user.dirattr", b"blue")
+        .xattr("trusted.foo", b"on a directory");
     l1.dir("c");
     l1.dir("c/d").mode(0o2775).owner(0, 50);
     l1.file("c/empty", "").mtime(0);
@@ -416,7 +417,11 @@ fn image_attrs() -> Vec<LayerTar> {
     l2.whiteout("w/gone-dir");
     l2.opaque("o");
     l2.file("o/new", "after opaque");
-    l2.file("c/xattrs", "x2").xattr("user.text", b"changed");
+    l2.file("c/xattrs", "x2")
+        .xattr("user.text", b"changed")
+        .xattr("trusted.foo", b"on a file");
+    l2.symlink("c/xattr-link", "xattrs")
+        .xattr("trusted.foo", b"on a symlink");
 
     let mut l3 = LayerTar::new();
     l3.dir("w/gone-file").mode(0o700);
@@ -427,6 +432,8 @@ fn image_attrs() -> Vec<LayerTar> {
     l3.file("c/l3-src", "linked in its own layer").mode(0o600);
     l3.hardlink("c/l3-link", "c/l3-src").mode(0o600);
     l3.dir("a/sub-of-sticky").mode(0o1770);
+    // `o` is l2's opaque directory, unlisted here: its marker is not copied up.
+    l3.file("o/l3-new", "under an opaque dir of a lower layer");
     vec![l1, l2, l3]
 }
 
@@ -633,7 +640,9 @@ fn walk_into(
     }
 }
 
-/// xattrs but `trusted.*` (overlayfs's own and the dropped ones) and the host's LSM label.
+/// xattrs but the host's LSM label. overlayfs's own `trusted.overlay.*` never show in a
+/// merged view; any other `trusted.*` must be absent from both trees, as containerd sets none
+/// from a layer tar.
 fn xattrs(path: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let len = rustix::fs::llistxattr_query(path).unwrap_or(0);
@@ -644,7 +653,7 @@ fn xattrs(path: &Path) -> BTreeMap<String, String> {
     let n = rustix::fs::llistxattr(path, &mut list[..]).unwrap();
     for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = String::from_utf8_lossy(name).into_owned();
-        if name.starts_with("trusted.") || name == "security.selinux" {
+        if name.starts_with("trusted.overlay.") || name == "security.selinux" {
             continue;
         }
         let vlen = rustix::fs::lgetxattr_query(path, name.as_str()).unwrap();
@@ -654,6 +663,53 @@ fn xattrs(path: &Path) -> BTreeMap<String, String> {
         out.insert(name, format!("0x{}", hex::encode(v)));
     }
     out
+}
+
+/// Every `trusted.*` xattr in the layer directory `dir` but the opaque markers of the
+/// directories `tar` marks opaque, and every such marker missing. containerd sets no
+/// `trusted.*` xattr from a tar and copies none up from a lower layer into a directory
+/// a layer writes into without listing it; its own markers are the only ones.
+fn admin_xattrs_departures(dir: &Path, tar: &LayerTar) -> Vec<String> {
+    let mut want: BTreeSet<String> = tar
+        .entries
+        .iter()
+        .filter_map(|e| e.path.strip_suffix("/.wh..wh..opq"))
+        .map(|d| format!("{d}: trusted.overlay.opaque"))
+        .collect();
+    let mut found = BTreeSet::new();
+    admin_xattrs_into(dir, "", &mut found);
+    let mut out: Vec<String> = found
+        .difference(&want)
+        .map(|f| format!("{f}: set, containerd sets no such xattr"))
+        .collect();
+    want.retain(|w| !found.contains(w));
+    out.extend(want.iter().map(|w| format!("{w}: missing")));
+    out
+}
+
+fn admin_xattrs_into(dir: &Path, prefix: &str, found: &mut BTreeSet<String>) {
+    for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().expect("UTF-8 name");
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = entry.path();
+        let len = rustix::fs::llistxattr_query(&path).unwrap_or(0);
+        let mut list = vec![0u8; len];
+        let n = rustix::fs::llistxattr(&path, &mut list[..]).unwrap_or(0);
+        for x in list[..n]
+            .split(|b| *b == 0)
+            .filter(|x| x.starts_with(b"trusted."))
+        {
+            found.insert(format!("{rel}: {}", String::from_utf8_lossy(x)));
+        }
+        if entry.file_type().unwrap().is_dir() {
+            admin_xattrs_into(&path, &rel, found);
+        }
+    }
 }
 
 /// "path: field expected X got Y" for every difference.
@@ -766,10 +822,11 @@ fn imagecache_layers_match_containerd_unpack() {
     let registry = TestRegistry::start();
     let addr = registry.addr();
     push_image(&addr, "pause", "v1", &pause_image(), None);
+    let tars = [image_attrs(), image_names(), image_setgid()];
     let images = [
-        ("conformance/attrs", build(&image_attrs())),
-        ("conformance/names", build(&image_names())),
-        ("conformance/setgid", build(&image_setgid())),
+        ("conformance/attrs", build(&tars[0])),
+        ("conformance/names", build(&tars[1])),
+        ("conformance/setgid", build(&tars[2])),
     ];
     let mut refs = Vec::new();
     for (repo, image) in &images {
@@ -841,6 +898,14 @@ fn imagecache_layers_match_containerd_unpack() {
             failures.push(format!("{repo}:\n  {}", d.join("\n  ")));
         }
         drop(merged);
+        // The layer directories themselves: overlayfs hides its own trusted.overlay.*
+        // xattrs from the merged view, so they are checked where they are stored.
+        for (layer, (chain, tar)) in image.chain_ids().iter().zip(&tars[i]).enumerate() {
+            let d = admin_xattrs_departures(&look.join("snapshots").join(chain).join("fs"), tar);
+            if !d.is_empty() {
+                failures.push(format!("{repo} layer {layer}:\n  {}", d.join("\n  ")));
+            }
+        }
     }
     frozen.unmount_and_detach().unwrap();
     drop(daemon);

@@ -12,10 +12,12 @@ use super::meta::parse_pax_time;
 
 /// PAX records carrying xattrs, as GNU tar, Go's archive/tar and BuildKit write them.
 const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
-/// overlayfs's own bookkeeping. A layer may only express it through whiteout files; taken
-/// from a tar as raw xattrs, `redirect`/`metacopy`/`origin` would make the overlay read
-/// another path's data, so they are dropped.
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+/// Admin xattrs, which containerd 1.6 never sets from a layer tar (archive's `setxattr`
+/// refuses them and the entry goes on without), so neither does a layer here. Among them is
+/// overlayfs's own bookkeeping, which a layer may only express through whiteout files:
+/// taken from a tar as raw xattrs, `redirect`/`metacopy`/`origin` would make the overlay
+/// read another path's data. The unpacker's own opaque markers are not from the tar.
+const TRUSTED_XATTR_PREFIX: &[u8] = b"trusted.";
 /// GNU tar's PAX encodings of sparse files (formats 0.x and 1.0) keep the sparse map in
 /// records or in the data; applying the data as is would write the map into the file.
 const GNU_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
@@ -165,10 +167,10 @@ impl PaxFields {
         for record in records(data) {
             let (key, value) = record?;
             if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
-                if name.starts_with(OVERLAY_XATTR_PREFIX) {
+                if name.starts_with(TRUSTED_XATTR_PREFIX) {
                     tracing::warn!(
                         xattr = %String::from_utf8_lossy(name),
-                        "dropping an overlayfs xattr carried in a layer tar"
+                        "dropping a trusted.* xattr carried in a layer tar, as containerd does"
                     );
                     continue;
                 }
@@ -337,6 +339,7 @@ mod tests {
         data.extend(record(b"uname", b"whoever"));
         data.extend(record(b"SCHILY.xattr.user.bin", b"a\nb"));
         data.extend(record(b"SCHILY.xattr.trusted.overlay.redirect", b"/x"));
+        data.extend(record(b"SCHILY.xattr.trusted.bin", b"\x00\n"));
         let mut f = PaxFields::default();
         f.parse(&data).unwrap();
         assert_eq!(f.path.as_deref(), Some(&b"long/name"[..]));
