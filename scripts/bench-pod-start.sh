@@ -40,6 +40,7 @@ driver_bin=$(cargo bench --locked --bench pod_start --no-run --message-format=js
 work=$(mktemp -d /tmp/ic-pod.XXXXXX)
 driver=
 cleanup() {
+  case "$work" in /tmp/ic-pod.?*) ;; *) return ;; esac
   # Normally the driver has undone everything itself; this is for a driver that died.
   if [ -n "$driver" ]; then kill "$driver" 2>/dev/null || true; wait "$driver" 2>/dev/null || true; fi
   # Processes started for this run (containerd, its shims, imagecached, the registry) each
