@@ -6,12 +6,11 @@
 mod snapshotter_util;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use snapshotter_util::*;
 use support::busybox::{busybox_layer, files_layer, image_with_cmd};
 use support::oci::push_image;
-use support::scratch::assert_no_leaks;
 
 #[test]
 fn a_cached_image_is_pulled_without_a_layer_and_runs_from_the_cache() {
@@ -83,31 +82,21 @@ fn a_cached_image_is_pulled_without_a_layer_and_runs_from_the_cache() {
         let text = node.daemon.cli_ok(&["info"]);
         assert!(text.contains("3 committed"), "{text}");
 
-        cri.stop_pod_sandbox(&pod);
-        cri.remove_pod_sandbox(&pod);
-        cri.remove_image(&image_ref);
-        cri.remove_image(&node.image_ref("pause"));
-        wait_for(
-            "containerd to remove every snapshot",
-            Duration::from_secs(30),
-            || snapshot_names(&containerd).is_empty(),
+        remove_pod_and_images(
+            &containerd,
+            &cri,
+            &pod,
+            &[image_ref.clone(), node.image_ref("pause")],
         );
         assert!(
             mounts_under(&caches).is_empty(),
             "{:?}",
             mounts_under(&caches)
         );
-        let left: Vec<_> = std::fs::read_dir(state.join("snapshotter/snapshots"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
+        let left = entries(&state.join("snapshotter/snapshots"));
         assert!(left.is_empty(), "snapshot directories left: {left:?}");
     }
-    let dir = node.scratch.path().to_owned();
-    drop(node.daemon);
-    assert_no_leaks(&dir.join("state"));
-    assert_no_leaks(&dir.join("containerd"));
+    assert_node_clean(node);
 }
 
 #[test]
@@ -179,19 +168,8 @@ fn partly_cached_and_uncached_images_fetch_only_what_no_cache_holds() {
         );
         assert_eq!(lines, vec!["uncached"]);
 
-        cri.stop_pod_sandbox(&pod);
-        cri.remove_pod_sandbox(&pod);
-        for repo in ["partial", "uncached", "pause"] {
-            cri.remove_image(&node.image_ref(repo));
-        }
-        wait_for(
-            "containerd to remove every snapshot",
-            Duration::from_secs(30),
-            || snapshot_names(&containerd).is_empty(),
-        );
+        let images = ["partial", "uncached", "pause"].map(|r| node.image_ref(r));
+        remove_pod_and_images(&containerd, &cri, &pod, &images);
     }
-    let dir = node.scratch.path().to_owned();
-    drop(node.daemon);
-    assert_no_leaks(&dir.join("state"));
-    assert_no_leaks(&dir.join("containerd"));
+    assert_node_clean(node);
 }

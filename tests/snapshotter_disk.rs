@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use snapshotter_util::*;
 use support::daemon::cache_yaml;
-use support::scratch::assert_no_leaks;
 
 const DISK_LABEL: &str = "containerd.io/snapshot/imagecache.io/disk";
 
@@ -148,18 +147,16 @@ fn a_disk_bound_container_runs_from_the_disk_and_its_writes_stay_there() {
             },
         );
         node.daemon.cli_ok(&["disk", "delete", &disk_id]);
-        cri.remove_image(&image_ref);
-        cri.remove_image(&node.image_ref("pause"));
+        for image in [image_ref.clone(), node.image_ref("pause")] {
+            cri.remove_image(&image);
+        }
         wait_for(
             "containerd to remove every snapshot",
             Duration::from_secs(30),
             || snapshot_names(&containerd).is_empty(),
         );
     }
-    let dir = node.scratch.path().to_owned();
-    drop(node.daemon);
-    assert_no_leaks(&dir.join("state"));
-    assert_no_leaks(&dir.join("containerd"));
+    assert_node_clean(node);
 }
 
 #[test]
@@ -209,19 +206,13 @@ fn a_disk_that_lacks_the_image_is_refused_with_the_reason() {
             err.message().contains("does not hold layer"),
             "unclear error: {err:?}"
         );
-        cri.stop_pod_sandbox(&pod);
-        cri.remove_pod_sandbox(&pod);
-        cri.remove_image(&node.image_ref("layered"));
-        cri.remove_image(&pause_ref);
-        wait_for(
-            "containerd to remove every snapshot",
-            Duration::from_secs(30),
-            || snapshot_names(&containerd).is_empty(),
+        remove_pod_and_images(
+            &containerd,
+            &cri,
+            &pod,
+            &[node.image_ref("layered"), pause_ref.clone()],
         );
     }
     node.daemon.cli_ok(&["disk", "delete", &disk_id]);
-    let dir = node.scratch.path().to_owned();
-    drop(node.daemon);
-    assert_no_leaks(&dir.join("state"));
-    assert_no_leaks(&dir.join("containerd"));
+    assert_node_clean(node);
 }

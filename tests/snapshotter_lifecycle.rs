@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use snapshotter_util::*;
 use support::cri::{container_log, wait_log_line, Cri};
-use support::scratch::assert_no_leaks;
 
 /// Reads a file of the image every 50 ms and says so; says FAILED when a read fails.
 const READER: &str = "i=0; while true; do \
@@ -120,14 +119,11 @@ fn restarts_and_cache_deletion_leave_running_containers_alone() {
         // A new pull of the image finds no cache: the layers containerd holds serve it.
         assert_eq!(snapshot_names(&containerd), before);
 
-        cri.stop_pod_sandbox(&pod);
-        cri.remove_pod_sandbox(&pod);
-        cri.remove_image(&image_ref);
-        cri.remove_image(&node.image_ref("pause"));
-        wait_for(
-            "containerd to remove every snapshot",
-            Duration::from_secs(30),
-            || snapshot_names(&containerd).is_empty(),
+        remove_pod_and_images(
+            &containerd,
+            &cri,
+            &pod,
+            &[image_ref.clone(), node.image_ref("pause")],
         );
         // The last snapshot took the cache's mount and, the cache being gone, its files.
         assert!(
@@ -135,15 +131,8 @@ fn restarts_and_cache_deletion_leave_running_containers_alone() {
             "{:?}",
             mounts_under(&caches)
         );
-        let frozen: Vec<_> = std::fs::read_dir(state.join("snapshots/sha256"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
+        let frozen = entries(&state.join("snapshots/sha256"));
         assert!(frozen.is_empty(), "frozen snapshot left: {frozen:?}");
     }
-    let dir = node.scratch.path().to_owned();
-    drop(node.daemon);
-    assert_no_leaks(&dir.join("state"));
-    assert_no_leaks(&dir.join("containerd"));
+    assert_node_clean(node);
 }

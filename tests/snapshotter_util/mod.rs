@@ -146,3 +146,36 @@ pub fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// What the kubelet does when a pod and its images go: stop and remove the pod, remove the
+/// images; then waits for containerd's garbage collector to remove every snapshot.
+pub fn remove_pod_and_images(containerd: &TestContainerd, cri: &Cri, pod: &str, images: &[String]) {
+    cri.stop_pod_sandbox(pod);
+    cri.remove_pod_sandbox(pod);
+    for image in images {
+        cri.remove_image(image);
+    }
+    wait_for(
+        "containerd to remove every snapshot",
+        Duration::from_secs(30),
+        || snapshot_names(containerd).is_empty(),
+    );
+}
+
+/// The entries of `dir`.
+pub fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Stops the daemon and checks that nothing of the node's is left mounted or attached.
+pub fn assert_node_clean(node: Node) {
+    let dir = node.scratch.path().to_owned();
+    drop(node.daemon);
+    crate::support::scratch::assert_no_leaks(&dir.join("state"));
+    crate::support::scratch::assert_no_leaks(&dir.join("containerd"));
+    drop(node.scratch);
+}

@@ -137,23 +137,44 @@ fn prepare(
     if let Some(disk_id) = labels.get(LABEL_DISK) {
         return prepare_on_disk(d, key, parent_record, disk_id.clone(), &labels);
     }
+    let root = &d.inner.config.root;
+    let record = record_local(
+        d,
+        key,
+        parent_record.as_ref(),
+        SnapshotKind::Active,
+        &labels,
+        |id| vec![paths::fs_dir(root, id), paths::work_dir(root, id)],
+    )?;
+    debug!(%key, id = record.id, "prepared active snapshot");
+    mounts_of(d, &record)
+}
+
+/// Records a snapshot on node storage and makes its directories (`dirs` of its id); a
+/// failure to make them takes the record back.
+fn record_local(
+    d: &Daemon,
+    key: &str,
+    parent: Option<&SnapshotRecord>,
+    kind: SnapshotKind,
+    labels: &BTreeMap<String, String>,
+    dirs: impl Fn(i64) -> Vec<PathBuf>,
+) -> Result<SnapshotRecord> {
     let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
         key,
-        parent: parent_record.as_ref().map(|p| p.key.as_str()),
-        kind: SnapshotKind::Active,
-        labels: &labels,
+        parent: parent.map(|p| p.key.as_str()),
+        kind,
+        labels,
         now: now(),
         backing: &Backing::Local,
     })?;
-    let root = &d.inner.config.root;
-    let made = std::fs::create_dir_all(paths::fs_dir(root, record.id))
-        .and_then(|()| std::fs::create_dir_all(paths::work_dir(root, record.id)));
-    if let Err(e) = made {
-        d.inner.store.delete_ctr_snapshot(key)?;
-        return Err(io_err("create", &paths::snapshot_dir(root, record.id), e));
+    for dir in dirs(record.id) {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            d.inner.store.delete_ctr_snapshot(key)?;
+            return Err(io_err("create", &dir, e));
+        }
     }
-    debug!(%key, id = record.id, "prepared active snapshot");
-    mounts_of(d, &record)
+    Ok(record)
 }
 
 /// When a Ready cache holds layer `target`, records it as committed snapshot `target` backed
@@ -327,19 +348,15 @@ fn view(
 ) -> Result<Vec<MountSpec>> {
     require_key(key)?;
     let parent_record = committed_parent(d, parent)?;
-    let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
+    let root = &d.inner.config.root;
+    let record = record_local(
+        d,
         key,
-        parent: parent_record.as_ref().map(|p| p.key.as_str()),
-        kind: SnapshotKind::View,
-        labels: &labels,
-        now: now(),
-        backing: &Backing::Local,
-    })?;
-    let dir = paths::fs_dir(&d.inner.config.root, record.id);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        d.inner.store.delete_ctr_snapshot(key)?;
-        return Err(io_err("create", &dir, e));
-    }
+        parent_record.as_ref(),
+        SnapshotKind::View,
+        &labels,
+        |id| vec![paths::fs_dir(root, id)],
+    )?;
     mounts_of(d, &record)
 }
 
