@@ -2,28 +2,36 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::parse::parse_body;
+use super::parse::{parse_body, ImageCacheManifest};
 use super::validate::validate_image_cache;
 use super::validate_disk::{parse_disk_request, validate_disk};
 use super::{ApiError, ImageCache, Status};
 use crate::daemon::{Action, Daemon, Reply};
 
 pub const IMAGECACHES: &str = "/apis/imagecache.io/v1/imagecaches";
+/// The same caches under the Alibaba ECI and Tencent EKS groups: one set of names, whichever
+/// group a cache was created under, so clients written for either find them where they look.
+pub const ECI_IMAGECACHES: &str = "/apis/eci.alibabacloud.com/v1/imagecaches";
+pub const EKS_IMAGECACHES: &str = "/apis/eks.cloud.tencent.com/v1/imagecaches";
 pub const DISKS: &str = "/apis/imagecache.io/v1/disks";
 pub const INFO: &str = "/apis/imagecache.io/v1/info";
 
 pub fn router(daemon: Daemon) -> Router {
-    Router::new()
-        .route(IMAGECACHES, post(create_cache).get(list_caches))
-        .route(
-            &format!("{IMAGECACHES}/{{name}}"),
-            get(get_cache).delete(delete_cache),
-        )
+    let mut router = Router::new();
+    for path in [IMAGECACHES, ECI_IMAGECACHES, EKS_IMAGECACHES] {
+        router = router
+            .route(path, post(create_cache).get(list_caches))
+            .route(
+                &format!("{path}/{{name}}"),
+                get(get_cache).delete(delete_cache),
+            );
+    }
+    router
         .route(
             &format!("{IMAGECACHES}/{{name}}/verify"),
             post(verify_cache),
@@ -80,7 +88,8 @@ async fn create_cache(State(d): State<Daemon>, headers: HeaderMap, body: Bytes) 
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let parsed = parse_body::<ImageCache>(&body, content_type)
+    let parsed = parse_body::<ImageCacheManifest>(&body, content_type)
+        .map(ImageCache::from)
         .and_then(|c| validate_image_cache(c, d.config().default_cache_size_gib));
     match parsed {
         Ok(valid) => run(&d, Action::CreateImageCache(Box::new(valid))).await,
@@ -88,8 +97,22 @@ async fn create_cache(State(d): State<Daemon>, headers: HeaderMap, body: Bytes) 
     }
 }
 
-async fn list_caches(State(d): State<Daemon>) -> Response {
-    run(&d, Action::ListImageCaches).await
+/// A list says the group it was asked under; its items keep their own apiVersion.
+async fn list_caches(State(d): State<Daemon>, uri: Uri) -> Response {
+    match d.dispatch(Action::ListImageCaches).await {
+        Ok(Reply::ImageCacheList(mut list)) => {
+            if let Some(group) = uri
+                .path()
+                .strip_prefix("/apis/")
+                .and_then(|p| p.strip_suffix("/imagecaches"))
+            {
+                list.api_version = group.to_owned();
+            }
+            render(Reply::ImageCacheList(list), false)
+        }
+        Ok(other) => render(other, false),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 async fn get_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Response {

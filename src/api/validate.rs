@@ -113,7 +113,7 @@ pub fn validate_image_cache(
             causes,
         });
     }
-    object.api_version = API_VERSION.into();
+    // The object keeps the group it was written for: ECI and EKS users read back what they sent.
     object.spec.images = images.iter().map(|r| r.to_string()).collect();
     object.spec.image_cache_size = Some(size_gib);
     Ok(ValidImageCache {
@@ -123,10 +123,12 @@ pub fn validate_image_cache(
     })
 }
 
-/// `namespace:name`, both Kubernetes names.
+/// `namespace:name`, or `namespace/name` as Tencent EKS writes it; both Kubernetes names.
 fn check_secret_ref(s: &str) -> Result<(), String> {
-    let Some((ns, name)) = s.split_once(':') else {
-        return Err(format!("{s:?} is not of the form namespace:name"));
+    let Some((ns, name)) = crate::registry::split_secret_ref(s) else {
+        return Err(format!(
+            "{s:?} is not of the form namespace:name (or namespace/name)"
+        ));
     };
     check_name(ns).map_err(|m| format!("namespace {m}"))?;
     check_name(name).map_err(|m| format!("secret name {m}"))
@@ -165,7 +167,7 @@ mod tests {
             validate_image_cache(cache(&["nginx", "docker.io/library/nginx:latest"]), 20).unwrap();
         assert_eq!(v.size_gib, 20);
         assert_eq!(v.object.spec.images, vec!["docker.io/library/nginx:latest"]);
-        assert_eq!(v.object.api_version, API_VERSION);
+        assert_eq!(v.object.api_version, "eks.cloud.tencent.com/v1");
     }
 
     #[test]
@@ -201,6 +203,22 @@ mod tests {
                 "spec.imagePullSecrets[0]"
             ]
         );
+    }
+
+    #[test]
+    fn pull_secrets_take_a_colon_or_a_slash() {
+        let mut c = cache(&["nginx"]);
+        c.spec.image_pull_secrets = vec![
+            "imc-operator-system/qcloudregistrykey".into(),
+            "default:regcred".into(),
+        ];
+        assert!(validate_image_cache(c, 20).is_ok());
+        for bad in ["ns/a/b", "ns:a/b", "/x", "Ns/x"] {
+            let mut c = cache(&["nginx"]);
+            c.spec.image_pull_secrets = vec![bad.into()];
+            let err = validate_image_cache(c, 20).unwrap_err();
+            assert_eq!(fields(err), vec!["spec.imagePullSecrets[0]"], "{bad}");
+        }
     }
 
     #[test]

@@ -20,7 +20,10 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> 
         Action::ListImageCaches => Ok(Reply::ImageCacheList(ImageCacheList {
             api_version: API_VERSION.into(),
             kind: KIND_IMAGE_CACHE_LIST.into(),
-            metadata: ListMeta::default(),
+            // Read before the items, so the list is at least as new as its version says.
+            metadata: ListMeta {
+                resource_version: Some(d.inner.store.resource_version()),
+            },
             items: d.inner.store.list_caches().map_err(internal)?,
         })),
         Action::DeleteImageCache(name) => delete_cache(d, &name).await,
@@ -56,6 +59,9 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
     let now_s = clock::format(now);
     object.metadata.uid = Some(uuid_like());
     object.metadata.creation_timestamp = Some(now_s.clone());
+    object.metadata.resource_version = Some(d.inner.store.next_resource_version());
+    // The spec cannot change after create, so the generation stays 1.
+    object.metadata.generation = Some(1);
     let mut events = Vec::new();
     let cache_id = ids::new_cache_id();
     super::events::record(

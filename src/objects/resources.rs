@@ -44,6 +44,12 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Read-only fields the Kubernetes API server writes: accepted so its `-o yaml` output
+    /// can be fed back, and dropped, as the API server drops them on create.
+    #[serde(default, skip_serializing)]
+    pub self_link: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    pub managed_fields: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +172,12 @@ pub struct Event {
     pub count: u32,
     pub first_timestamp: String,
     pub last_timestamp: String,
+    /// The object the event is about (filled when the object is served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub involved_object: Option<super::InvolvedObject>,
+    /// `imagecached` and this node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<super::EventSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,7 +191,11 @@ pub struct ImageCacheList {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ListMeta {}
+pub struct ListMeta {
+    /// The store's sequence when the list was read (ImageCache lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
 
 /// The answer of `verify`: the snapshot re-hashed against its manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -90,7 +90,8 @@ impl fmt::Debug for DockerConfig {
 }
 
 impl Keyring {
-    /// Loads `<secrets_dir>/<namespace>/<name>/.dockerconfigjson` for each `namespace:name`.
+    /// Loads `<secrets_dir>/<namespace>/<name>/.dockerconfigjson` for each `namespace:name`
+    /// (or `namespace/name`).
     ///
     /// A named secret that is missing or malformed is an error: the user asked for it, and
     /// pulling anonymously instead would fail later with a less helpful message.
@@ -194,19 +195,24 @@ struct AuthEntry {
     password: Option<String>,
 }
 
+/// Splits a pull secret reference: `namespace:name`, or `namespace/name` as Tencent EKS
+/// writes it. The colon wins when both appear, so `ns:a/b` stays one (invalid) name.
+pub fn split_secret_ref(secret: &str) -> Option<(&str, &str)> {
+    secret.split_once(':').or_else(|| secret.split_once('/'))
+}
+
 fn load_pull_secret(secrets_dir: &Path, secret: &str) -> Result<PullSecret, RegistryError> {
     let fail = |path: &Path, reason: String| RegistryError::PullSecret {
         secret: secret.to_string(),
         path: path.display().to_string(),
         reason,
     };
-    let (namespace, name) = secret
-        .split_once(':')
+    let (namespace, name) = split_secret_ref(secret)
         .filter(|(ns, name)| is_dns_name(ns) && is_dns_name(name))
         .ok_or_else(|| {
             fail(
                 secrets_dir,
-                "expected `namespace:name` with Kubernetes object names".into(),
+                "expected `namespace:name` or `namespace/name` with Kubernetes object names".into(),
             )
         })?;
     let path = secrets_dir.join(namespace).join(name).join(SECRET_FILE);
@@ -417,7 +423,9 @@ mod tests {
     #[test]
     fn secret_names_cannot_escape_the_secrets_dir() {
         let dir = tempfile::tempdir().unwrap();
-        for bad in ["../etc:x", "ns:..", "ns", "ns:a/b", ":x", "NS:x"] {
+        for bad in [
+            "../etc:x", "ns:..", "ns", "ns:a/b", ":x", "NS:x", "../x", "ns/a/b", "/x", "ns/..",
+        ] {
             let e = Keyring::from_pull_secrets(dir.path(), &[bad.to_string()]).unwrap_err();
             assert!(e.to_string().contains("namespace:name"), "{bad}: {e}");
         }

@@ -16,7 +16,7 @@ mod reference;
 mod retry;
 mod stream;
 
-pub use auth::{Credentials, Keyring};
+pub use auth::{split_secret_ref, Credentials, Keyring};
 pub use chain::chain_ids;
 pub use client::{RegistryClient, RegistryConfig, ResolvedImage};
 pub use error::RegistryError;

@@ -8,6 +8,7 @@ mod snapshotter;
 pub use snapshotter::{Backing, CachedLayer, NewSnapshot, SnapshotKind, SnapshotRecord};
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -44,6 +45,10 @@ const STATEMENT_CACHE: usize = 32;
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// The last `metadata.resourceVersion` given out: one sequence for every cache write
+    /// (and delete), so lists carry it too. It starts from the clock in microseconds (and
+    /// above any stored version), so it keeps rising across restarts without a table.
+    resource_version: AtomicU64,
 }
 
 impl Store {
@@ -59,7 +64,16 @@ impl Store {
         schema::migrate(&conn)?;
         let store = Store {
             conn: Mutex::new(conn),
+            resource_version: AtomicU64::new(0),
         };
+        // Read loosely: a record that does not parse is reported where it is used, not here.
+        let stored: Option<u64> = store.conn().query_row(
+            "SELECT MAX(CAST(json_extract(object, '$.metadata.resourceVersion') AS INTEGER)) FROM caches WHERE json_valid(object)",
+            [],
+            |r| r.get(0),
+        )?;
+        let stored = stored.unwrap_or(0);
+        store.resource_version.store(stored, Ordering::SeqCst);
         store.reindex_all_chains()?;
         Ok(store)
     }
@@ -69,7 +83,34 @@ impl Store {
         schema::migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            resource_version: AtomicU64::new(0),
         })
+    }
+
+    /// A new `metadata.resourceVersion`, above every one given out before.
+    pub fn next_resource_version(&self) -> String {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let mut last = self.resource_version.load(Ordering::SeqCst);
+        loop {
+            let next = clock.max(last + 1);
+            match self.resource_version.compare_exchange(
+                last,
+                next,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return next.to_string(),
+                Err(now) => last = now,
+            }
+        }
+    }
+
+    /// The resourceVersion of the newest cache write, for a list's metadata.
+    pub fn resource_version(&self) -> String {
+        self.resource_version.load(Ordering::SeqCst).to_string()
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -148,6 +189,7 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("ImageCache {name:?}")))?;
         let mut cache = parse_cache(&json)?;
         change(&mut cache);
+        cache.metadata.resource_version = Some(self.next_resource_version());
         let phase = cache
             .status
             .as_ref()
@@ -170,6 +212,10 @@ impl Store {
             > 0;
         snapshotter::unindex_cache(&tx, name)?;
         tx.commit()?;
+        if deleted {
+            // A list read after the delete differs from one read before it.
+            self.next_resource_version();
+        }
         Ok(deleted)
     }
 
