@@ -34,6 +34,13 @@ pub struct Config {
     /// The containerd proxy snapshotter's socket (`[proxy_plugins.imagecache]` in
     /// containerd's config); an empty string turns the snapshotter off.
     pub snapshotter_socket: PathBuf,
+    /// The node's default for pods that say nothing (ECI's `eci-auto-imc`): `true` matches a
+    /// cache automatically and builds one when none matches; `false` (as on Tencent EKS) gives
+    /// a cache only to pods whose annotations ask for one.
+    pub auto_match: bool,
+    /// The pause image of the node's CRI config (`sandbox_image`); when set, every cache also
+    /// holds it, so a pod's sandbox starts from the cache too.
+    pub sandbox_image: Option<String>,
 }
 
 impl Default for Config {
@@ -49,6 +56,8 @@ impl Default for Config {
             default_cache_size_gib: 20,
             backing_image: None,
             snapshotter_socket: PathBuf::from(DEFAULT_SNAPSHOTTER_SOCKET),
+            auto_match: true,
+            sandbox_image: None,
         }
     }
 }
@@ -124,6 +133,11 @@ impl Config {
                 crate::objects::MAX_CACHE_SIZE_GIB
             ));
         }
+        if let Some(image) = &self.sandbox_image {
+            image
+                .parse::<crate::registry::ImageReference>()
+                .map_err(|e| format!("sandbox_image = {image:?} is not an image reference: {e}"))?;
+        }
         if !self.root.is_absolute() {
             return Err(format!("root = {:?} must be an absolute path", self.root));
         }
@@ -156,6 +170,8 @@ mod tests {
             default_cache_size_gib = 30
             backing_image = "/var/lib/imagecache.xfs"
             snapshotter_socket = "/run/ic/snap.sock"
+            auto_match = false
+            sandbox_image = "registry.k8s.io/pause:3.9"
         "#;
         let c = Config::parse(text, Path::new("c.toml")).unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/ic"));
@@ -166,6 +182,27 @@ mod tests {
         assert_eq!(c.max_concurrent_downloads, 4);
         assert_eq!(c.default_cache_size_gib, 30);
         assert_eq!(c.snapshotter(), Some(Path::new("/run/ic/snap.sock")));
+        assert!(!c.auto_match);
+        assert_eq!(
+            c.sandbox_image.as_deref(),
+            Some("registry.k8s.io/pause:3.9")
+        );
+    }
+
+    #[test]
+    fn auto_match_is_on_by_default_and_can_be_turned_off() {
+        assert!(Config::default().auto_match);
+        let off = Config::parse("auto_match = false", Path::new("c.toml")).unwrap();
+        assert!(!off.auto_match);
+    }
+
+    #[test]
+    fn sandbox_image_is_unset_by_default_and_must_be_a_reference() {
+        assert_eq!(Config::default().sandbox_image, None);
+        let on = Config::parse("sandbox_image = \"pause:3.9\"", Path::new("c.toml")).unwrap();
+        assert_eq!(on.sandbox_image.as_deref(), Some("pause:3.9"));
+        let err = Config::parse("sandbox_image = \"UPPER CASE\"", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("sandbox_image"), "{err}");
     }
 
     #[test]

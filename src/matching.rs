@@ -261,9 +261,15 @@ pub struct Policy {
 impl Policy {
     /// Decodes the request; a bad annotation value is an error even when it would not be used.
     pub fn from_request(req: &DiskRequest) -> Result<Policy, MatchError> {
+        Self::on_node(req, true)
+    }
+
+    /// As [`Policy::from_request`] on a node whose config sets `auto_match`: that is what a
+    /// pod without [`ECI_AUTO_IMC`] gets, so with `false` only pods that ask use a cache.
+    pub fn on_node(req: &DiskRequest, node_auto_match: bool) -> Result<Policy, MatchError> {
         let a = req.annotations;
 
-        let auto_imc = bool_annotation(a, ECI_AUTO_IMC)?.unwrap_or(true);
+        let auto_imc = bool_annotation(a, ECI_AUTO_IMC)?.unwrap_or(node_auto_match);
         let eci_image_cache = bool_annotation(a, ECI_IMAGE_CACHE)?.unwrap_or(false);
         let perfect = bool_annotation(a, IMC_PERFECT_MATCH)?.unwrap_or(false);
         let count = match a.get(IMC_MATCH_COUNT_REQUEST) {
@@ -372,7 +378,16 @@ fn bool_annotation(
 /// Chooses the cache a disk is cloned from, or the cold path (see the module docs for the
 /// rules). `caches` are all known caches, in any phase and any order.
 pub fn select(req: &DiskRequest, caches: &[Candidate]) -> Result<Selection, MatchError> {
-    let policy = Policy::from_request(req)?;
+    select_on_node(req, caches, true)
+}
+
+/// [`select`] on a node whose config sets `auto_match` (see [`Policy::on_node`]).
+pub fn select_on_node(
+    req: &DiskRequest,
+    caches: &[Candidate],
+    node_auto_match: bool,
+) -> Result<Selection, MatchError> {
+    let policy = Policy::on_node(req, node_auto_match)?;
     let mut wanted: Vec<ImageReference> = Vec::with_capacity(req.images.len());
     for image in &req.images {
         if !wanted.contains(image) {
@@ -387,11 +402,18 @@ pub fn select(req: &DiskRequest, caches: &[Candidate]) -> Result<Selection, Matc
         return select_explicit(explicit, &wanted, caches);
     }
     if !policy.auto_match {
+        let reason = if req.annotations.contains_key(ECI_AUTO_IMC) {
+            format!("automatic matching is off ({ECI_AUTO_IMC}: \"false\") and no cache was named")
+        } else {
+            format!(
+                "automatic matching is off on this node (config auto_match = false) and the pod \
+                 asks for no cache (set {EKS_USE_IMAGE_CACHE}: auto, {ECI_AUTO_IMC}: \"true\" or \
+                 name a cache)"
+            )
+        };
         return Ok(Selection::Cold {
             auto_create: false,
-            reason: format!(
-                "automatic matching is off ({ECI_AUTO_IMC}: \"false\") and no cache was named"
-            ),
+            reason,
         });
     }
     Ok(select_automatic(&policy, &wanted, caches))
@@ -1516,6 +1538,73 @@ mod tests {
             e.contains("imc-perfect-match") && e.contains("quote it"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_node_with_auto_match_off_serves_only_pods_that_ask() {
+        let images = parse_images(&["nginx"]).unwrap();
+        let run = |pairs: &[(&str, &str)]| {
+            let annotations: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|&(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let req = DiskRequest {
+                images: images.clone(),
+                annotations: &annotations,
+                explicit_cache: None,
+            };
+            select_on_node(&req, &node(), false).unwrap()
+        };
+        match run(&[]) {
+            Selection::Cold {
+                auto_create,
+                reason,
+            } => {
+                assert!(!auto_create);
+                assert!(reason.contains("auto_match = false"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // EKS `auto`: matched, but nothing built for it.
+        assert!(matches!(
+            run(&[(EKS_USE_IMAGE_CACHE, "auto")]),
+            Selection::Clone { .. }
+        ));
+        assert!(matches!(
+            run(&[(EKS_USE_IMAGE_CACHE, "imc-nginx")]),
+            Selection::Clone { explicit: true, .. }
+        ));
+        assert!(matches!(
+            run(&[(ECI_AUTO_IMC, "true")]),
+            Selection::Clone { .. }
+        ));
+        let wanted_busybox = parse_images(&["busybox:1.36"]).unwrap();
+        let annotations = BTreeMap::from([(ECI_AUTO_IMC.to_string(), "true".to_string())]);
+        let asked = DiskRequest {
+            images: wanted_busybox.clone(),
+            annotations: &annotations,
+            explicit_cache: None,
+        };
+        assert!(matches!(
+            select_on_node(&asked, &node(), false).unwrap(),
+            Selection::Cold {
+                auto_create: true,
+                ..
+            }
+        ));
+        let annotations = BTreeMap::from([(EKS_USE_IMAGE_CACHE.to_string(), "auto".to_string())]);
+        let matching_only = DiskRequest {
+            images: wanted_busybox,
+            annotations: &annotations,
+            explicit_cache: None,
+        };
+        assert!(matches!(
+            select_on_node(&matching_only, &node(), false).unwrap(),
+            Selection::Cold {
+                auto_create: false,
+                ..
+            }
+        ));
     }
 
     #[test]

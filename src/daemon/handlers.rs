@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::build::{self, BuildSpec};
 use super::events::NORMAL;
@@ -52,9 +52,25 @@ fn get(d: &Daemon, name: &str) -> Result<ImageCache, DaemonError> {
 pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, DaemonError> {
     let ValidImageCache {
         mut object,
-        images,
+        mut images,
         size_gib,
     } = valid;
+    // The node's pause image rides along in every cache, as ECI's caches hold it.
+    if let Some(pause) = d.inner.config.sandbox_image.as_deref() {
+        match pause.parse::<crate::registry::ImageReference>() {
+            Ok(pause) if !images.contains(&pause) => images.push(pause),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "sandbox_image is not an image reference: left out"),
+        }
+    }
+    let reuse = super::build::reuse_asked(&object.metadata.annotations).map_err(|e| {
+        DaemonError::invalid_field(
+            KIND_IMAGE_CACHE,
+            &object.metadata.name,
+            &format!("metadata.annotations[{}]", super::build::REUSE_ANNOTATION),
+            e.to_string(),
+        )
+    })?;
     let now = clock::now();
     let now_s = clock::format(now);
     object.metadata.uid = Some(uuid_like());
@@ -109,11 +125,7 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
             images,
             pull_secrets: object.spec.image_pull_secrets.clone(),
             size_gib,
-            reuse: object
-                .metadata
-                .annotations
-                .get(super::build::REUSE_ANNOTATION)
-                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            reuse,
         },
     );
     Ok(Reply::ImageCache(Box::new(object)))

@@ -117,7 +117,9 @@ impl Daemon {
 
     /// Carries out one action.
     pub async fn dispatch(&self, action: Action) -> Result<Reply, DaemonError> {
-        handlers::dispatch(self, action).await
+        handlers::dispatch(self, action)
+            .await
+            .map(events::stamp_reply)
     }
 
     /// Stops every build (each cleans up its loop device, mount and work files) and waits.

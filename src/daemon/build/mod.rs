@@ -47,6 +47,23 @@ pub struct BuildSpec {
 /// the images that one lacks; the new snapshot shares its unchanged blocks with the parent.
 pub const REUSE_ANNOTATION: &str = "k8s.aliyun.com/imc-enable-reuse";
 
+/// Whether an ImageCache asks for reuse; a value other than `"true"`/`"false"` is refused as a
+/// bad pod annotation is, never read as "no".
+pub fn reuse_asked(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<bool, crate::matching::MatchError> {
+    match annotations.get(REUSE_ANNOTATION).map(|v| v.trim()) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(crate::matching::MatchError::BadAnnotation {
+            key: REUSE_ANNOTATION,
+            value: v.to_owned(),
+            allowed: "\"true\" or \"false\"",
+        }),
+    }
+}
+
 /// Starts the build of `spec` in the background. Its token cancels it (cache deleted, daemon
 /// stopping); the build then cleans up and leaves the record alone.
 pub fn spawn(daemon: &Daemon, spec: BuildSpec) {

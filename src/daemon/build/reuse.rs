@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{BuildError, BuildSpec};
+use super::{BuildError, BuildSpec, REUSE_ANNOTATION};
+use crate::daemon::events::{NORMAL, WARNING};
+use crate::daemon::owner::Owner;
 use crate::daemon::Daemon;
 use crate::disk::CloneMode;
 use crate::matching::{self, Candidate, DiskRequest, Selection};
@@ -18,11 +20,34 @@ pub struct Parent {
 
 /// The best-matching Ready cache no larger than the new one, if reflinks make reuse cheap.
 pub fn parent(d: &Daemon, spec: &BuildSpec) -> Option<Parent> {
+    let owner = Owner::Cache(spec.name.clone());
     if d.inner.clone_mode != CloneMode::Reflink {
         tracing::warn!(cache = %spec.name, "reuse asked for, but the state root cannot reflink: building from scratch");
+        owner.event(
+            d,
+            WARNING,
+            "ReuseUnavailable",
+            format!(
+                "{REUSE_ANNOTATION} is \"true\" but the state root ({}) cannot reflink, so a \
+                 clone of another cache would be a full copy: building from scratch (put the \
+                 state root on XFS with reflink=1, or set backing_image)",
+                d.inner.config.root.display()
+            ),
+        );
         return None;
     }
-    let caches = d.inner.store.list_caches().ok()?;
+    let caches = match d.inner.store.list_caches() {
+        Ok(caches) => caches,
+        Err(e) => {
+            owner.event(
+                d,
+                WARNING,
+                "ReuseUnavailable",
+                format!("could not list the caches to reuse one ({e}): building from scratch"),
+            );
+            return None;
+        }
+    };
     let candidates: Vec<Candidate> = caches
         .iter()
         .filter(|c| c.metadata.name != spec.name)
@@ -35,7 +60,20 @@ pub fn parent(d: &Daemon, spec: &BuildSpec) -> Option<Parent> {
         annotations: &annotations,
         explicit_cache: None,
     };
-    match matching::select(&request, &candidates).ok()? {
+    let no_candidate = |why: String| {
+        owner.event(
+            d,
+            NORMAL,
+            "NoReuseCandidate",
+            format!("{REUSE_ANNOTATION} is \"true\" but {why}: building from scratch"),
+        );
+        None
+    };
+    let selection = match matching::select(&request, &candidates) {
+        Ok(s) => s,
+        Err(e) => return no_candidate(e.to_string()),
+    };
+    match selection {
         Selection::Clone {
             cache_id,
             matched,
@@ -45,8 +83,15 @@ pub fn parent(d: &Daemon, spec: &BuildSpec) -> Option<Parent> {
             let cache = caches.iter().find(|c| {
                 c.status.as_ref().map(|s| s.image_cache_id.as_str()) == Some(&cache_id)
             })?;
-            let digest = cache.status.as_ref()?.snapshot_digest.clone()?;
-            let image = d.inner.snapshots.image_path(&digest).ok()?;
+            let Some(digest) = cache.status.as_ref()?.snapshot_digest.clone() else {
+                return no_candidate(format!("cache {cache_id} has no snapshot"));
+            };
+            let image = match d.inner.snapshots.image_path(&digest) {
+                Ok(image) => image,
+                Err(e) => {
+                    return no_candidate(format!("the image of cache {cache_id} is unusable ({e})"))
+                }
+            };
             Some(Parent {
                 image,
                 message: format!(
@@ -66,7 +111,10 @@ pub fn parent(d: &Daemon, spec: &BuildSpec) -> Option<Parent> {
                 ),
             })
         }
-        Selection::Cold { .. } => None,
+        Selection::Cold { .. } => no_candidate(format!(
+            "no Ready cache of at most {} GiB holds any of its images",
+            spec.size_gib
+        )),
     }
 }
 

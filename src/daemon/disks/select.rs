@@ -55,7 +55,9 @@ pub(super) fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, DaemonError> {
         annotations: &req.annotations,
         explicit_cache: req.cache.clone(),
     };
-    match matching::select(&request, &candidates).map_err(match_error)? {
+    match matching::select_on_node(&request, &candidates, d.inner.config.auto_match)
+        .map_err(match_error)?
+    {
         Selection::Clone {
             cache_id,
             matched,
