@@ -70,6 +70,15 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
 /// `RESOLVE_NO_MAGICLINKS` refuses `/proc/self/fd`-style jumps. Symlinks that stay inside are
 /// followed, as an overlay mount of the chain would follow them.
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno> {
+    open_dir_resolving(root, rel, ResolveFlags::BENEATH)
+}
+
+/// openat2 of directory `rel` under `root` with `how` (and never through magic links).
+fn open_dir_resolving(
+    root: BorrowedFd<'_>,
+    rel: &[u8],
+    how: ResolveFlags,
+) -> Result<OwnedFd, Errno> {
     let mut attempts = 0;
     loop {
         let res = rfs::openat2(
@@ -77,7 +86,7 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Err
             rel,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            how | ResolveFlags::NO_MAGICLINKS,
         );
         // The kernel answers EAGAIN when a rename elsewhere on the system raced a `..` step
         // of the resolution (a symlink target may contain `..`); the lookup is safe to repeat.
@@ -92,21 +101,7 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Err
 /// (continuity's `fs.RootPath`): symlinks, the final one included, resolve with `root` as
 /// `/`, and `..` stops at it. Only ever read from, never written.
 pub fn open_dir_in_root(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno> {
-    let mut attempts = 0;
-    loop {
-        let res = rfs::openat2(
-            root,
-            rel,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        );
-        // EAGAIN: a concurrent rename raced a `..` step; see `open_dir_beneath`.
-        match res {
-            Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
-            other => return other,
-        }
-    }
+    open_dir_resolving(root, rel, ResolveFlags::IN_ROOT)
 }
 
 /// Open the directory `name` in `dir`, refusing a symlink at `name`.
