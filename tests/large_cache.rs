@@ -1,8 +1,9 @@
-//! Large caches and cheap clones: a 1 TiB cache is formatted with bigalloc clusters (so its
-//! mount time does not grow with its size), still holds exactly the images' files, and
+//! Large caches and cheap clones: a 1 TiB cache costs the space of a 20 GiB one (4 KiB
+//! blocks, fewer inodes); a cache above 2 TiB is formatted with bigalloc clusters (so its
+//! mount time stops growing with its size), still holds exactly the images' files, and
 //! clones into a larger disk that the workload can use; frozen images of every size keep few
 //! extents (so FICLONE stays cheap), including one of thousands of small files, which leaves
-//! a hole in nearly every 128 KiB cluster of the large cache until freezing rewrites it.
+//! a hole in nearly every cluster of the clustered cache until freezing rewrites it.
 
 mod support;
 
@@ -45,7 +46,7 @@ fn snapshot_image(root: &Path, digest: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_1tib_cache_uses_clusters_holds_its_images_and_clones_into_a_bigger_disk() {
+fn large_caches_cost_what_small_ones_do_hold_their_images_and_clone_into_bigger_disks() {
     let scratch = ScratchXfs::new(64 << 30);
     let registry = TestRegistry::start();
     let addr = registry.addr();
@@ -59,7 +60,7 @@ fn a_1tib_cache_uses_clusters_holds_its_images_and_clones_into_a_bigger_disk() {
     let root = scratch.path().join("state");
     let mut daemon = TestDaemon::start(&root, &[&addr]);
 
-    for (name, size) in [("small", 20), ("large", 1024)] {
+    for (name, size) in [("small", 20), ("large", 1024), ("clustered", 2049)] {
         let yaml = cache_yaml(name, &refs, &format!("  imageCacheSize: {size}\n"));
         let out = daemon.create(&yaml, true);
         assert!(
@@ -75,25 +76,44 @@ fn a_1tib_cache_uses_clusters_holds_its_images_and_clones_into_a_bigger_disk() {
             .unwrap()
             .to_owned()
     };
-    let (small, large) = (digest_of("small"), digest_of("large"));
+    let (small, large, clustered) = (
+        digest_of("small"),
+        digest_of("large"),
+        digest_of("clustered"),
+    );
 
-    // The 1 TiB image has 128 KiB clusters: 256 groups instead of 8,192.
+    // The 1 TiB image has 4 KiB blocks and 4 Mi inodes, and its frozen data is the 20 GiB
+    // one's (within 10%).
     let sb = superblock(&snapshot_image(&root, &large));
-    assert!(sb.contains("bigalloc"), "{sb}");
-    assert!(sb.contains("Cluster size:             131072"), "{sb}");
+    assert!(!sb.contains("bigalloc"), "{sb}");
+    assert!(sb.contains("Inode count:              4194304"), "{sb}");
+    let data = |name: &str| {
+        daemon.get_json(name)["status"]["dataSizeBytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let (small_data, large_data) = (data("small"), data("large"));
+    assert!(
+        large_data as f64 <= small_data as f64 * 1.10,
+        "frozen data: 1 TiB cache {large_data} bytes, 20 GiB cache {small_data}"
+    );
     assert!(!superblock(&snapshot_image(&root, &small)).contains("bigalloc"));
+    // Just above 2 TiB: 8 KiB clusters, 8,196 groups instead of 16,392.
+    let sb = superblock(&snapshot_image(&root, &clustered));
+    assert!(sb.contains("bigalloc"), "{sb}");
+    assert!(sb.contains("Cluster size:             8192"), "{sb}");
 
     // Narrow holes were filled at freeze: a handful of extents, whatever the size. Without
-    // that, the 1 TiB image has a hole in every cluster a small file leaves part-empty, and
-    // filled in place it keeps an extent per file; rewritten it has a few.
-    for digest in [&small, &large] {
+    // that, the clustered image has a hole in every cluster a small file leaves part-empty,
+    // and filled in place it keeps an extent per file; rewritten it has a few.
+    for digest in [&small, &large, &clustered] {
         let n = extents(&snapshot_image(&root, digest));
         assert!(n <= 64, "{digest}: {n} extents");
     }
 
     // The clustered image holds exactly what the generator says each image holds.
     let look = scratch.path().join("look");
-    let frozen = mount_snapshot(&root, &large, &look);
+    let frozen = mount_snapshot(&root, &clustered, &look);
     for image in &set.images {
         let chain = image.artifact.host_image().chain_ids();
         let merged = mount_chain(
@@ -106,7 +126,7 @@ fn a_1tib_cache_uses_clusters_holds_its_images_and_clones_into_a_bigger_disk() {
     let log = daemon.log();
     assert!(
         log.contains("rewritten: true"),
-        "the 1 TiB image of many small files was rewritten at freeze:\n{log}"
+        "the clustered image of many small files was rewritten at freeze:\n{log}"
     );
 
     // The rewritten image holds what the same image unpacked into the 20 GiB cache holds.
@@ -124,12 +144,12 @@ fn a_1tib_cache_uses_clusters_holds_its_images_and_clones_into_a_bigger_disk() {
 
     // A disk larger than the cache: grown (resize2fs on a clustered filesystem), mounted,
     // writable, and as big as asked.
-    let cache_id = daemon.get_json("large")["status"]["imageCacheId"]
+    let cache_id = daemon.get_json("clustered")["status"]["imageCacheId"]
         .as_str()
         .unwrap()
         .to_owned();
     let out = daemon.cli_ok(&[
-        "disk", "create", "--image", &refs[0], "--cache", &cache_id, "--size", "1100", "-o", "json",
+        "disk", "create", "--image", &refs[0], "--cache", &cache_id, "--size", "2100", "-o", "json",
     ]);
     let disk: serde_json::Value = serde_json::from_str(&out).unwrap();
     let status = &disk["status"];
@@ -138,7 +158,7 @@ fn a_1tib_cache_uses_clusters_holds_its_images_and_clones_into_a_bigger_disk() {
     let stat = rustix::fs::statvfs(&mnt).unwrap();
     let size = stat.f_blocks * stat.f_frsize;
     assert!(
-        size > 1050 << 30 && size <= 1100 << 30,
+        size > 2050 << 30 && size <= 2100 << 30,
         "the disk's filesystem is {size} bytes"
     );
     std::fs::write(mnt.join("written-by-pod"), vec![7u8; 1 << 20]).unwrap();
@@ -150,10 +170,11 @@ fn a_1tib_cache_uses_clusters_holds_its_images_and_clones_into_a_bigger_disk() {
     daemon.cli_ok(&["disk", "delete", id]);
 
     // The snapshot was never touched.
-    let verified = daemon.cli_ok(&["verify", "large"]);
+    let verified = daemon.cli_ok(&["verify", "clustered"]);
     assert!(verified.contains("verified"), "{verified}");
-    daemon.cli_ok(&["delete", "small"]);
-    daemon.cli_ok(&["delete", "large"]);
+    for name in ["small", "large", "clustered"] {
+        daemon.cli_ok(&["delete", name]);
+    }
     daemon.stop();
     assert_no_leaks(&root);
 }

@@ -45,23 +45,27 @@ pub fn create_sparse(path: &Path, size_bytes: u64) -> Result<()> {
 ///   file is all holes, which read as zeros, so writing (or discarding) inode tables and the
 ///   journal would only turn holes into data that freezing then has to hash. The last one
 ///   also marks the inode tables as zeroed, so neither the kernel nor e2fsck go back to them.
-/// - `-G 4096` (one flex group for all but the largest images) and `sparse_super2` (two
+/// - `-G 1024` (one flex group up to 128 GiB) and `sparse_super2` (two
 ///   backup superblocks, not one in every group numbered a power of 3, 5 or 7): the bitmaps
 ///   and inode tables of every group sit in one run at the start, and few backups are spread
 ///   through the image, so the frozen image has few extents. FICLONE walks extents and
 ///   clones of one snapshot serialise on its refcount records: a 420 MB cache went from 26–28
 ///   joined data spans to 6–8 and its clone from ~0.5 ms to 0.26 ms, and its build was no
-///   slower (2.01–2.07 s).
+///   slower (2.01–2.07 s). Not larger: when the group of a file's directory has no free
+///   inode, ext4 looks through the rest of its flex group for one, and in a 1 TiB image
+///   with one flex group of 4,096 groups that search made unpacking ~40% slower than in a
+///   20 GiB one; with 1,024 it is as fast.
 /// - From `PACKED_METADATA_FROM` up, also `packed_meta_blocks`: the journal joins that run,
 ///   and a 1 TiB image clones in ~0.8 ms instead of ~13 ms here.
-/// - Above `MAX_GROUPS` block groups of 4 KiB blocks (32 GiB), `bigalloc` with the cluster
-///   size [`cluster_size`] picks. Mounting ext4 costs time per block group (descriptor
-///   checks, free counts, the allocator's per-group state: ~1 µs each here), and a 1 TiB
-///   image has 8,192 groups of 128 MiB: 7.4 ms to mount against 1.0 ms for 20 GiB. With
-///   128 KiB clusters a group spans 4 GiB and the same 1 TiB mounts in 1.29 ms against
-///   1.13 ms for 20 GiB (64 KiB: 1.55 ms). The price: a file takes at least one cluster
-///   inside the filesystem, and freezing fills the unwritten rest of each cluster
-///   (`densify`).
+/// - Up to `MAX_GROUPS` block groups of 4 KiB blocks (2 TiB), plain 4 KiB blocks. Mounting
+///   ext4 costs time per block group (descriptor checks, free counts, the allocator's
+///   per-group state: ~0.7 µs each here), so a 1 TiB image (8,192 groups) mounts in ~6 ms
+///   against ~1 ms for 20 GiB; that is within the disk-ready budget, and blocks keep a
+///   file's footprint what it is in a small cache. Above, `bigalloc` clusters ([`cluster_size`])
+///   hold the groups to `MAX_GROUPS`, at the price of a cluster per file (docs/OPERATIONS.md).
+/// - Above `FULL_INODE_RATIO_UP_TO` (64 GiB), [`inode_count`] inodes rather than one per
+///   16 KiB: e2fsck's checks before freezing walk every inode, and a 1 TiB image's default
+///   67 million took ~1 s of a ~2 s build where 4 million take ~0.1 s.
 /// - The journal stays: per-pod disks cloned from this image are written by workloads and
 ///   want crash consistency; an unwritten journal is a hole and costs nothing to freeze.
 pub fn mkfs(path: &Path, label: &str) -> Result<()> {
@@ -85,11 +89,14 @@ pub fn mkfs(path: &Path, label: &str) -> Result<()> {
             cluster.to_string(),
         ]);
     }
+    if let Some(inodes) = inode_count(size) {
+        args.extend(["-N".into(), inodes.to_string()]);
+    }
     let mut extended =
         String::from("lazy_itable_init=1,lazy_journal_init=1,nodiscard,assume_storage_prezeroed=1");
     args.extend([
         "-G".into(),
-        "4096".into(),
+        "1024".into(),
         "-O".into(),
         "sparse_super2".into(),
     ]);
@@ -101,12 +108,13 @@ pub fn mkfs(path: &Path, label: &str) -> Result<()> {
     tool::run_ok("mkfs.ext4", &args, path)
 }
 
-/// Block groups an image may have before it gets bigalloc clusters: a 32 GiB filesystem of
-/// 4 KiB blocks, which mounts about as fast as the default 20 GiB one.
-pub const MAX_GROUPS: u64 = 256;
+/// Block groups an image may have before it gets bigalloc clusters: a 2 TiB filesystem of
+/// 4 KiB blocks, whose ~10 ms mount still makes a disk ready within the 25 ms a disk of 100×
+/// a default cache is allowed.
+pub const MAX_GROUPS: u64 = 16_384;
 
 /// The largest cluster: 32 blocks. A file's smallest footprint grows with the cluster, so
-/// images above 1 TiB have more groups rather than a coarser grain.
+/// images above 64 TiB have more groups rather than a coarser grain.
 pub const MAX_CLUSTER: u64 = 128 << 10;
 
 /// The bigalloc cluster size for an image of `size` bytes: the smallest power of two that
@@ -119,6 +127,22 @@ pub fn cluster_size(size: u64) -> Option<u64> {
         cluster *= 2;
     }
     (cluster > BLOCK_SIZE).then_some(cluster)
+}
+
+/// Images up to this size keep mke2fs's one inode per 16 KiB (4,194,304 at 64 GiB).
+pub const FULL_INODE_RATIO_UP_TO: u64 = 64 << 30;
+
+/// Above `FULL_INODE_RATIO_UP_TO`, one inode per this many bytes, and never fewer than the
+/// 64 GiB image has: a 1 TiB cache holds 4 million files (a quarter MiB each to fill it);
+/// images that size hold models and datasets, not millions of tiny files.
+pub const LARGE_INODE_RATIO: u64 = 256 << 10;
+
+/// The inode count to format an image of `size` bytes with, or `None` for mke2fs's default
+/// of one per 16 KiB.
+pub fn inode_count(size: u64) -> Option<u64> {
+    const DEFAULT_RATIO: u64 = 16 << 10;
+    (size > FULL_INODE_RATIO_UP_TO)
+        .then(|| (FULL_INODE_RATIO_UP_TO / DEFAULT_RATIO).max(size / LARGE_INODE_RATIO))
 }
 
 pub(super) fn check_size(size: u64) -> Result<()> {
@@ -160,14 +184,24 @@ mod tests {
     }
 
     #[test]
-    fn large_images_get_clusters_that_bound_their_groups() {
+    fn only_images_above_2tib_get_clusters() {
         const GIB: u64 = 1 << 30;
         assert_eq!(cluster_size(20 * GIB), None);
-        assert_eq!(cluster_size(32 * GIB), None, "256 groups of 128 MiB");
-        assert_eq!(cluster_size(33 * GIB), Some(8 << 10));
-        assert_eq!(cluster_size(128 * GIB), Some(16 << 10));
-        assert_eq!(cluster_size(1024 * GIB), Some(128 << 10));
-        assert_eq!(cluster_size(4096 * GIB), Some(MAX_CLUSTER), "capped");
+        assert_eq!(cluster_size(1024 * GIB), None, "8,192 groups of 128 MiB");
+        assert_eq!(cluster_size(2048 * GIB), None, "16,384 groups");
+        assert_eq!(cluster_size(2049 * GIB), Some(8 << 10));
+        assert_eq!(cluster_size(16384 * GIB), Some(32 << 10));
+        assert_eq!(cluster_size(1 << 50), Some(MAX_CLUSTER), "capped");
+    }
+
+    #[test]
+    fn large_images_get_fewer_inodes_but_never_fewer_than_64gib_has() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(inode_count(20 * GIB), None);
+        assert_eq!(inode_count(64 * GIB), None);
+        assert_eq!(inode_count(65 * GIB), Some(4 << 20));
+        assert_eq!(inode_count(1024 * GIB), Some(4 << 20));
+        assert_eq!(inode_count(4096 * GIB), Some(16 << 20));
     }
 
     #[test]
@@ -185,7 +219,7 @@ mod tests {
     fn formats_a_large_image_with_clusters_that_checks_clean() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img");
-        create(&path, 40 << 30, "unit").unwrap();
+        create(&path, (2 << 40) + (1 << 30), "unit").unwrap();
         crate::image::fsck(&path).unwrap();
         let header = std::process::Command::new("dumpe2fs")
             .arg("-h")
