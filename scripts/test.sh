@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of imagecache on this machine, as root: lint, unit and integration tests
 # (real loop devices, XFS scratch filesystems, a real registry on 127.0.0.1), then the
-# benchmarks against containerd (cold pull, pod start) with their acceptance thresholds.
+# benchmarks (cold pull and pod start against containerd, cache and disk sizes) with their
+# acceptance thresholds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,3 +14,4 @@ cargo clippy --release --all-targets --locked -- -D warnings
 cargo test --release --locked -- --test-threads=2
 bash scripts/bench-vs-containerd.sh --check
 bash scripts/bench-pod-start.sh --check
+bash scripts/bench-disk-size.sh --check

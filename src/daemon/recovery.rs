@@ -63,7 +63,22 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
         })?;
     }
     remove_orphan_snapshots(d);
+    remove_stale_grown_images(d);
     Ok(())
+}
+
+/// Grown images half-made when the daemon stopped, or left by a snapshot that is gone.
+fn remove_stale_grown_images(d: &Daemon) {
+    let snapshots = &d.inner.snapshots;
+    let exists = |digest: &str| snapshots.image_path(digest).is_ok_and(|p| p.exists());
+    match snapshots.grown().clean(exists) {
+        Ok(removed) => {
+            for path in removed {
+                warn!(path = %path.display(), "removed a stale grown image");
+            }
+        }
+        Err(e) => warn!(error = %e, "could not look for stale grown images"),
+    }
 }
 
 /// A snapshot committed just before a crash, whose cache never recorded it, is unreachable:

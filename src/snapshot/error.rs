@@ -43,6 +43,15 @@ pub enum SnapshotError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "cannot make the snapshot's image grown to {size} bytes at {path}: {reason}; the disk \
+         was not made: check the state root's free space and try again"
+    )]
+    Grow {
+        path: PathBuf,
+        size: u64,
+        reason: String,
+    },
     #[error("chunk size {0} is not a positive multiple of 4096")]
     BadChunkSize(u64),
 }

@@ -11,12 +11,14 @@
 //! content, and the digest should not depend on it.
 
 mod error;
+mod grown;
 mod hash;
 mod manifest;
 mod store;
 mod verify;
 
 pub use error::{Result, SnapshotError};
+pub use grown::{Grown, GrownImages, KEEP_PER_SNAPSHOT};
 pub use hash::{hash_file, hash_file_with, DEFAULT_CHUNK_SIZE};
 pub use manifest::{parse_digest, Chunk, ChunkManifest, MANIFEST_VERSION};
 pub use store::{Snapshot, SnapshotStore};

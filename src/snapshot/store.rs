@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::io::Errno;
 
 use super::error::{Result, SnapshotError};
+use super::grown::GrownImages;
 use super::manifest::{parse_digest, ChunkManifest};
 use super::verify::{verify_file, VerifyReport};
 
@@ -38,13 +39,14 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     root: PathBuf,
+    grown: GrownImages,
 }
 
 fn io<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'p {
     move |e| SnapshotError::io(op, path, e)
 }
 
-fn unique_suffix() -> String {
+pub(super) fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!(
         "{}-{}",
@@ -53,7 +55,7 @@ fn unique_suffix() -> String {
     )
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub(super) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync", dir))
@@ -62,7 +64,16 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 impl SnapshotStore {
     /// `root` is `<state root>/snapshots`; it is created on first commit.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        SnapshotStore { root: root.into() }
+        let root = root.into();
+        SnapshotStore {
+            grown: GrownImages::new(&root),
+            root,
+        }
+    }
+
+    /// The snapshots' images grown to the sizes disks asked for (see `GrownImages`).
+    pub fn grown(&self) -> &GrownImages {
+        &self.grown
     }
 
     pub fn root(&self) -> &Path {
@@ -244,6 +255,11 @@ impl SnapshotStore {
             Err(e) => return Err(SnapshotError::io("rename", &dir, e)),
         }
         std::fs::remove_dir_all(&trash).map_err(io("remove", &trash))?;
+        // Its grown images were made from it and go with it; one left behind is found and
+        // removed at the next start.
+        if let Err(e) = self.grown.remove_all(digest) {
+            tracing::warn!(%digest, error = %e, "cannot remove the grown images of a removed snapshot");
+        }
         tracing::info!(%digest, "snapshot removed");
         Ok(())
     }

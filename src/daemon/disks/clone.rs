@@ -42,13 +42,29 @@ pub(super) async fn clone_disk(
     };
     let sys = d.inner.sys.clone();
     let image = super::image_path(d, id);
-    let source = held.map(|h| h.path.clone());
-    let created = tokio::task::spawn_blocking(move || {
-        let src = match &source {
-            Some(p) => DiskSource::Snapshot(p),
-            None => DiskSource::Empty,
+    let snapshots = d.inner.snapshots.clone();
+    let source = held.map(|h| (h.digest.clone(), h.path.clone()));
+    let created = tokio::task::spawn_blocking(move || -> Result<disk::Disk, String> {
+        let Some((digest, snapshot_image)) = &source else {
+            return disk::create(sys.as_ref(), &image, DiskSource::Empty, &opts)
+                .map_err(|e| e.to_string());
         };
-        disk::create(sys.as_ref(), &image, src, &opts)
+        let (from, grown_in) = super::grown::source_for(
+            sys.as_ref(),
+            &snapshots,
+            digest,
+            snapshot_image,
+            opts.size_bytes,
+            opts.clone_mode,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut made = disk::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)
+            .map_err(|e| e.to_string())?;
+        if let Some(took) = grown_in {
+            // This disk waited for its size's grown image; the next ones will not.
+            made.timings.grow_ms += took.as_secs_f64() * 1e3;
+        }
+        Ok(made)
     })
     .await
     .map_err(internal)?;

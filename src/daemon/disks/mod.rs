@@ -5,6 +5,7 @@
 mod auto_cache;
 mod clone;
 mod create;
+mod grown;
 mod object;
 mod pull;
 mod select;
