@@ -1,11 +1,70 @@
 #!/usr/bin/env bash
 # Installs what imagecache's build, tests, benchmarks and demo need on a Debian 12 node, as
-# root, from one list: scripts/programs.txt (tests/programs_installed.rs fails when a source
-# starts a program that list does not name).
+# root, from one list: PROGRAMS below (tests/programs_installed.rs fails when a source starts
+# a program that list does not name).
 # Safe to run again: it only installs what is missing, and says nothing when nothing is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-list=scripts/programs.txt
+
+# Every program that imagecached, the test kit, the tests, the benches, the examples and the
+# scripts start, with where it comes from. This script installs from this list and nothing
+# else; tests/programs_installed.rs reads the sources and fails when they start a program this
+# list does not name, and checks that each program named here is installed.
+#
+#   KIND PACKAGE: PROGRAM...
+#
+# KIND is one of:
+#   base  a Debian package every Debian 12 system has (priority required or important);
+#         it is still installed if it is missing
+#   apt   a Debian package installed with apt-get when it is missing
+#   rust  the Rust toolchain (rustup, with the rustfmt and clippy components); checked, and
+#         missing components added, but rustup itself cannot be installed from here
+# A program is listed once, on the line of the package that ships it (`dpkg -S bin/NAME`), or
+# of a package whose dependency ships it (python3).
+list=$(cat <<'PROGRAMS'
+apt   e2fsprogs: mkfs.ext4 e2fsck resize2fs dumpe2fs filefrag  # the cache's ext4 images
+apt   xfsprogs: mkfs.xfs xfs_growfs                          # the backing image; scratch XFS in tests
+
+# Tests, benches and the demo
+apt   docker-registry: docker-registry  # the OCI registry on 127.0.0.1 the tests pull from
+apt   apache2-utils: htpasswd           # the registry with basic auth
+apt   containerd: containerd ctr        # the benchmark's baseline; the CRI tests' runtime
+apt   runc: runc                        # containerd's container runtime
+apt   skopeo: skopeo                    # the test kit's oracle: registry image to OCI layout
+apt   umoci: umoci                      # the test kit's oracle: OCI layout to a rootfs
+apt   busybox-static: busybox           # a static busybox put into test images (pause, tools)
+apt   debootstrap: debootstrap          # a real Debian rootfs for the end-to-end test
+apt   python3: python3                  # free ports in the scripts
+apt   curl: curl
+apt   jq: jq
+
+# Building: C parts of crates (zstd, sqlite), and protoc for the gRPC crates' build scripts
+apt   build-essential:
+apt   pkg-config: pkg-config
+apt   protobuf-compiler: protoc
+apt   ca-certificates:                  # HTTPS to the package registries
+
+# On every Debian 12 system
+base  coreutils: cat chroot cut date df dirname du id mkdir mktemp mv nproc rm seq sleep sort stat sync tail tee truncate uname wc
+base  util-linux: fallocate findmnt flock nsenter setsid unshare
+base  mount: losetup mount umount
+base  procps: free kill
+base  bash: bash
+base  dash: sh
+base  grep: grep
+base  sed: sed
+base  mawk: awk
+base  findutils: xargs
+base  tar: tar
+base  gzip: gzip
+base  dpkg: dpkg-query
+base  apt: apt-get
+base  systemd: systemctl
+
+# Not from Debian: cargo builds and runs everything; `cargo fmt` and `cargo clippy` in test.sh
+rust  rustup: rustup cargo rustc cargo-fmt rustfmt cargo-clippy clippy-driver
+PROGRAMS
+)
 
 packages=() # Debian packages: the list's base and apt lines
 programs=() # every program the list names
@@ -15,11 +74,11 @@ while read -r kind package names; do
   case "$kind" in
     base | apt) packages+=("$package") ;;
     rust) ;;
-    *) echo "$list: unknown kind '$kind' for $package" >&2; exit 1 ;;
+    *) echo "scripts/setup.sh: unknown kind '$kind' for $package in PROGRAMS" >&2; exit 1 ;;
   esac
   read -r -a names <<<"$names"
   programs+=("${names[@]}")
-done < <(sed -e 's/#.*//' "$list")
+done < <(sed -e 's/#.*//' <<<"$list")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -61,6 +120,6 @@ for p in "${programs[@]}"; do
   command -v "$p" >/dev/null || absent+=("$p")
 done
 if [ ${#absent[@]} -gt 0 ]; then
-  echo "not found after setup: ${absent[*]} (listed in $list)" >&2
+  echo "not found after setup: ${absent[*]} (listed in PROGRAMS in scripts/setup.sh)" >&2
   exit 1
 fi

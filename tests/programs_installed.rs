@@ -1,5 +1,5 @@
 //! Every program that the daemon, the test kit, a test, a bench, an example or a script starts
-//! is named in scripts/programs.txt, the one list scripts/setup.sh installs from; and, on this
+//! is named in the PROGRAMS list of scripts/setup.sh, the one list it installs from; and, on this
 //! machine, every program that list names is installed.
 //!
 //! A fresh node has only what setup.sh installs, so a program started but not listed passes on
@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const LIST: &str = "scripts/programs.txt";
+/// The file holding the list; the list is its here-document between `<<'PROGRAMS'` and
+/// `PROGRAMS`, and line numbers in messages are the file's.
+const LIST: &str = "scripts/setup.sh";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,9 +36,18 @@ struct Entry {
 }
 
 fn read_list() -> Vec<Entry> {
-    let text = fs::read_to_string(repo().join(LIST)).expect("read scripts/programs.txt");
+    let text = fs::read_to_string(repo().join(LIST)).expect("read scripts/setup.sh");
+    let start = text
+        .lines()
+        .position(|l| l.contains("<<'PROGRAMS'"))
+        .unwrap_or_else(|| panic!("{LIST} has no `<<'PROGRAMS'` list"));
     let mut entries = Vec::new();
-    for (n, raw) in text.lines().enumerate() {
+    for (n, raw) in text
+        .lines()
+        .enumerate()
+        .skip(start + 1)
+        .take_while(|(_, l)| *l != "PROGRAMS")
+    {
         let line = raw.split('#').next().unwrap().trim();
         if line.is_empty() {
             continue;
