@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imagecache/config.toml";
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/imagecache/snapshotter.sock";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// State root: state.db, snapshots/, disks/, work/.
@@ -41,6 +41,15 @@ pub struct Config {
     /// The pause image of the node's CRI config (`sandbox_image`); when set, every cache also
     /// holds it, so a pod's sandbox starts from the cache too.
     pub sandbox_image: Option<String>,
+    /// retentionDays of a cache the daemon creates for a pod that matched none; each disk
+    /// cloned from it renews that much time.
+    pub auto_cache_retention_days: u32,
+    /// The space auto-created Ready caches may hold together (GiB, fractions allowed); beyond
+    /// it the least recently used are deleted. `None`: no limit.
+    pub max_cache_space_gib: Option<f64>,
+    /// How old an auto-created cache's failure must be before the next pod that wants it
+    /// builds it again (seconds; 10 minutes by default).
+    pub auto_cache_retry_after_secs: u64,
 }
 
 impl Default for Config {
@@ -58,6 +67,9 @@ impl Default for Config {
             snapshotter_socket: PathBuf::from(DEFAULT_SNAPSHOTTER_SOCKET),
             auto_match: true,
             sandbox_image: None,
+            auto_cache_retention_days: 7,
+            max_cache_space_gib: None,
+            auto_cache_retry_after_secs: 600,
         }
     }
 }
@@ -138,6 +150,20 @@ impl Config {
                 .parse::<crate::registry::ImageReference>()
                 .map_err(|e| format!("sandbox_image = {image:?} is not an image reference: {e}"))?;
         }
+        if !(1..=crate::objects::MAX_RETENTION_DAYS).contains(&self.auto_cache_retention_days) {
+            return Err(format!(
+                "auto_cache_retention_days = {} is out of range: use 1 to {}",
+                self.auto_cache_retention_days,
+                crate::objects::MAX_RETENTION_DAYS
+            ));
+        }
+        if let Some(gib) = self.max_cache_space_gib {
+            if !gib.is_finite() || gib < 0.0 {
+                return Err(format!(
+                    "max_cache_space_gib = {gib} must be a number of GiB, 0 or more"
+                ));
+            }
+        }
         if !self.root.is_absolute() {
             return Err(format!("root = {:?} must be an absolute path", self.root));
         }
@@ -172,6 +198,9 @@ mod tests {
             snapshotter_socket = "/run/ic/snap.sock"
             auto_match = false
             sandbox_image = "registry.k8s.io/pause:3.9"
+            auto_cache_retention_days = 3
+            max_cache_space_gib = 500.5
+            auto_cache_retry_after_secs = 60
         "#;
         let c = Config::parse(text, Path::new("c.toml")).unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/ic"));
@@ -187,6 +216,26 @@ mod tests {
             c.sandbox_image.as_deref(),
             Some("registry.k8s.io/pause:3.9")
         );
+        assert_eq!(c.auto_cache_retention_days, 3);
+        assert_eq!(c.max_cache_space_gib, Some(500.5));
+        assert_eq!(c.auto_cache_retry_after_secs, 60);
+    }
+
+    #[test]
+    fn auto_cache_bounds_default_to_a_week_no_limit_and_ten_minutes() {
+        let c = Config::default();
+        assert_eq!(c.auto_cache_retention_days, 7);
+        assert_eq!(c.max_cache_space_gib, None);
+        assert_eq!(c.auto_cache_retry_after_secs, 600);
+        let whole = Config::parse("max_cache_space_gib = 100", Path::new("c.toml")).unwrap();
+        assert_eq!(whole.max_cache_space_gib, Some(100.0));
+        for bad in ["auto_cache_retention_days = 0", "max_cache_space_gib = -1"] {
+            let err = Config::parse(bad, Path::new("c.toml")).unwrap_err();
+            assert!(
+                err.to_string().contains(&bad[..bad.find(' ').unwrap()]),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Retention: caches past their `expireDateTime` (retentionDays after creation; a Failed
 //! cache 24 h after failing) are deleted the way `DELETE` deletes them. Disks cloned from an
-//! expired cache are not touched: they hold their snapshot until they go.
+//! expired cache are not touched: they hold their snapshot until they go. Each pass also keeps
+//! auto-created caches within `max_cache_space_gib` (disks/auto_budget.rs).
 
 use std::time::Duration;
 
@@ -56,5 +57,7 @@ pub async fn collect(d: &Daemon, now: OffsetDateTime) -> Vec<String> {
             Err(e) => warn!(cache = %name, error = %e, "could not delete an expired cache"),
         }
     }
+    // Auto-created caches beyond the node's budget go too (each deletion logged).
+    super::disks::enforce_cache_budget(d).await;
     deleted
 }

@@ -126,6 +126,7 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
             pull_secrets: object.spec.image_pull_secrets.clone(),
             size_gib,
             reuse,
+            size_from_images: super::build::is_auto_created(&object.metadata.annotations),
         },
     );
     Ok(Reply::ImageCache(Box::new(object)))

@@ -2,6 +2,7 @@
 //! parallel into a fresh loop-mounted ext4 image, write the OCI layout, then freeze the image
 //! into a snapshot. Status, progress and events are written to the store as it goes.
 
+mod auto_size;
 mod error;
 pub(crate) mod fill;
 mod freeze;
@@ -41,11 +42,24 @@ pub struct BuildSpec {
     pub size_gib: u32,
     /// Start from a clone of the best-matching Ready cache (`imc-enable-reuse`).
     pub reuse: bool,
+    /// An auto-created cache: `size_gib` is a floor, raised to what the images need once
+    /// their manifests are resolved (auto_size.rs).
+    pub size_from_images: bool,
 }
 
 /// On an ImageCache: build it from a clone of the best-matching Ready cache, pulling only
 /// the images that one lacks; the new snapshot shares its unchanged blocks with the parent.
 pub const REUSE_ANNOTATION: &str = "k8s.aliyun.com/imc-enable-reuse";
+
+/// On an ImageCache the daemon created for a pod that matched none: sized from its images,
+/// retention from `auto_cache_retention_days`, and counted against `max_cache_space_gib`.
+pub const AUTO_CREATED_ANNOTATION: &str = "imagecache.io/auto-created";
+
+pub fn is_auto_created(annotations: &std::collections::BTreeMap<String, String>) -> bool {
+    annotations
+        .get(AUTO_CREATED_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
 
 /// Whether an ImageCache asks for reuse; a value other than `"true"`/`"false"` is refused as a
 /// bad pod annotation is, never read as "no".
@@ -146,10 +160,34 @@ async fn build(
     } else {
         None
     };
+    // An auto-created cache's size comes from its manifests, so they resolve before mkfs.
+    let sized = match spec.size_from_images {
+        true => {
+            let resolved =
+                cancellable(cancel, plan::resolve_all(d, &spec.images, &keyring)).await?;
+            let size_gib = auto_size::record(d, &spec.name, &resolved, spec.size_gib)?;
+            Some((resolved, size_gib))
+        }
+        false => None,
+    };
+    let resized;
+    let spec = match &sized {
+        Some((_, size_gib)) => {
+            resized = BuildSpec {
+                size_gib: *size_gib,
+                ..spec.clone()
+            };
+            &resized
+        }
+        None => spec,
+    };
     let (work, made) = WorkImage::start(d, work_dir, spec.size_gib, parent.as_ref())?;
     let owner = Owner::Cache(spec.name.clone());
     announce(d, &owner, spec, parent.as_ref());
-    let resolved = cancellable(cancel, plan::resolve_all(d, &spec.images, &keyring)).await;
+    let resolved = match sized {
+        Some((resolved, _)) => Ok(resolved),
+        None => cancellable(cancel, plan::resolve_all(d, &spec.images, &keyring)).await,
+    };
     let t_resolved = started.elapsed();
     made.await
         .map_err(|e| BuildError::Internal(e.to_string()))??;

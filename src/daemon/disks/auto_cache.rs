@@ -1,47 +1,146 @@
 //! Step 3 of a disk create that matched no cache: a cache of the disk's images, built in the
-//! background, so the next pod with them gets a clone.
+//! background, so the next pod with them gets a clone. Bounded: sized from its images (the
+//! build raises the floor set here, build/auto_size.rs), expiring `auto_cache_retention_days`
+//! after its last use, and counted against `max_cache_space_gib` (auto_budget.rs). A Failed one
+//! is built again by the first pod that wants it once the failure is
+//! `auto_cache_retry_after_secs` old; until then pods go without, and their events say why.
 
 use std::collections::BTreeMap;
 
 use sha2::Digest;
-use tracing::warn;
+use time::OffsetDateTime;
+use tracing::{info, warn};
 
-use crate::daemon::{handlers, Daemon, DaemonError};
+use super::auto_budget;
+use super::select::Plan;
+use crate::daemon::build::AUTO_CREATED_ANNOTATION;
+use crate::daemon::events::{self, NORMAL, WARNING};
+use crate::daemon::{clock, handlers, Daemon, DaemonError};
 use crate::objects::*;
 
+/// Decisions on auto-created caches (create, retry, evict) are made one at a time, so two
+/// pods cannot both retry a failure or both evict for the same budget.
+pub(super) static DECIDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An event for the disk whose create made a decision about an auto-created cache.
+#[derive(Debug)]
+pub(crate) struct Note {
+    pub type_: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What a disk create does about auto-created caches once its disk exists: renew the one it
+/// was cloned from, create (or retry) one when nothing matched, and keep them all within the
+/// node's budget. Returns the cache being built for the disk's images, and the events.
+pub(super) async fn on_create(
+    d: &Daemon,
+    req: &ValidDisk,
+    plan: &Plan,
+) -> (Option<String>, Vec<Note>) {
+    let mut notes = Vec::new();
+    let cloned = plan.cache.as_ref().map(|c| c.id.as_str());
+    if let Some(id) = cloned {
+        auto_budget::renew(d, id);
+    }
+    let auto_created = match plan.auto_create {
+        true => ensure_cache_of(d, req, plan.size_gib, &mut notes).await,
+        false => None,
+    };
+    notes.extend(auto_budget::enforce(d, cloned).await);
+    (auto_created, notes)
+}
+
+/// Adds `notes` to the disk's events, after those of its creation.
+pub(super) fn add_notes(disk: &mut Disk, notes: Vec<Note>, now: &str) {
+    if let Some(s) = disk.status.as_mut() {
+        for n in notes {
+            events::record(&mut s.events, n.type_, n.reason, n.message, now);
+        }
+    }
+}
+
 /// The cache's name, made from the images so pods with the same images share one; `None`
-/// when it could not be created (logged: the disk itself is fine without it).
-pub(super) fn ensure_cache_of(d: &Daemon, req: &ValidDisk) -> Option<String> {
+/// when there is none being built for them (logged and noted: the disk itself is fine
+/// without it). `disk_gib` is the size of the disk that asked: the cache is never smaller.
+async fn ensure_cache_of(
+    d: &Daemon,
+    req: &ValidDisk,
+    disk_gib: u32,
+    notes: &mut Vec<Note>,
+) -> Option<String> {
     let mut names: Vec<String> = req.images.iter().map(|r| r.to_string()).collect();
     names.sort();
     let digest = hex::encode(sha2::Sha256::digest(names.join("\n").as_bytes()));
     let name = format!("auto-{}", &digest[..16]);
-    if d.inner.store.get_cache(&name).ok().flatten().is_some() {
-        return Some(name);
+    let _deciding = DECIDING.lock().await;
+    let existing = d.inner.store.get_cache(&name).ok().flatten();
+    if let Some(status) = existing.and_then(|c| c.status) {
+        if status.phase != Phase::Failed {
+            return Some(name);
+        }
+        let retry_after = time::Duration::seconds(
+            i64::try_from(d.inner.config.auto_cache_retry_after_secs).unwrap_or(i64::MAX),
+        );
+        let failed_at =
+            clock::parse(&status.last_updated_time).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let cause = status.message.unwrap_or_else(|| "no cause recorded".into());
+        let retry_at = failed_at + retry_after;
+        if clock::now() < retry_at {
+            notes.push(Note {
+                type_: WARNING,
+                reason: "AutoCacheFailed",
+                message: format!(
+                    "Image cache {name} of these images failed at {} ({cause}); the first pod with them from {} on builds it again",
+                    status.last_updated_time,
+                    clock::format(retry_at)
+                ),
+            });
+            return None;
+        }
+        if let Err(e) = handlers::delete_cache(d, &name).await {
+            warn!(cache = %name, error = %e, "could not delete a failed auto-created cache to retry it");
+            notes.push(Note {
+                type_: WARNING,
+                reason: "AutoCacheFailed",
+                message: format!("Image cache {name} of these images failed at {} ({cause}) and could not be removed to build it again: {e}", status.last_updated_time),
+            });
+            return None;
+        }
+        info!(cache = %name, failed_at = %status.last_updated_time, "retrying a failed auto-created cache");
+        notes.push(Note {
+            type_: NORMAL,
+            reason: "AutoCacheRetried",
+            message: format!(
+                "Image cache {name} of these images failed at {} ({cause}); building it again",
+                status.last_updated_time
+            ),
+        });
     }
+    // The floor: the node's default, and never smaller than the disk that asked for it
+    // (a disk is never smaller than its cache, so this pod's size can clone it). The build
+    // raises it to what the images need.
+    let size_gib = d.inner.config.default_cache_size_gib.max(disk_gib);
     let object = ImageCache {
         api_version: API_VERSION.into(),
         kind: KIND_IMAGE_CACHE.into(),
         metadata: ObjectMeta {
             name: name.clone(),
-            annotations: BTreeMap::from([(
-                "imagecache.io/auto-created".to_owned(),
-                "true".to_owned(),
-            )]),
+            annotations: BTreeMap::from([(AUTO_CREATED_ANNOTATION.to_owned(), "true".to_owned())]),
             ..Default::default()
         },
         spec: ImageCacheSpec {
             images: names,
             image_pull_secrets: req.pull_secrets.clone(),
-            image_cache_size: Some(d.inner.config.default_cache_size_gib),
-            retention_days: None,
+            image_cache_size: Some(size_gib),
+            retention_days: Some(d.inner.config.auto_cache_retention_days),
         },
         status: None,
     };
     let valid = ValidImageCache {
         object,
         images: req.images.clone(),
-        size_gib: d.inner.config.default_cache_size_gib,
+        size_gib,
     };
     match handlers::create_cache(d, valid) {
         Ok(_) => Some(name),

@@ -25,12 +25,8 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
         .transpose()?;
     let created = clone_disk(d, &id, mountpoint, &plan, held.as_ref()).await?;
     let now = clock::now_string();
-    let auto_created = if plan.auto_create {
-        auto_cache::ensure_cache_of(d, &req)
-    } else {
-        None
-    };
-    let object = disk_object(
+    let (auto_created, notes) = auto_cache::on_create(d, &req, &plan).await;
+    let mut object = disk_object(
         d,
         Made {
             id: &id,
@@ -41,6 +37,7 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
             now: &now,
         },
     );
+    auto_cache::add_notes(&mut object, notes, &now);
     if let Err(e) = d.inner.store.insert_disk(&object) {
         error!(disk = %id, device = %created.device.display(), error = %e, "could not record a created disk: it stays attached until removed by hand");
         return Err(internal(e));

@@ -2,6 +2,7 @@
 //! own, and pull what the cache lacked into the disk in the background. A create runs in
 //! steps, a module each: select, clone, auto-create a cache, build the object, persist, pull.
 
+mod auto_budget;
 mod auto_cache;
 mod clone;
 mod create;
@@ -19,6 +20,12 @@ pub use create::create;
 use super::{Daemon, DaemonError, Reply};
 use crate::disk;
 use crate::objects::*;
+
+/// Keeps auto-created caches within `max_cache_space_gib` (the retention pass calls it, so a
+/// cache that turned Ready over the budget goes within a minute); returns how many went.
+pub async fn enforce_cache_budget(d: &Daemon) -> usize {
+    auto_budget::enforce(d, None).await.len()
+}
 
 /// Where a disk's file lives.
 pub fn image_path(d: &Daemon, id: &str) -> PathBuf {
