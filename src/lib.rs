@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod disk;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod layout;
 pub mod matching;

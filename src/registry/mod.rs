@@ -10,8 +10,9 @@ mod chain;
 mod client;
 mod digest;
 mod error;
-mod manifest;
-mod platform;
+// Visible to the crate for `crate::fuzzing`, which fuzzes the parsers the client calls.
+pub(crate) mod manifest;
+pub(crate) mod platform;
 mod reference;
 mod retry;
 mod stream;
