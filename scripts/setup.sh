@@ -46,7 +46,7 @@ apt   ca-certificates:                  # HTTPS to the package registries
 
 # On every Debian 12 system
 base  coreutils: cat chroot cut date df dirname du id mkdir mktemp mv nproc rm seq sleep sort stat sync tail tee truncate uname wc
-base  util-linux: fallocate findmnt flock nsenter setsid unshare
+base  util-linux: fallocate findmnt flock nsenter setpriv setsid unshare
 base  mount: losetup mount umount
 base  procps: free kill
 base  bash: bash

@@ -16,6 +16,9 @@ pub struct Config {
     pub root: PathBuf,
     /// The API's unix socket.
     pub socket: PathBuf,
+    /// The group (name or number) whose members may use the API besides root: the socket is
+    /// created 0660 with it, and every request's caller is checked against it.
+    pub socket_group: String,
     /// Registries (`host[:port]`) spoken to over plain HTTP, as containerd and docker do.
     pub insecure_registries: Vec<String>,
     /// Mirrors tried before a registry: `{ "docker.io" = ["mirror.local:5000"] }`.
@@ -57,6 +60,7 @@ impl Default for Config {
         Config {
             root: PathBuf::from("/var/lib/imagecache"),
             socket: PathBuf::from("/run/imagecache/imagecache.sock"),
+            socket_group: "root".into(),
             insecure_registries: Vec::new(),
             registry_mirrors: BTreeMap::new(),
             max_concurrent_downloads: 8,

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The request is valid but the object's state does not allow it (409).
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not use the API (403): not root and not in the socket's group.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -71,6 +74,7 @@ impl ApiError {
             ApiError::Invalid { .. } => 422,
             ApiError::NotFound { .. } => 404,
             ApiError::AlreadyExists { .. } | ApiError::Conflict(_) => 409,
+            ApiError::Forbidden(_) => 403,
             ApiError::Internal(_) => 500,
         }
     }
@@ -82,6 +86,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict(_) => "Conflict",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::Internal(_) => "InternalError",
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod parse;
+pub mod peer;
 pub mod routes;
 pub mod validate;
 pub mod validate_disk;

@@ -8,6 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::parse::{parse_body, ImageCacheManifest};
+use super::peer::Access;
 use super::validate::validate_image_cache;
 use super::validate_disk::{parse_disk_request, validate_disk};
 use super::{ApiError, ImageCache, Status};
@@ -21,7 +22,9 @@ pub const EKS_IMAGECACHES: &str = "/apis/eks.cloud.tencent.com/v1/imagecaches";
 pub const DISKS: &str = "/apis/imagecache.io/v1/disks";
 pub const INFO: &str = "/apis/imagecache.io/v1/info";
 
-pub fn router(daemon: Daemon) -> Router {
+/// Every route, behind the caller check of `access`. Serve it with
+/// `into_make_service_with_connect_info::<Peer>()`: the check needs each connection's peer.
+pub fn router(daemon: Daemon, access: Access) -> Router {
     let mut router = Router::new();
     for path in [IMAGECACHES, ECI_IMAGECACHES, EKS_IMAGECACHES] {
         router = router
@@ -45,6 +48,10 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/version", get(version))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(access),
+            super::peer::check,
+        ))
         .with_state(daemon)
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use imagecache::api::peer::{self, Access, Peer};
 use imagecache::config::{Config, DEFAULT_CONFIG_PATH};
 use imagecache::daemon::Daemon;
 use imagecache::sys::LinuxSys;
@@ -100,8 +101,12 @@ fn load_config(args: &Args) -> Result<Config> {
 async fn serve(config: Config) -> Result<()> {
     let socket = config.socket.clone();
     let snapshotter_socket = config.snapshotter().map(Path::to_owned);
+    let access = Access {
+        gid: peer::group_id(&config.socket_group).map_err(anyhow::Error::msg)?,
+        group_name: config.socket_group.clone(),
+    };
     let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
-    let listener = bind(&socket)?;
+    let (listener, ours) = bind(&socket, access.gid)?;
     let stop = CancellationToken::new();
     let snapshotter = match &snapshotter_socket {
         Some(path) => {
@@ -118,7 +123,8 @@ async fn serve(config: Config) -> Result<()> {
     info!(socket = %socket.display(), root = %daemon.config().root.display(), "imagecached serving");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let app = imagecache::api::routes::router(daemon.clone());
+    let app = imagecache::api::routes::router(daemon.clone(), access)
+        .into_make_service_with_connect_info::<Peer>();
     let signalled = stop.clone();
     tokio::spawn(async move {
         stop_signal().await;
@@ -137,7 +143,10 @@ async fn serve(config: Config) -> Result<()> {
     }
     info!("stopping: cancelling builds");
     daemon.shutdown().await;
-    let _ = std::fs::remove_file(&socket);
+    // A socket systemd passed is systemd's: it keeps it for the next start.
+    if ours {
+        let _ = std::fs::remove_file(&socket);
+    }
     if let Some(path) = &snapshotter_socket {
         let _ = std::fs::remove_file(path);
     }
@@ -146,10 +155,11 @@ async fn serve(config: Config) -> Result<()> {
 }
 
 /// Binds the API socket, replacing a stale socket file but refusing to steal the socket of a
-/// daemon that is still running.
-fn bind(socket: &Path) -> Result<UnixListener> {
+/// daemon that is still running; or takes the one systemd passed. Returns whether the socket
+/// file is ours (made here) to remove at exit.
+fn bind(socket: &Path, gid: u32) -> Result<(UnixListener, bool)> {
     if let Some(listener) = activated_socket()? {
-        return Ok(listener);
+        return Ok((listener, false));
     }
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -167,8 +177,10 @@ fn bind(socket: &Path) -> Result<UnixListener> {
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     // Root and the socket's group (the kubelet side) may call the API; nobody else.
+    std::os::unix::fs::chown(socket, Some(0), Some(gid))
+        .with_context(|| format!("cannot give {} to group {gid}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
+    Ok((listener, true))
 }
 
 /// The socket systemd passed (imagecached.socket), if the daemon was socket-activated.

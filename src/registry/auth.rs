@@ -121,6 +121,7 @@ impl Keyring {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
             Err(e) => return Err(fail(format!("cannot read it: {e}"))),
         };
+        warn_if_readable_by_others(path);
         serde_json::from_slice::<serde_json::Value>(&contents)
             .map_err(|e| fail(json_error_summary(&e)))?;
         self.docker_config = Some(DockerConfig {
@@ -224,11 +225,26 @@ fn load_pull_secret(secrets_dir: &Path, secret: &str) -> Result<PullSecret, Regi
         };
         fail(&path, format!("{hint} ({e})"))
     })?;
+    warn_if_readable_by_others(&path);
     let auths = parse_dockerconfigjson(&contents).map_err(|reason| fail(&path, reason))?;
     Ok(PullSecret {
         name: format!("{namespace}/{name}"),
         auths,
     })
+}
+
+/// Credentials any user of the node can read are not secret: say so, naming the file (never
+/// its contents). The pull goes on; refusing would break nodes that work today.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "a registry credentials file is readable by every user of this node: chmod o-r it (0600 or 0640)"
+            );
+        }
+    }
 }
 
 /// Parses a `.dockerconfigjson` document. Errors describe the problem without echoing any of
