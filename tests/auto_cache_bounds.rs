@@ -1,6 +1,7 @@
 //! Auto-created caches are bounded, through the real daemon, registry and loop devices:
 //! - sized at least the node's default and the size of the disk that asked (a `Sized` event
 //!   says how the images' manifests set it), with `auto_cache_retention_days` as retentionDays;
+//!   a pod asking for a smaller disk than such a cache gets an empty disk, not a refusal;
 //! - each disk cloned from one renews its expiry;
 //! - a Failed one is not retried by the pods that come within `auto_cache_retry_after_secs`
 //!   of the failure (`AutoCacheFailed` on their disks), and is rebuilt by the first that comes
@@ -111,6 +112,16 @@ fn auto_created_caches_are_sized_renewed_retried_and_kept_within_the_budget() {
         sized[0].contains("Sized to 30 GiB") && sized[0].contains("at least 30 GiB"),
         "{sized:?}"
     );
+    // A pod asking for less than that cache goes without it, and is not refused.
+    let small = disk(&daemon, alpha, &["--size", "20"]);
+    assert!(small["status"]["cacheId"].is_null(), "{small:#}");
+    assert!(small["status"]["autoCreatedCache"].is_null(), "{small:#}");
+    let why = with_reason(&small, "NoCacheMatched");
+    assert!(
+        why.len() == 1 && why[0].contains(&auto_a) && why[0].contains("larger than the 20 GiB"),
+        "{small:#}"
+    );
+    daemon.cli_ok(&["disk", "delete", id(&small)]);
     let b1 = disk(&daemon, bravo, &[]);
     let auto_b = b1["status"]["autoCreatedCache"]
         .as_str()

@@ -1,6 +1,7 @@
 //! Step 1 of a disk create: choose the cache to clone (matching.rs) and the disk's size.
 
 use super::internal;
+use crate::daemon::build::is_auto_created;
 use crate::daemon::{Daemon, DaemonError};
 use crate::matching::{self, Candidate, DiskRequest, MatchError, Selection};
 use crate::objects::{ValidDisk, KIND_DISK, KIND_IMAGE_CACHE};
@@ -85,6 +86,21 @@ pub(super) fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, DaemonError> {
                 .image_cache_size
                 .unwrap_or(d.inner.config.default_cache_size_gib);
             let size_gib = req.size_gib.unwrap_or(cache_size);
+            // A cache the daemon sized for its images (or for a larger disk) must not turn a
+            // pod that asked for less into an error: that pod goes without it.
+            if size_gib < cache_size && is_auto_created(&cache.metadata.annotations) {
+                return Ok(Plan {
+                    cache: None,
+                    matched: Vec::new(),
+                    missing: req.images.clone(),
+                    size_gib,
+                    auto_create: false,
+                    reason: format!(
+                        "auto-created cache {} ({cache_id}) holds these images but is {cache_size} GiB, larger than the {size_gib} GiB disk asked for (a disk is never smaller than its cache)",
+                        cache.metadata.name
+                    ),
+                });
+            }
             if size_gib < cache_size {
                 return Err(DaemonError::invalid_field(
                     KIND_DISK,
