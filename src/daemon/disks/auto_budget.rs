@@ -76,6 +76,25 @@ fn held(c: &ImageCache) -> Option<Held> {
     })
 }
 
+/// The caches to delete, least recently used first, until what is left fits in `budget`
+/// bytes; `keep` (a cache id) is never chosen.
+fn choose(mut auto: Vec<Held>, budget: u64, keep: Option<&str>) -> Vec<Held> {
+    let mut total: u64 = auto.iter().map(|h| h.bytes).sum();
+    auto.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(a.name.cmp(&b.name)));
+    let mut chosen = Vec::new();
+    for h in auto {
+        if total <= budget {
+            break;
+        }
+        if keep == Some(h.id.as_str()) {
+            continue;
+        }
+        total -= h.bytes;
+        chosen.push(h);
+    }
+    chosen
+}
+
 /// Deletes least recently used auto-created Ready caches until those left fit in
 /// `max_cache_space_gib`; `keep` (the cache a disk was just cloned from) is never chosen.
 /// Each deletion is logged and returned as a note for the disk that triggered it.
@@ -88,17 +107,10 @@ pub(crate) async fn enforce(d: &Daemon, keep: Option<&str>) -> Vec<Note> {
     let Ok(caches) = d.inner.store.list_caches() else {
         return Vec::new();
     };
-    let mut auto: Vec<Held> = caches.iter().filter_map(held).collect();
+    let auto: Vec<Held> = caches.iter().filter_map(held).collect();
     let mut total: u64 = auto.iter().map(|h| h.bytes).sum();
-    auto.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(a.name.cmp(&b.name)));
     let mut notes = Vec::new();
-    for h in auto {
-        if total <= budget {
-            break;
-        }
-        if keep == Some(h.id.as_str()) {
-            continue;
-        }
+    for h in choose(auto, budget, keep) {
         let message = format!(
             "Deleted auto-created image cache {} ({} of frozen data, last used {}): auto-created caches held {}, over max_cache_space_gib = {budget_gib}; disks cloned from it keep their data",
             h.name,
@@ -122,4 +134,82 @@ pub(crate) async fn enforce(d: &Daemon, keep: Option<&str>) -> Vec<Note> {
         }
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::objects::{ImageCacheSpec, ImageCacheStatus, ObjectMeta};
+
+    fn cache(name: &str, auto: bool, phase: Phase, expire: &str, bytes: u64) -> ImageCache {
+        let annotations = match auto {
+            true => BTreeMap::from([(
+                crate::daemon::build::AUTO_CREATED_ANNOTATION.to_owned(),
+                "true".to_owned(),
+            )]),
+            false => BTreeMap::new(),
+        };
+        ImageCache {
+            api_version: "imagecache.io/v1".into(),
+            kind: "ImageCache".into(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                annotations,
+                creation_timestamp: Some("2026-01-01T00:00:00Z".into()),
+                ..Default::default()
+            },
+            spec: ImageCacheSpec {
+                images: vec!["a".into()],
+                image_pull_secrets: Vec::new(),
+                image_cache_size: Some(20),
+                retention_days: Some(7),
+            },
+            status: Some(ImageCacheStatus {
+                phase,
+                progress: "100%".into(),
+                image_cache_id: format!("imc-{name}"),
+                snapshot_digest: None,
+                start_time: None,
+                last_updated_time: String::new(),
+                expire_date_time: Some(expire.into()),
+                data_size_bytes: Some(bytes),
+                data_size: None,
+                message: None,
+                images: Vec::new(),
+                events: Vec::new(),
+            }),
+        }
+    }
+
+    fn names(chosen: &[Held]) -> Vec<&str> {
+        chosen.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    #[test]
+    fn least_recently_used_auto_created_ready_caches_go_until_the_rest_fit() {
+        let caches = [
+            cache("new", true, Phase::Ready, "2026-01-20T00:00:00Z", 300),
+            cache("old", true, Phase::Ready, "2026-01-10T00:00:00Z", 100),
+            cache("mid", true, Phase::Ready, "2026-01-15T00:00:00Z", 200),
+            cache("users", false, Phase::Ready, "2026-01-01T00:00:00Z", 1000),
+            cache("building", true, Phase::Pulling, "2026-01-01T00:00:00Z", 0),
+        ];
+        let all = || caches.iter().filter_map(held).collect::<Vec<_>>();
+        let listed = all();
+        assert_eq!(
+            names(&listed),
+            ["new", "old", "mid"],
+            "only auto-created Ready ones"
+        );
+        // Last use is expiry minus retentionDays.
+        assert_eq!(clock::format(listed[1].last_used), "2026-01-03T00:00:00Z");
+        assert!(choose(all(), 600, None).is_empty(), "within the budget");
+        assert_eq!(names(&choose(all(), 500, None)), ["old"]);
+        assert_eq!(names(&choose(all(), 350, None)), ["old", "mid"]);
+        assert_eq!(names(&choose(all(), 0, None)), ["old", "mid", "new"]);
+        // The cache a disk was just cloned from stays, whatever it costs.
+        assert_eq!(names(&choose(all(), 350, Some("imc-old"))), ["mid", "new"]);
+    }
 }
