@@ -186,7 +186,16 @@ fn split_registry(name: &str) -> Result<(String, String), String> {
                 || first.chars().any(|c| c.is_ascii_uppercase()) =>
         {
             validate_host(first)?;
-            (normalize_registry_host(first), rest)
+            // Hosts compare lowercased, except one that only its capitals mark as a host:
+            // lowercased, `Myhost/app` would print as `myhost/app`, which is Docker Hub's.
+            let marked_by_case_only =
+                !first.contains(['.', ':']) && !first.eq_ignore_ascii_case("localhost");
+            let registry = if marked_by_case_only {
+                first.to_string()
+            } else {
+                normalize_registry_host(first)
+            };
+            (registry, rest)
         }
         _ => (DOCKER_HUB.to_string(), name),
     };
@@ -391,6 +400,12 @@ mod tests {
         assert_eq!(norm("[::1]:5000/a"), "[::1]:5000/a:latest");
         let r: ImageReference = "Registry.Example.com/x".parse().unwrap();
         assert_eq!(r.registry(), "registry.example.com");
+        // Found by fuzzing: a host known only by its capitals keeps them, so the printed
+        // form names the same registry rather than a Docker Hub repository.
+        let r: ImageReference = "loRncalhoat/app".parse().unwrap();
+        assert_eq!(r.registry(), "loRncalhoat");
+        assert_eq!(r.to_string().parse::<ImageReference>().unwrap(), r);
+        assert_eq!(norm("LOCALHOST/x"), "localhost/x:latest");
     }
 
     #[test]
