@@ -59,7 +59,7 @@ base  tar: tar
 base  gzip: gzip
 base  dpkg: dpkg-query
 base  apt: apt-get
-base  systemd: systemctl
+base  systemd: systemctl systemd-analyze systemd-socket-activate
 
 # Not from Debian: cargo builds and runs everything; `cargo fmt` and `cargo clippy` in test.sh
 rust  rustup: rustup cargo rustc cargo-fmt rustfmt cargo-clippy clippy-driver

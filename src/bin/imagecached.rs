@@ -122,6 +122,9 @@ async fn serve(config: Config) -> Result<()> {
     daemon.start_gc();
     info!(socket = %socket.display(), root = %daemon.config().root.display(), "imagecached serving");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        spawn_watchdog(interval, stop.clone());
+    }
 
     let app = imagecache::api::routes::router(daemon.clone(), access)
         .into_make_service_with_connect_info::<Peer>();
@@ -198,6 +201,24 @@ fn activated_socket() -> Result<Option<UnixListener>> {
     std_listener.set_nonblocking(true)?;
     info!("using the socket systemd passed");
     Ok(Some(UnixListener::from_std(std_listener)?))
+}
+
+/// Pings systemd's watchdog every half of `interval` (WatchdogSec) until `stop`. The pings come
+/// from a task on the runtime that serves the API, so a runtime that stops running tasks
+/// stops them too, and systemd restarts the daemon.
+fn spawn_watchdog(interval: std::time::Duration, stop: CancellationToken) {
+    info!(?interval, "watchdog enabled");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+    });
 }
 
 async fn stop_signal() {

@@ -1,0 +1,276 @@
+//! The daemon under systemd's protocols, without systemd as init (root): both units pass
+//! `systemd-analyze verify`; READY=1 and watchdog pings reach the NOTIFY_SOCKET it is given;
+//! under `systemd-socket-activate` the first request starts the daemon and is answered; a
+//! socket passed to the daemon (as systemd passes it) is never removed by it, and requests
+//! sent while it restarts wait in the socket's queue and are answered by the next start.
+
+mod support;
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::scratch::{assert_no_leaks, ScratchXfs};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_imagecached");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A config for a daemon whose state root is `root` and API socket `socket`.
+fn write_config(dir: &Path, root: &Path, socket: &Path) -> PathBuf {
+    let config = dir.join("config.toml");
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "root = {root:?}\nsocket = {socket:?}\nsnapshotter_socket = \"\"\nsecrets_dir = {secrets:?}\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .unwrap()
+}
+
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+}
+
+/// `GET path` over `socket` with curl, waiting up to 60 s for the answer.
+fn curl(socket: &Path, path: &str) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--unix-socket"])
+        .arg(socket)
+        .arg(format!("http://localhost{path}"))
+        .output()
+        .unwrap()
+}
+
+fn terminate(child: &mut Child) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn both_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["imagecached.service", "imagecached.socket"] {
+        let text = std::fs::read_to_string(repo().join("systemd").join(unit)).unwrap();
+        // verify checks that ExecStart's program exists: point it at the one just built.
+        let text = text.replace("/usr/local/bin/imagecached", DAEMON);
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("imagecached.service"))
+        .arg(dir.path().join("imagecached.socket"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        !said.contains("imagecached"),
+        "systemd-analyze has something to say about our units:\n{said}"
+    );
+}
+
+#[test]
+fn ready_and_watchdog_pings_reach_the_notify_socket() {
+    let scratch = ScratchXfs::new(4 << 30);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let config = write_config(dir.path(), &scratch.path().join("state"), &socket);
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+
+    let mut daemon = Command::new(DAEMON)
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(log_file(dir.path()))
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    while seen.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no three pings within 60 s: {seen:?}"
+        );
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{e} after {seen:?}:\n{}", log(dir.path())));
+        // One state per datagram here, newline-terminated.
+        let message = String::from_utf8_lossy(&buf[..n]).trim_end().to_owned();
+        if message == "READY=1" {
+            // READY comes once the API answers.
+            let out = curl(&socket, "/healthz");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+        }
+        seen.push(message);
+    }
+    assert_eq!(seen[0], "READY=1", "{seen:?}");
+    // Three pings at 100 ms intervals, not a burst.
+    assert!(started.elapsed() >= Duration::from_millis(150), "{seen:?}");
+    terminate(&mut daemon);
+    let mut rest = Vec::new();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while let Ok(n) = notify.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned());
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+    assert!(
+        !socket.exists(),
+        "a socket the daemon made is removed at exit"
+    );
+    assert_no_leaks(&scratch.path().join("state"));
+}
+
+#[test]
+fn the_first_request_starts_a_socket_activated_daemon() {
+    let scratch = ScratchXfs::new(4 << 30);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let config = write_config(dir.path(), &scratch.path().join("state"), &socket);
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(DAEMON)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log_file(dir.path()))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket:\n{}", log(dir.path()));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !log(dir.path()).contains("imagecached serving"),
+        "started before any request"
+    );
+    let out = curl(&socket, "/healthz");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok",
+        "{}",
+        log(dir.path())
+    );
+    assert!(log(dir.path()).contains("using the socket systemd passed"));
+    terminate(&mut activator);
+    assert!(
+        socket.exists(),
+        "the daemon removed the socket it was passed"
+    );
+    assert_no_leaks(&scratch.path().join("state"));
+}
+
+#[test]
+fn a_passed_socket_outlives_the_daemon_and_queues_requests_across_a_restart() {
+    let scratch = ScratchXfs::new(4 << 30);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let config = write_config(dir.path(), &scratch.path().join("state"), &socket);
+    // The test holds the listening socket across restarts, as systemd does.
+    let listener = UnixListener::bind(&socket).unwrap();
+    let start = || {
+        let fd = listener.as_raw_fd();
+        let mut cmd = Command::new("sh");
+        // LISTEN_PID must be the daemon's own pid: the shell's, kept by exec.
+        cmd.args([
+            "-c",
+            "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\"",
+        ])
+        .arg(DAEMON)
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log_file(dir.path()));
+        // SAFETY: only dup2 and fcntl, async-signal-safe, run between fork and exec; they put
+        // the listening socket at fd 3 without close-on-exec, where LISTEN_FDS says it is.
+        unsafe {
+            cmd.pre_exec(move || {
+                let listening = BorrowedFd::borrow_raw(fd);
+                let mut three = OwnedFd::from_raw_fd(3);
+                let placed = rustix::io::dup2(listening, &mut three).and_then(|()| {
+                    // dup2 onto itself keeps close-on-exec: clear it either way.
+                    rustix::io::fcntl_setfd(&three, rustix::io::FdFlags::empty())
+                });
+                // Fd 3 is the daemon's now, not this closure's to close.
+                std::mem::forget(three);
+                placed.map_err(Into::into)
+            });
+        }
+        cmd.spawn().unwrap()
+    };
+    let mut first = start();
+    let out = curl(&socket, "/healthz");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok",
+        "{}",
+        log(dir.path())
+    );
+    terminate(&mut first);
+    assert!(
+        socket.exists(),
+        "the daemon removed the socket it was passed"
+    );
+
+    // While no daemon runs, a request waits in the socket's queue...
+    let waiting = {
+        let socket = socket.clone();
+        std::thread::spawn(move || curl(&socket, "/healthz"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished());
+    // ...and the next start answers it.
+    let mut second = start();
+    let out = waiting.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok",
+        "{}",
+        log(dir.path())
+    );
+    terminate(&mut second);
+    assert!(socket.exists());
+    drop(listener);
+    assert_no_leaks(&scratch.path().join("state"));
+}
