@@ -46,13 +46,56 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
         )
         .route(INFO, get(info))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/version", get(version))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            count_request,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(access),
             super::peer::check,
         ))
         .with_state(daemon)
+}
+
+/// Counts every answered request by its route's template, method and status code.
+async fn count_request(
+    State(daemon): State<Daemon>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let labels = crate::daemon::metrics::RequestLabels {
+        route,
+        method,
+        code: response.status().as_u16(),
+    };
+    daemon.metrics().api_requests.get_or_create(&labels).inc();
+    response
+}
+
+/// The Prometheus text format; reading it takes a list of caches, disks and loop devices, so
+/// it runs off the async workers.
+async fn metrics(State(daemon): State<Daemon>) -> Response {
+    match tokio::task::spawn_blocking(move || daemon.metrics_text()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(format!("metrics: {e}")).into_response(),
+    }
 }
 
 impl IntoResponse for ApiError {

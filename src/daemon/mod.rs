@@ -10,6 +10,7 @@ pub mod gc;
 mod handlers;
 pub mod ids;
 mod info;
+pub mod metrics;
 mod owner;
 mod pipe;
 mod progress;
@@ -61,6 +62,7 @@ struct Inner {
     shutdown: CancellationToken,
     /// The containerd snapshotter's request serialisation.
     snapshotter: snapshots::State,
+    metrics: metrics::Metrics,
 }
 
 impl Daemon {
@@ -97,6 +99,7 @@ impl Daemon {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             snapshotter: snapshots::State::default(),
+            metrics: metrics::Metrics::default(),
         };
         let daemon = Daemon {
             inner: Arc::new(inner),
@@ -109,6 +112,16 @@ impl Daemon {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The counters and histograms, for the front doors to record their requests in.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// `GET /metrics`: a read of counters and of what the daemon holds, no action.
+    pub fn metrics_text(&self) -> String {
+        metrics::render(self)
     }
 
     pub fn work_root(&self) -> PathBuf {

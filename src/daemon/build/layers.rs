@@ -161,7 +161,10 @@ async fn pull_layer(
         let result =
             fetch_and_unpack(d, layer, keyring, dest, progress, &mut counted, cancel).await;
         match result {
-            Ok(stats) => return Ok(stats),
+            Ok(stats) => {
+                d.inner.metrics.layers_unpacked.inc();
+                return Ok(stats);
+            }
             Err(e) => {
                 progress.sub(counted);
                 // A mismatch or refused layer leaves nothing behind: no partial layer survives.
@@ -243,6 +246,7 @@ async fn fetch_and_unpack(
                     break; // the unpacker stopped; its error says why
                 }
                 progress.add(n);
+                d.inner.metrics.pulled_bytes.inc_by(n);
                 *counted += n;
             }
             Some(Err(e)) => {

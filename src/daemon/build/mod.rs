@@ -124,7 +124,9 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
     );
     match result {
         Ok(built) => {
-            info!(cache = %spec.name, digest = %built.snapshot.digest, secs = started.elapsed().as_secs_f64(), "cache ready");
+            let secs = started.elapsed().as_secs_f64();
+            d.inner.metrics.build_seconds.observe(secs);
+            info!(cache = %spec.name, digest = %built.snapshot.digest, secs, "cache ready");
         }
         Err(BuildError::Cancelled) if d.inner.shutdown.is_cancelled() => {
             info!(cache = %spec.name, "build interrupted: the daemon is stopping");

@@ -82,6 +82,7 @@ pub(super) fn mark_ready(
 /// Marks the cache Failed with the cause; a failed cache expires 24 h after failing. The
 /// build is over and nobody waits on it, so a write that fails is logged.
 pub(super) fn fail(d: &Daemon, spec: &BuildSpec, error: &BuildError) {
+    d.inner.metrics.error(error.reason());
     let now = clock::now();
     let now_s = clock::format(now);
     let expire = clock::format(now + time::Duration::hours(24));

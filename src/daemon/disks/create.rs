@@ -23,7 +23,12 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
         .as_ref()
         .map(|cache| hold_snapshot(d, cache))
         .transpose()?;
-    let created = clone_disk(d, &id, mountpoint, &plan, held.as_ref()).await?;
+    let created = clone_disk(d, &id, mountpoint, &plan, held.as_ref())
+        .await
+        .inspect_err(|_| d.metrics().error("disk_create"))?;
+    d.metrics()
+        .disk_ready_seconds
+        .observe(created.timings.total_ms() / 1e3);
     let now = clock::now_string();
     let (auto_created, notes) = auto_cache::on_create(d, &req, &plan).await;
     let mut object = disk_object(
