@@ -11,7 +11,7 @@ use crate::objects::*;
 use crate::store::StoreError;
 
 /// How long a delete waits for a cancelled build to release its loop device and mount.
-const CANCEL_WAIT: Duration = Duration::from_secs(60);
+pub(super) const CANCEL_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> {
     match action {
