@@ -62,6 +62,13 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
             }
         })?;
     }
+    let again = super::disks::adopt_all(d)?;
+    if again > 0 {
+        info!(
+            disks = again,
+            "disks attached or mounted again after the restart"
+        );
+    }
     remove_orphan_snapshots(d);
     remove_stale_grown_images(d);
     Ok(())

@@ -17,6 +17,7 @@ mod create;
 mod delete;
 mod error;
 mod probe;
+mod reattach;
 mod tool;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub use create::create;
 pub use delete::delete;
 pub use error::{DiskError, Result};
 pub use probe::{probe_reflink, ReflinkSupport};
+pub use reattach::{reattach, Reattached};
 
 /// How a disk gets its copy of the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

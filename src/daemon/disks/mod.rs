@@ -2,6 +2,7 @@
 //! own, and pull what the cache lacked into the disk in the background. A create runs in
 //! steps, a module each: select, clone, auto-create a cache, build the object, persist, pull.
 
+mod adopt;
 mod auto_budget;
 mod auto_cache;
 mod clone;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 
 use tracing::info;
 
+pub use adopt::adopt_all;
 pub use create::create;
 
 use super::{Daemon, DaemonError, Reply};
