@@ -56,6 +56,7 @@ fn api_body_corpus() {
 #[test]
 fn layer_apply_corpus() {
     replay("layer_apply", layer_apply::check);
+    layer_apply::remove_sandbox();
 }
 
 #[test]

@@ -41,8 +41,18 @@ struct Sandbox {
     deep: PathBuf,
 }
 
+static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+
+/// Removes the sandbox: the replay test's clean-up (a fuzzing run's goes with its scratch
+/// directory, see scripts/fuzz.sh).
+#[allow(dead_code)]
+pub fn remove_sandbox() {
+    if let Some(sb) = SANDBOX.get() {
+        let _ = fs::remove_dir_all(&sb.top);
+    }
+}
+
 fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| {
         let base = std::env::var_os("IMAGECACHE_FUZZ_DIR")
             .map(PathBuf::from)
