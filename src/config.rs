@@ -53,6 +53,10 @@ pub struct Config {
     /// How old an auto-created cache's failure must be before the next pod that wants it
     /// builds it again (seconds; 10 minutes by default).
     pub auto_cache_retry_after_secs: u64,
+    /// How long resolving one image, or opening one layer, may take against its registry,
+    /// every retry included, and the longest silence allowed while a layer downloads
+    /// (seconds). A registry that accepts connections and never answers fails the build then.
+    pub registry_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             auto_cache_retention_days: 7,
             max_cache_space_gib: None,
             auto_cache_retry_after_secs: 600,
+            registry_timeout_secs: crate::registry::DEFAULT_REGISTRY_TIMEOUT.as_secs(),
         }
     }
 }
@@ -167,6 +172,12 @@ impl Config {
                     "max_cache_space_gib = {gib} must be a number of GiB, 0 or more"
                 ));
             }
+        }
+        if !(1..=3600).contains(&self.registry_timeout_secs) {
+            return Err(format!(
+                "registry_timeout_secs = {} is out of range: use 1 to 3600",
+                self.registry_timeout_secs
+            ));
         }
         if !self.root.is_absolute() {
             return Err(format!("root = {:?} must be an absolute path", self.root));

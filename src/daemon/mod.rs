@@ -83,6 +83,7 @@ impl Daemon {
             insecure_registries: config.insecure_registries.clone(),
             mirrors: config.registry_mirrors.clone(),
             docker_config: config.docker_config.clone(),
+            timeout: std::time::Duration::from_secs(config.registry_timeout_secs),
             ..RegistryConfig::default()
         });
         let snapshots = SnapshotStore::new(config.root.join("snapshots"));

@@ -2,15 +2,18 @@
 //! verified layer streams, through mirrors first and with retries of transient failures.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::TryStreamExt as _;
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
+use oci_client::RegistryOperation;
 use sha2::{Digest as _, Sha256};
 
 use super::auth::{Credentials, Keyring};
+use super::bounded::{self, ReadError};
 use super::error::RegistryError;
 use super::manifest::{self, LayerDescriptor, Parsed, RawBlob, RawManifest};
 use super::platform::{self, Platform};
@@ -19,9 +22,13 @@ use super::retry::with_retries;
 use super::stream::{BlobStream, VerifyingStream};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Between two reads of a response, not for the whole layer: a stalled registry is caught
-/// without limiting how long a big layer may take.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default of [`RegistryConfig::timeout`]: a registry that accepts connections and never
+/// answers fails a build well within a minute, retries included, while a slow but working
+/// registry (a token server, an index, a manifest and a config in a row) has time to answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(45);
+/// The distribution registry refuses to store manifests over 4 MiB, so no registry can
+/// rightly serve a bigger one; reading stops there.
+const MAX_MANIFEST: usize = 4 << 20;
 const USER_AGENT: &str = concat!("imagecache/", env!("CARGO_PKG_VERSION"));
 /// Registry error bodies can be whole HTML pages.
 const MAX_DETAIL: usize = 300;
@@ -38,6 +45,9 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Retries of transient failures against the upstream registry.
     pub max_retries: u32,
+    /// How long resolving an image, or opening one blob, may take in all (every retry and
+    /// mirror included), and the longest silence allowed between two reads of a response.
+    pub timeout: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -47,6 +57,7 @@ impl Default for RegistryConfig {
             mirrors: BTreeMap::new(),
             docker_config: None,
             max_retries: 3,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
@@ -87,6 +98,9 @@ pub struct RegistryClient {
     /// One oci-client per set of credentials: oci-client remembers the first credentials it
     /// sees for a registry, so builds with different pull secrets must not share one.
     clients: Mutex<HashMap<ClientKey, oci_client::Client>>,
+    /// For manifests, read with a limit (oci-client reads them whole); same timeouts as the
+    /// oci-clients. Redirects are followed, and reqwest drops Authorization on a cross-host one.
+    http: reqwest::Client,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -153,12 +167,22 @@ impl RegistryClient {
                 )
             })
             .collect();
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT.min(config.timeout))
+            .read_timeout(config.timeout)
+            .user_agent(USER_AGENT)
+            .build()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot build the HTTP client as configured; using defaults");
+                reqwest::Client::new()
+            });
         RegistryClient {
             config,
             insecure,
             mirrors,
             host_platform: Platform::host(),
             clients: Mutex::new(HashMap::new()),
+            http,
         }
     }
 
@@ -173,22 +197,45 @@ impl RegistryClient {
         reference: &ImageReference,
         creds: &Credentials,
     ) -> Result<ResolvedImage, RegistryError> {
-        let endpoints = self.endpoints(reference, creds);
-        let last = endpoints.len() - 1;
-        for (i, endpoint) in endpoints.iter().enumerate() {
-            let what = format!("resolve {reference} via {}", endpoint.host);
-            let result = with_retries(endpoint.retries, &what, || {
-                self.resolve_at(endpoint, reference)
-            })
-            .await;
-            match result {
-                Err(e) if i < last => {
-                    tracing::warn!(mirror = %endpoint.host, image = %reference, error = %e, "mirror failed; trying the next source");
+        let what = format!("resolving `{reference}`");
+        self.within_deadline(reference, what, async {
+            let endpoints = self.endpoints(reference, creds);
+            let last = endpoints.len() - 1;
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                let what = format!("resolve {reference} via {}", endpoint.host);
+                let result = with_retries(endpoint.retries, &what, || {
+                    self.resolve_at(endpoint, reference)
+                })
+                .await;
+                match result {
+                    Err(e) if i < last => {
+                        tracing::warn!(mirror = %endpoint.host, image = %reference, error = %e, "mirror failed; trying the next source");
+                    }
+                    result => return result,
                 }
-                result => return result,
             }
-        }
-        unreachable!("the upstream registry is always the last endpoint")
+            unreachable!("the upstream registry is always the last endpoint")
+        })
+        .await
+    }
+
+    /// `work` bounded by [`RegistryConfig::timeout`]: per-read timeouts alone let a registry
+    /// that trickles, or a stall times the retries, hold a build for many minutes.
+    async fn within_deadline<T>(
+        &self,
+        reference: &ImageReference,
+        what: String,
+        work: impl Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        tokio::time::timeout(self.config.timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RegistryError::DeadlineExceeded {
+                    registry: reference.registry().to_string(),
+                    what,
+                    timeout_secs: self.config.timeout.as_secs(),
+                })
+            })
     }
 
     /// Opens a verified stream of `layer`. Failures before the first byte are retried (and
@@ -200,22 +247,26 @@ impl RegistryClient {
         layer: &LayerDescriptor,
         creds: &Credentials,
     ) -> Result<BlobStream, RegistryError> {
-        let endpoints = self.endpoints(reference, creds);
-        let last = endpoints.len() - 1;
-        for (i, endpoint) in endpoints.iter().enumerate() {
-            let what = format!("open blob {} via {}", layer.digest, endpoint.host);
-            let result = with_retries(endpoint.retries, &what, || {
-                self.open_blob_at(endpoint, reference, &layer.digest, layer.size)
-            })
-            .await;
-            match result {
-                Err(e) if i < last => {
-                    tracing::warn!(mirror = %endpoint.host, blob = %layer.digest, error = %e, "mirror failed; trying the next source");
+        let what = format!("opening blob {} of `{reference}`", layer.digest);
+        self.within_deadline(reference, what, async {
+            let endpoints = self.endpoints(reference, creds);
+            let last = endpoints.len() - 1;
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                let what = format!("open blob {} via {}", layer.digest, endpoint.host);
+                let result = with_retries(endpoint.retries, &what, || {
+                    self.open_blob_at(endpoint, reference, &layer.digest, layer.size)
+                })
+                .await;
+                match result {
+                    Err(e) if i < last => {
+                        tracing::warn!(mirror = %endpoint.host, blob = %layer.digest, error = %e, "mirror failed; trying the next source");
+                    }
+                    result => return result.map(|s| Box::pin(s) as BlobStream),
                 }
-                result => return result.map(|s| Box::pin(s) as BlobStream),
             }
-        }
-        unreachable!("the upstream registry is always the last endpoint")
+            unreachable!("the upstream registry is always the last endpoint")
+        })
+        .await
     }
 
     /// Mirrors first (one attempt each, so a dead mirror costs little), then the registry.
@@ -264,8 +315,10 @@ impl RegistryClient {
                     ),
                     // Index entries are chosen here, with arm variants considered.
                     platform_resolver: None,
-                    connect_timeout: Some(CONNECT_TIMEOUT),
-                    read_timeout: Some(READ_TIMEOUT),
+                    connect_timeout: Some(CONNECT_TIMEOUT.min(self.config.timeout)),
+                    // Between two reads, not for the whole layer: a stalled registry is
+                    // caught without limiting how long a big layer may take.
+                    read_timeout: Some(self.config.timeout),
                     user_agent: USER_AGENT,
                     ..Default::default()
                 })
@@ -372,8 +425,9 @@ impl RegistryClient {
         })
     }
 
-    /// The manifest bytes exactly as served, and their digest (verified by oci-client against
-    /// the reference's digest and the registry's Docker-Content-Digest header).
+    /// The manifest bytes exactly as served, at most [`MAX_MANIFEST`] of them, and their
+    /// sha256 digest (checked against the registry's Docker-Content-Digest header; callers
+    /// check a pinned digest).
     async fn fetch_manifest(
         &self,
         endpoint: &Endpoint,
@@ -381,15 +435,79 @@ impl RegistryClient {
     ) -> Result<(String, Vec<u8>), RegistryError> {
         let ctx = self.context(endpoint, reference);
         let client = self.oci_client(&endpoint.creds);
-        let (bytes, digest) = client
-            .pull_manifest_raw(
-                &Self::oci_reference(endpoint, reference),
+        let oci_reference = Self::oci_reference(endpoint, reference);
+        // oci-client speaks the token protocol (and caches the token for the blob requests);
+        // `None` means the registry wants Basic credentials or nothing.
+        let token = client
+            .auth(
+                &oci_reference,
                 &endpoint.creds.to_oci(),
-                manifest::ACCEPTED_MANIFESTS,
+                RegistryOperation::Pull,
             )
             .await
             .map_err(|e| ctx.map(e, None))?;
-        Ok((digest, bytes.to_vec()))
+        let registry = oci_reference.resolve_registry();
+        let scheme = if self.insecure.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let target = oci_reference
+            .digest()
+            .or(oci_reference.tag())
+            .unwrap_or("latest");
+        let mut url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{target}",
+            oci_reference.repository()
+        );
+        if let Some(ns) = oci_reference.namespace() {
+            url.push_str(&format!("?ns={ns}"));
+        }
+        let mut request = self.http.get(&url).header(
+            reqwest::header::ACCEPT,
+            manifest::ACCEPTED_MANIFESTS.join(", "),
+        );
+        request = match (token, &endpoint.creds) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, Credentials::Basic { username, password }) => {
+                request.basic_auth(username, Some(password))
+            }
+            (None, Credentials::Anonymous) => request,
+        };
+        let answer = bounded::get(request, MAX_MANIFEST)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge { declared } => RegistryError::TooLarge {
+                    what: "manifest",
+                    image: ctx.image.clone(),
+                    registry: ctx.registry(),
+                    size: match declared {
+                        Some(n) => format!("{n} bytes"),
+                        None => format!("more than {MAX_MANIFEST} bytes"),
+                    },
+                    limit: MAX_MANIFEST as u64,
+                },
+                ReadError::Http(e) => ctx.map(OciDistributionError::RequestError(e), None),
+            })?;
+        if answer.status != reqwest::StatusCode::OK {
+            return Err(ctx.refused(&url, &answer));
+        }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&answer.body)));
+        let announced = answer
+            .headers
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok());
+        if let Some(announced) = announced {
+            // Only sha256 can be compared here; a pinned reference is verified by the caller.
+            if announced.starts_with("sha256:") && announced != digest {
+                return Err(RegistryError::DigestMismatch {
+                    what: "manifest",
+                    expected: announced.to_string(),
+                    actual: digest,
+                });
+            }
+        }
+        Ok((digest, answer.body))
     }
 
     async fn fetch_small_blob(
@@ -459,11 +577,60 @@ impl Context<'_> {
         }
     }
 
-    fn rate_limited(&self) -> RegistryError {
+    /// A blob refused after its manifest was served: the pull was allowed, so this is the
+    /// registry's (or its storage's) rule about this blob, not missing credentials.
+    fn blob_refused(&self, blob: Option<&str>, status: u16) -> RegistryError {
+        RegistryError::BlobRefused {
+            image: self.image.clone(),
+            registry: self.registry(),
+            digest: blob.unwrap_or_default().to_string(),
+            status,
+        }
+    }
+
+    fn rate_limited(&self, retry_after: Option<Duration>) -> RegistryError {
         RegistryError::RateLimited {
             image: self.image.clone(),
             registry: self.registry(),
+            retry_after,
         }
+    }
+
+    /// A manifest request answered with something other than 200, worded as oci-client's
+    /// errors are (so [`Self::map`] treats both paths alike), with Retry-After kept.
+    fn refused(&self, url: &str, answer: &bounded::Answer) -> RegistryError {
+        use OciDistributionError as E;
+        let status = answer.status;
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return self.rate_limited(bounded::retry_after(&answer.headers));
+        }
+        let message = String::from_utf8_lossy(&answer.body).to_string();
+        let error = if status == reqwest::StatusCode::UNAUTHORIZED {
+            E::UnauthorizedError {
+                url: url.to_string(),
+            }
+        } else if status.is_success() {
+            E::SpecViolationError(format!("expected HTTP status 200, got {status}"))
+        } else if status.is_client_error() {
+            match serde_json::from_slice::<OciEnvelope>(&answer.body) {
+                Ok(envelope) => E::RegistryError {
+                    envelope,
+                    url: url.to_string(),
+                },
+                Err(_) => E::ServerError {
+                    code: status.as_u16(),
+                    url: url.to_string(),
+                    message,
+                },
+            }
+        } else {
+            E::ServerError {
+                code: status.as_u16(),
+                url: url.to_string(),
+                message,
+            }
+        };
+        self.map(error, None)
     }
 
     /// Turns an oci-client error into one that says what to do. `blob` is set for blob
@@ -475,10 +642,12 @@ impl Context<'_> {
             E::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
                 let has = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(c));
-                if has(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
+                if blob.is_some() && has(&[OciErrorCode::Denied]) {
+                    self.blob_refused(blob, 403)
+                } else if has(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
                     self.auth()
                 } else if has(&[OciErrorCode::Toomanyrequests]) {
-                    self.rate_limited()
+                    self.rate_limited(None)
                 } else if has(&[
                     OciErrorCode::ManifestUnknown,
                     OciErrorCode::NameUnknown,
@@ -492,8 +661,9 @@ impl Context<'_> {
             }
             E::ServerError { code, message, .. } => match code {
                 404 => self.not_found(blob),
+                403 if blob.is_some() => self.blob_refused(blob, 403),
                 401 | 403 => self.auth(),
-                429 => self.rate_limited(),
+                429 => self.rate_limited(None),
                 status => RegistryError::Server {
                     image: self.image.clone(),
                     registry: self.registry(),

@@ -24,6 +24,17 @@ pub enum RegistryError {
     },
 
     #[error(
+        "registry {registry} refused blob {digest} of image `{image}` (HTTP {status}) although \
+         it served the manifest: check the registry's access rules and storage for this blob"
+    )]
+    BlobRefused {
+        image: String,
+        registry: String,
+        digest: String,
+        status: u16,
+    },
+
+    #[error(
         "registry {registry} requires authentication for `{image}`: \
          add an imagePullSecret with credentials for {registry}"
     )]
@@ -50,7 +61,36 @@ pub enum RegistryError {
     Transport { registry: String, detail: String },
 
     #[error("registry {registry} is rate limiting pulls of `{image}` (HTTP 429): wait, or use a mirror or authenticated pulls")]
-    RateLimited { image: String, registry: String },
+    RateLimited {
+        image: String,
+        registry: String,
+        /// The registry's Retry-After, when it sent one in seconds.
+        retry_after: Option<std::time::Duration>,
+    },
+
+    #[error(
+        "registry {registry} did not finish {what} within {timeout_secs} s \
+         (registry_timeout_secs, every retry included): check the network and the registry's \
+         health, or raise registry_timeout_secs"
+    )]
+    DeadlineExceeded {
+        registry: String,
+        what: String,
+        timeout_secs: u64,
+    },
+
+    #[error(
+        "the {what} of `{image}` from registry {registry} is {size}, over the {limit}-byte \
+         limit for a {what} (real ones are a few KiB; the registry is broken or hostile)"
+    )]
+    TooLarge {
+        what: &'static str,
+        image: String,
+        registry: String,
+        /// "N bytes" when announced, "more than N bytes" when found out while reading.
+        size: String,
+        limit: u64,
+    },
 
     #[error("registry {registry} failed with HTTP {status} for `{image}`: {detail}")]
     Server {
@@ -140,10 +180,19 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// How long the registry asked us to wait before asking again, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            RegistryError::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether trying again may succeed without anyone changing anything.
     ///
     /// Connect errors count: a registry restarting or a node's network coming up is the common
-    /// cause, and the retry budget is small. Auth, not-found and integrity errors do not.
+    /// cause, and the retry budget is small. Auth, not-found and integrity errors do not, nor
+    /// a spent deadline: it already covered every retry.
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Connect { .. }

@@ -6,6 +6,7 @@
 //! stream's last item is an error.
 
 mod auth;
+mod bounded;
 mod chain;
 mod client;
 mod digest;
@@ -19,7 +20,9 @@ mod stream;
 
 pub use auth::{split_secret_ref, Credentials, Keyring};
 pub use chain::chain_ids;
-pub use client::{RegistryClient, RegistryConfig, ResolvedImage};
+pub use client::{
+    RegistryClient, RegistryConfig, ResolvedImage, DEFAULT_TIMEOUT as DEFAULT_REGISTRY_TIMEOUT,
+};
 pub use error::RegistryError;
 pub use manifest::{
     LayerDescriptor, RawBlob, RawManifest, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX,

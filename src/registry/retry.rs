@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::error::RegistryError;
 
 const FIRST_DELAY: Duration = Duration::from_millis(100);
-/// Keeps a generous `max_retries` from turning into minutes of silence.
+/// Keeps a generous `max_retries` (or a registry's long Retry-After) from turning into minutes
+/// of silence; the client's deadline bounds the whole anyway.
 const MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// The delay before retry number `attempt` (0-based): 100 ms, 200 ms, 400 ms, … capped.
@@ -32,7 +33,10 @@ where
     loop {
         match op().await {
             Err(e) if e.is_transient() && attempt < max_retries => {
-                let delay = backoff(attempt);
+                // A registry that says when to come back is believed, up to the same cap.
+                let delay = e
+                    .retry_after()
+                    .map_or_else(|| backoff(attempt), |d| d.min(MAX_DELAY));
                 tracing::warn!(%what, error = %e, attempt = attempt + 1, ?delay, "transient registry failure; retrying");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
