@@ -8,6 +8,7 @@ pub mod containerd;
 pub mod cri;
 pub mod daemon;
 pub mod gen;
+pub mod hostile_registry;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
