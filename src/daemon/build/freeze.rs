@@ -31,9 +31,7 @@ pub(super) async fn freeze(
         let (checked, hashed) = std::thread::scope(|s| {
             let _writeback =
                 s.spawn(|| std::fs::File::open(&image_path).and_then(|f| f.sync_data()));
-            let fsck = s.spawn(|| crate::image::fsck(&image_path));
-            let hashed = crate::snapshot::hash_file(&image_path);
-            (fsck.join().expect("fsck thread panicked"), hashed)
+            crate::snapshot::hash_file_beside(&image_path, || crate::image::fsck(&image_path))
         });
         checked?;
         let manifest = hashed?;
