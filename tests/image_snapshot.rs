@@ -95,6 +95,13 @@ fn build_freeze_verify_grow() {
         want,
         "loop device I/O mode differs from MountConfig::build()"
     );
+    // Likewise the allocator's tunables: the kernel must hold what the build mount set.
+    let device_name = mounted.device().path.file_name().unwrap().to_owned();
+    for (name, value) in MountConfig::build().tunables {
+        let path = Path::new("/sys/fs/ext4").join(&device_name).join(name);
+        let set = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(set.trim(), value.to_string(), "{}", path.display());
+    }
 
     let (written, _) = timed("write ~500 MB of files", || write_content(mounted.path()));
     eprintln!("content written: {} MB", written / 1_000_000);

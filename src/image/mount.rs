@@ -15,6 +15,8 @@ pub struct MountConfig {
     pub direct_io: bool,
     /// ext4 options, passed through to mount(2).
     pub data: String,
+    /// ext4 tunables (/sys/fs/ext4/<device>/) set once mounted, for this mount only.
+    pub tunables: Vec<(&'static str, u64)>,
 }
 
 impl MountConfig {
@@ -28,11 +30,20 @@ impl MountConfig {
     /// Buffered, not direct, I/O: the image's blocks then stay in the page cache for the
     /// freeze to hash at memory speed while their writeback to disk runs alongside (measured
     /// here: a 420 MB build 2.0 s buffered against 2.4 s direct).
+    ///
+    /// `mb_prefetch` 0: when an allocation first reaches a block group, ext4 reads ahead the
+    /// bitmaps of 8 flex groups' worth of groups and then sets up the allocator's state for
+    /// each; with the images' 1,024-group flex groups that is every group of an image up to
+    /// 1 TiB. A new directory of an unpacking layer lands in a new group often, so in a 1 TiB
+    /// image that set-up took ~8% of the unpacking's CPU against ~3% in a 20 GiB one
+    /// (perf, copying 650 MB / 50,000 files in), and ~1.5% without it. A fresh image's
+    /// bitmaps are holes or a few blocks, read when needed at no cost worth hiding.
     pub fn build() -> Self {
         MountConfig {
             read_only: false,
             direct_io: false,
             data: "noinit_itable,nobarrier".to_owned(),
+            tunables: vec![("mb_prefetch", 0)],
         }
     }
 
@@ -45,6 +56,7 @@ impl MountConfig {
             read_only: false,
             direct_io: true,
             data: "noinit_itable,no_prefetch_block_bitmaps".to_owned(),
+            tunables: Vec::new(),
         }
     }
 
@@ -54,6 +66,7 @@ impl MountConfig {
             read_only: true,
             direct_io: true,
             data: "noload".to_owned(),
+            tunables: Vec::new(),
         }
     }
 }
@@ -102,6 +115,12 @@ pub fn mount<'s>(
             mountpoint: mountpoint.to_owned(),
             source,
         });
+    }
+    for &(name, value) in &config.tunables {
+        // Only ever a speed-up: a kernel without the tunable builds the same image.
+        if let Err(e) = sys.tune_ext4(&device.path, name, value) {
+            tracing::warn!(device = ?device.path, name, value, error = %e, "cannot set an ext4 tunable");
+        }
     }
     tracing::debug!(?file, device = ?device.path, ?mountpoint, "image mounted");
     Ok(MountedImage {
@@ -186,7 +205,7 @@ mod tests {
             .into_iter()
             .filter(|c| !matches!(c, Call::MountsUnder { .. } | Call::LoopDevices))
             .collect();
-        assert_eq!(calls.len(), 5, "{calls:?}");
+        assert_eq!(calls.len(), 6, "{calls:?}");
         assert!(matches!(
             &calls[0],
             Call::AttachLoop { opts, .. } if !opts.direct_io && opts.autoclear && !opts.read_only
@@ -196,9 +215,30 @@ mod tests {
             Call::Mount { fstype, data, opts, .. }
                 if fstype == "ext4" && data.contains("noinit_itable") && opts.noatime
         ));
-        assert!(matches!(&calls[2], Call::Syncfs { .. }));
-        assert!(matches!(&calls[3], Call::Unmount { .. }));
-        assert!(matches!(&calls[4], Call::DetachLoop { .. }));
+        assert!(matches!(
+            &calls[2],
+            Call::TuneExt4 { device, name, value: 0 }
+                if device.to_string_lossy().starts_with("/dev/loop") && name == "mb_prefetch"
+        ));
+        assert!(matches!(&calls[3], Call::Syncfs { .. }));
+        assert!(matches!(&calls[4], Call::Unmount { .. }));
+        assert!(matches!(&calls[5], Call::DetachLoop { .. }));
+    }
+
+    #[test]
+    fn a_tunable_the_kernel_lacks_does_not_stop_the_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = FakeSys::new();
+        sys.fail_next(Op::TuneExt4, rustix::io::Errno::NOENT.raw_os_error());
+        let img = mount(&sys, Path::new("/img"), dir.path(), &MountConfig::build()).unwrap();
+        img.unmount_and_detach().unwrap();
+        assert!(sys.loop_devices().unwrap().is_empty());
+    }
+
+    #[test]
+    fn disks_and_frozen_images_keep_the_kernels_allocator_settings() {
+        assert!(MountConfig::writable().tunables.is_empty());
+        assert!(MountConfig::read_only().tunables.is_empty());
     }
 
     #[test]

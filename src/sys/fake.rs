@@ -65,6 +65,11 @@ pub enum Call {
     ExtentCount {
         file: PathBuf,
     },
+    TuneExt4 {
+        device: PathBuf,
+        name: String,
+        value: u64,
+    },
 }
 
 /// The operations failures can be injected into.
@@ -84,6 +89,7 @@ pub enum Op {
     SparseCopy,
     DetachLoopOf,
     ExtentCount,
+    TuneExt4,
 }
 
 #[derive(Debug)]
@@ -193,6 +199,7 @@ fn op_name(op: Op) -> &'static str {
         Op::SparseCopy => "sparse copy",
         Op::DetachLoopOf => "detach loop",
         Op::ExtentCount => "map extents",
+        Op::TuneExt4 => "tune ext4",
     }
 }
 
@@ -419,6 +426,15 @@ impl Sys for FakeSys {
         let runs = super::sparse::data_runs(&handle)
             .map_err(|e| errno(op_name(Op::ExtentCount), file, e))?;
         Ok(runs.len() as u64)
+    }
+
+    fn tune_ext4(&self, device: &Path, name: &str, value: u64) -> Result<()> {
+        let call = Call::TuneExt4 {
+            device: device.to_owned(),
+            name: name.to_owned(),
+            value,
+        };
+        self.enter(Op::TuneExt4, call, device).map(drop)
     }
 }
 

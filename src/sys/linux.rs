@@ -140,4 +140,40 @@ impl Sys for LinuxSys {
         fiemap::extent_count(&handle)
             .map_err(|e| SysError::io("map the extents of", file, std::io::Error::from(e)))
     }
+
+    fn tune_ext4(&self, device: &Path, name: &str, value: u64) -> Result<()> {
+        let knob = ext4_tunable_path(device, name).ok_or_else(|| {
+            SysError::io(
+                "name the ext4 tunable of",
+                device,
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            )
+        })?;
+        std::fs::write(&knob, value.to_string()).map_err(|e| SysError::io("write", &knob, e))
+    }
+}
+
+/// /sys/fs/ext4/<device name>/<name>, for a device path such as /dev/loop7, or `None` when
+/// either part could climb out of that directory.
+fn ext4_tunable_path(device: &Path, name: &str) -> Option<PathBuf> {
+    let dev = device.file_name()?.to_str()?;
+    let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    (plain(dev) && plain(name)).then(|| Path::new("/sys/fs/ext4").join(dev).join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunable_paths_stay_in_the_devices_directory() {
+        assert_eq!(
+            ext4_tunable_path(Path::new("/dev/loop7"), "mb_prefetch"),
+            Some(PathBuf::from("/sys/fs/ext4/loop7/mb_prefetch"))
+        );
+        assert_eq!(ext4_tunable_path(Path::new("/dev/loop7"), "../x"), None);
+        assert_eq!(ext4_tunable_path(Path::new("/dev/.."), "mb_prefetch"), None);
+        assert_eq!(ext4_tunable_path(Path::new("/"), "mb_prefetch"), None);
+        assert_eq!(ext4_tunable_path(Path::new("/dev/loop7"), ""), None);
+    }
 }

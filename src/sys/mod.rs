@@ -202,4 +202,7 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     fn detach_loop_of(&self, device: &Path, file: &Path) -> Result<bool>;
     /// How many extents map `file` (FIEMAP): what FICLONE walks when it clones the file.
     fn extent_count(&self, file: &Path) -> Result<u64>;
+    /// Set the ext4 tunable `name` (a file under /sys/fs/ext4/<device>/) of the filesystem
+    /// mounted from `device` to `value`. It lasts as long as that mount.
+    fn tune_ext4(&self, device: &Path, name: &str, value: u64) -> Result<()>;
 }
