@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod disk;
+pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;

@@ -105,6 +105,7 @@ async fn serve(config: Config) -> Result<()> {
         gid: peer::group_id(&config.socket_group).map_err(anyhow::Error::msg)?,
         group_name: config.socket_group.clone(),
     };
+    imagecache::fault::init();
     let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
     let (listener, ours) = bind(&socket, access.gid)?;
     let stop = CancellationToken::new();

@@ -14,16 +14,17 @@ use super::{clock, handlers, Daemon};
 const EVERY: Duration = Duration::from_secs(60);
 
 impl Daemon {
-    /// Starts the periodic retention pass; it stops with the daemon.
+    /// Starts the periodic retention pass; it stops with the daemon. The first pass runs at
+    /// once: what expired while the daemon was down goes now, not a minute later.
     pub fn start_gc(&self) {
         let d = self.clone();
         self.inner.tasks.spawn(async move {
             loop {
+                collect(&d, clock::now()).await;
                 tokio::select! {
                     _ = d.inner.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(EVERY) => {}
                 }
-                collect(&d, clock::now()).await;
             }
         });
     }
@@ -49,6 +50,7 @@ pub async fn collect(d: &Daemon, now: OffsetDateTime) -> Vec<String> {
             continue;
         }
         let name = cache.metadata.name.clone();
+        crate::fault::point("gc.collect");
         match handlers::delete_cache(d, &name).await {
             Ok(_) => {
                 info!(cache = %name, expired = ?status.expire_date_time, "expired cache deleted");

@@ -162,6 +162,7 @@ pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, Daemon
         }
     }
     d.inner.store.delete_cache(name).map_err(internal)?;
+    crate::fault::point("cache.delete");
     if let Some(digest) = cache.status.and_then(|s| s.snapshot_digest) {
         release_snapshot(d, &digest).map_err(internal)?;
     }

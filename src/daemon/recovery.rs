@@ -62,6 +62,10 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
             }
         })?;
     }
+    let orphans = super::disks::remove_orphans(d)?;
+    if orphans > 0 {
+        warn!(disks = orphans, "removed disks made but never recorded");
+    }
     let again = super::disks::adopt_all(d)?;
     if again > 0 {
         info!(
@@ -69,8 +73,26 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
             "disks attached or mounted again after the restart"
         );
     }
+    recount_snapshot_refs(d)?;
+    match d.inner.snapshots.clean_staging() {
+        Ok(0) => {}
+        Ok(n) => warn!(
+            entries = n,
+            "removed snapshot commits and removals a stop interrupted"
+        ),
+        Err(e) => warn!(error = %e, "could not remove interrupted snapshot commits"),
+    }
     remove_orphan_snapshots(d);
     remove_stale_grown_images(d);
+    Ok(())
+}
+
+/// A stop between taking a snapshot reference and recording its holder (or the other way
+/// round) leaves a count no cache, disk or container explains: put each back to its holders.
+fn recount_snapshot_refs(d: &Daemon) -> Result<(), DaemonError> {
+    for (digest, old, new) in d.inner.store.recount_snapshot_refs()? {
+        warn!(%digest, old, new, "snapshot reference count corrected to its holders");
+    }
     Ok(())
 }
 
@@ -97,8 +119,13 @@ fn remove_orphan_snapshots(d: &Daemon) {
     for digest in listed.into_iter().map(|s| s.digest) {
         if d.inner.store.snapshot_refs(&digest).unwrap_or(1) == 0 {
             warn!(%digest, "removing a snapshot no cache references");
-            if let Err(e) = d.inner.snapshots.remove(&digest) {
-                warn!(%digest, error = %e, "could not remove an orphaned snapshot");
+            match d.inner.snapshots.remove(&digest) {
+                Ok(()) => {
+                    if let Err(e) = d.inner.store.forget_snapshot(&digest) {
+                        warn!(%digest, error = %e, "could not forget a removed snapshot");
+                    }
+                }
+                Err(e) => warn!(%digest, error = %e, "could not remove an orphaned snapshot"),
             }
         }
     }

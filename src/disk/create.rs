@@ -67,6 +67,7 @@ fn build(
         }
     };
     timings.clone_ms = ms(started);
+    crate::fault::point("disk.clone");
 
     if opts.size_bytes > cloned_size {
         let started = Instant::now();
@@ -94,6 +95,7 @@ fn build(
     let device_path = device.path.clone();
     undo.device = Some(device);
     timings.attach_ms = ms(started);
+    crate::fault::point("disk.attach");
 
     if let Some(mountpoint) = &opts.mountpoint {
         let started = Instant::now();

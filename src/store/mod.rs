@@ -2,6 +2,7 @@
 //! counts, and builds in progress. Everything an operator sees survives a restart.
 
 mod disks;
+mod refs;
 mod schema;
 mod snapshotter;
 

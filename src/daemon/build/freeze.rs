@@ -26,6 +26,7 @@ pub(super) async fn freeze(
         // A reused build shares extents with its parent: a rewrite would unshare them.
         let max_gap = crate::image::MAX_FILLED_GAP;
         let mut densified = crate::image::densify(&image_path, max_gap, !reused)?;
+        crate::fault::point("build.fsck");
         // Both only read the image: checking and hashing side by side saves the fsck's time.
         // Writeback of the image runs under them too, so commit's fsync finds it done.
         let (checked, hashed) = std::thread::scope(|s| {
@@ -47,6 +48,7 @@ pub(super) async fn freeze(
             )?;
         }
         info!(?densified, elapsed = ?t0.elapsed(), "joined the image's data runs");
+        crate::fault::point("build.hash");
         Ok(snapshots.commit(&image_path, &manifest)?)
     })
     .await

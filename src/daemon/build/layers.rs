@@ -162,6 +162,7 @@ async fn pull_layer(
             fetch_and_unpack(d, layer, keyring, dest, progress, &mut counted, cancel).await;
         match result {
             Ok(stats) => {
+                crate::fault::point("build.layer");
                 d.inner.metrics.layers_unpacked.inc();
                 return Ok(stats);
             }

@@ -212,7 +212,9 @@ async fn build(
     status::record_images(d, &spec.name, &filled)?;
     status::set_phase(d, &spec.name, Phase::Freezing, Some("100%".into()))?;
     // syncfs writes back what the layers left dirty, then unmount and detach.
+    crate::fault::point("build.sync");
     tokio::task::block_in_place(|| mounted.unmount_and_detach())?;
+    crate::fault::point("build.unmount");
     let t_synced = started.elapsed();
 
     let snapshot = freeze::freeze(d, &work.path, parent.is_some()).await?;
@@ -228,7 +230,9 @@ async fn build(
         freeze::discard(d, &snapshot)?;
         return Err(BuildError::Cancelled);
     }
+    crate::fault::point("build.commit");
     let data_bytes = freeze::adopt(d, &snapshot)?;
+    crate::fault::point("build.ready");
     status::mark_ready(
         d,
         spec,

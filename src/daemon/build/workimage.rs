@@ -39,6 +39,7 @@ impl WorkImage {
                 Some(from) => reuse::clone_parent(sys.as_ref(), &from, &image_path, size_bytes),
                 None => {
                     crate::image::create_sparse(&image_path, size_bytes)?;
+                    crate::fault::point("build.mkfs");
                     Ok(crate::image::mkfs(&image_path, "imagecache")?)
                 }
             }

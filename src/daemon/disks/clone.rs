@@ -58,6 +58,7 @@ pub(super) async fn clone_disk(
             opts.clone_mode,
         )
         .map_err(|e| e.to_string())?;
+        crate::fault::point("disk.grow");
         let mut made = disk::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)
             .map_err(|e| e.to_string())?;
         if let Some(took) = grown_in {

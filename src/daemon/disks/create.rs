@@ -26,6 +26,7 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
     let created = clone_disk(d, &id, mountpoint, &plan, held.as_ref())
         .await
         .inspect_err(|_| d.metrics().error("disk_create"))?;
+    crate::fault::point("disk.mount");
     d.metrics()
         .disk_ready_seconds
         .observe(created.timings.total_ms() / 1e3);

@@ -9,6 +9,7 @@ mod clone;
 mod create;
 mod grown;
 mod object;
+mod orphans;
 mod pull;
 mod select;
 
@@ -18,6 +19,7 @@ use tracing::info;
 
 pub use adopt::adopt_all;
 pub use create::create;
+pub use orphans::remove_orphans;
 
 use super::{Daemon, DaemonError, Reply};
 use crate::disk;
@@ -122,6 +124,7 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
         Err(e @ disk::DiskError::Busy { .. }) => return Err(DaemonError::Conflict(e.to_string())),
         Err(e) => return Err(internal(e)),
     }
+    crate::fault::point("disk.delete");
     // The default mountpoint's directory is ours; a caller-given one is left alone.
     let own_dir = d.inner.config.root.join("disks").join(id);
     let _ = std::fs::remove_dir(own_dir.join("mnt"));

@@ -168,6 +168,7 @@ fn record_local(
         now: now(),
         backing: &Backing::Local,
     })?;
+    crate::fault::point("snapshotter.prepare");
     for dir in dirs(record.id) {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             d.inner.store.delete_ctr_snapshot(key)?;
@@ -438,6 +439,7 @@ fn commit(d: &Daemon, name: &str, key: &str, labels: BTreeMap<String, String>) -
         (measured.size, measured.inodes),
         now(),
     )?;
+    crate::fault::point("snapshotter.commit");
     // The work directory is only for overlayfs while the snapshot is active.
     let work = paths::work_dir(root, r.id);
     if let Err(e) = std::fs::remove_dir_all(&work) {
@@ -462,6 +464,7 @@ fn remove(d: &Daemon, key: &str) -> Result<()> {
         _ => None,
     };
     d.inner.store.delete_ctr_snapshot(key)?;
+    crate::fault::point("snapshotter.remove");
     remove_dirs(d, &r, disk_root.as_deref())?;
     if let Backing::Cache { digest, .. } = &r.backing {
         cachemount::release_if_unused(d, digest)?;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{cachemount, ops, paths, Daemon, Result, SnapshotError};
 use crate::store::Backing;
@@ -16,6 +16,7 @@ pub fn recover(d: &Daemon) -> Result<()> {
             SnapshotError::Internal(format!("cannot create {}: {e}", dir.display()))
         })?;
     }
+    finish_interrupted(d)?;
     let records = d.inner.store.list_ctr_snapshots()?;
     let digests: BTreeSet<&str> = records
         .iter()
@@ -37,5 +38,32 @@ pub fn recover(d: &Daemon) -> Result<()> {
         cache_images = digests.len(),
         "snapshotter state recovered"
     );
+    Ok(())
+}
+
+/// A Prepare that died between writing its record and making its directories was never
+/// answered: containerd does not know the snapshot, and without its directories it cannot be
+/// mounted, so its record goes. A Commit that died before removing the overlay work
+/// directory (only an active snapshot needs one) leaves it: it goes too.
+fn finish_interrupted(d: &Daemon) -> Result<()> {
+    let root = &d.inner.config.root;
+    for r in d.inner.store.list_ctr_snapshots()? {
+        if r.backing != Backing::Local {
+            continue;
+        }
+        let fs = paths::fs_dir(root, r.id);
+        if !fs.exists() && d.inner.store.ctr_children(&r.key)? == 0 {
+            warn!(key = %r.key, "removing a snapshot whose Prepare was interrupted");
+            d.inner.store.delete_ctr_snapshot(&r.key)?;
+            continue;
+        }
+        let work = paths::work_dir(root, r.id);
+        if r.kind == crate::store::SnapshotKind::Committed && work.exists() {
+            info!(key = %r.key, "removing the work directory an interrupted Commit left");
+            std::fs::remove_dir_all(&work).map_err(|e| {
+                SnapshotError::Internal(format!("cannot remove {}: {e}", work.display()))
+            })?;
+        }
+    }
     Ok(())
 }

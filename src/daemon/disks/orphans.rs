@@ -1,0 +1,64 @@
+//! At start: a disk made but never recorded (the daemon died between the clone, attach or
+//! mount and the store write) is nobody's: no request ever answered with its id. Its mount,
+//! loop device, file and directory go, so nothing is left that the store does not know.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use tracing::{error, warn};
+
+use crate::daemon::{Daemon, DaemonError};
+
+/// Removes every disk file and directory under `disks/` that no stored disk names; returns
+/// how many disks went.
+pub fn remove_orphans(d: &Daemon) -> Result<usize, DaemonError> {
+    let known: HashSet<String> = d
+        .inner
+        .store
+        .list_disks()?
+        .into_iter()
+        .map(|disk| disk.metadata.name)
+        .collect();
+    let dir = d.inner.config.root.join("disks");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .map(|name| name.strip_suffix(".img").unwrap_or(&name).to_owned())
+        .filter(|id| !known.contains(id))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    for id in &ids {
+        warn!(disk = %id, "removing a disk the daemon made but never recorded");
+        // One that cannot go (a busy mount) must not keep the daemon from serving the rest.
+        if let Err(e) = remove_one(d, &dir, id) {
+            error!(disk = %id, error = %e, "an unrecorded disk stays behind");
+        }
+    }
+    Ok(ids.len())
+}
+
+fn remove_one(d: &Daemon, dir: &Path, id: &str) -> Result<(), DaemonError> {
+    let image = super::image_path(d, id);
+    let own_dir = dir.join(id);
+    let mountpoint = own_dir.join("mnt");
+    // Without a device, delete finds the loop devices bound to the file itself.
+    crate::disk::delete(d.inner.sys.as_ref(), &image, None, Some(&mountpoint))
+        .map_err(|e| DaemonError::Setup(format!("cannot remove unrecorded disk {id}: {e}")))?;
+    for path in [&mountpoint, &own_dir] {
+        match std::fs::remove_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(DaemonError::Setup(format!(
+                    "cannot remove {} of unrecorded disk {id}: {e}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
