@@ -61,6 +61,14 @@ impl TestDaemon {
 
     /// Starts (or restarts) the daemon process and waits for its socket to answer.
     pub fn spawn(&mut self) {
+        if !self.spawn_with_env(&[]) {
+            panic!("imagecached exited before answering:\n{}", self.log());
+        }
+    }
+
+    /// Starts the daemon with `env` added to its environment (a fault point armed, say) and
+    /// waits for its socket to answer; false if the process ended first.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -70,6 +78,7 @@ impl TestDaemon {
             .arg("--config")
             .arg(&self.config_path)
             .env("IMAGECACHE_LOG", "info,imagecache=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -78,14 +87,38 @@ impl TestDaemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
+                return true;
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("imagecached exited with {status}:\n{}", self.log());
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("imagecached did not answer within 30 s:\n{}", self.log());
+    }
+
+    /// Waits up to `timeout` for the process to end on its own; its exit status, or None if
+    /// it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn pid(&self) -> u32 {
