@@ -37,6 +37,20 @@ pub enum BuildError {
         suggested_gib(*needed_bytes)
     )]
     NoSpace { needed_bytes: u64, size_gib: u32 },
+    #[error(
+        "the host filesystem holding the state root {} is full ({} free of {}): the cache \
+         image could not be written; free space there or give the state root a larger \
+         filesystem (the build stopped at: {cause})",
+        root.display(),
+        crate::daemon::clock::human_bytes(*free),
+        crate::daemon::clock::human_bytes(*total)
+    )]
+    HostFull {
+        root: PathBuf,
+        free: u64,
+        total: u64,
+        cause: Box<BuildError>,
+    },
     #[error("cache image: {0}")]
     Image(Box<crate::image::ImageError>),
     #[error("snapshot: {0}")]
@@ -109,6 +123,7 @@ impl BuildError {
             BuildError::Resolve { .. } | BuildError::Fetch { .. } => "FailedPull",
             BuildError::Layer { .. } => "FailedUnpack",
             BuildError::NoSpace { .. } => "InsufficientSize",
+            BuildError::HostFull { .. } => "HostFilesystemFull",
             BuildError::Image(_) | BuildError::Snapshot(_) => "FailedFreeze",
             BuildError::Interrupted => "BuildInterrupted",
             _ => "Failed",

@@ -6,6 +6,7 @@ mod auto_size;
 mod error;
 pub(crate) mod fill;
 mod freeze;
+mod host_space;
 mod keyring;
 mod layers;
 pub(crate) mod plan;
@@ -113,6 +114,7 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
     }
     let started = Instant::now();
     let result = build(d, spec, &work_dir, cancel).await;
+    let result = result.map_err(|e| host_space::explain(&work_dir, &d.inner.config.root, e));
     if let Err(e) = clean_work_dir(d.inner.sys.as_ref(), &work_dir) {
         warn!(cache = %spec.name, error = %e, "could not clean the build's work directory");
     }
