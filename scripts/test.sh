@@ -12,6 +12,9 @@ cargo clippy --release --all-targets --locked -- -D warnings
 # Integration tests share the machine's loop devices and CPU: two at a time keeps them fast
 # without starving the ones that measure.
 cargo test --release --locked -- --test-threads=2
+# A few kills at random points of a mixed workload (the soak's N = 100 figure is in
+# docs/TESTING.md); bounded so a slow machine cannot stall the run.
+bash scripts/crash-soak.sh 5 --max-seconds 180
 bash scripts/bench-vs-containerd.sh --check
 bash scripts/bench-pod-start.sh --check
 bash scripts/bench-disk-size.sh --check
