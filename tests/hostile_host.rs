@@ -1,8 +1,13 @@
-//! The host running out of room under a build: the state root on a filesystem far smaller
-//! than the image being pulled (the cache's own filesystem is large, so only the host's can
-//! fill). The build must end Failed saying the state root's filesystem is full, leave no work
-//! directory, loop device or mount, and the daemon must keep serving (a small build after it
-//! succeeds once the space is given back).
+//! The host running out of what a build needs, under a real daemon.
+//!
+//! Room: the state root on a filesystem far smaller than the image being pulled (the cache's
+//! own filesystem is large, so only the host's can fill). The build must end Failed saying
+//! the state root's filesystem is full, leave no work directory, loop device or mount, and the
+//! daemon must keep serving (a small build after it succeeds once the space is given back).
+//!
+//! Loop devices: the daemon run where none can be had (its own mount namespace, with
+//! /dev/loop-control replaced by /dev/null). The build fails naming the attach, nothing is
+//! left behind, and the cache built before is untouched.
 
 mod support;
 
@@ -90,6 +95,101 @@ fn the_host_filesystem_filling_during_a_build_fails_it_cleanly() {
     daemon.wait_until("after", Duration::from_secs(5), |c| {
         c["status"]["phase"] == "Ready"
     });
+    daemon.stop();
+    assert_no_leaks(&root);
+}
+
+/// Starts `imagecached` with `daemon`'s config in a mount namespace of its own where
+/// /dev/loop-control is /dev/null: no loop device can be had, as when the kernel has none to
+/// give. Only that process sees it; the host's loop devices are untouched.
+fn spawn_without_loop_devices(daemon: &TestDaemon, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    let child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation=private", "sh", "-c"])
+        .arg("mount --bind /dev/null /dev/loop-control && exec \"$0\" --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_imagecached"))
+        .arg(&daemon.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("unshare runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "imagecached did not answer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn no_loop_device_to_be_had_fails_the_build_clearly_and_loses_nothing() {
+    let scratch = ScratchXfs::new(8 << 30);
+    let root = scratch.path().join("state");
+    let reg = HostileRegistry::start();
+    let addr = reg.addr().to_owned();
+    for repo in ["first", "second"] {
+        let mut l = LayerSpec::new(Compression::Gzip);
+        l.file("hello", format!("{repo}\n"));
+        reg.push(
+            repo,
+            "v1",
+            &Image::new(vec![l.to_layer()], ManifestFormat::Oci),
+        );
+    }
+
+    // A cache built while loop devices were there.
+    let mut daemon = TestDaemon::start(&root, &[&addr]);
+    let out = daemon.create(
+        &cache_yaml("first", &[format!("{addr}/first:v1")], ""),
+        true,
+    );
+    assert!(out.status.success(), "{}", daemon.log());
+    daemon.stop();
+
+    let log = scratch.path().join("no-loop.log");
+    let mut child = spawn_without_loop_devices(&daemon, &log);
+    let out = daemon.create(
+        &cache_yaml("second", &[format!("{addr}/second:v1")], ""),
+        true,
+    );
+    let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !out.status.success(),
+        "no loop device, no build:\n{daemon_log}"
+    );
+    let second = daemon.get_json("second");
+    assert_eq!(second["status"]["phase"], "Failed", "{second:#}");
+    let message = second["status"]["message"].as_str().unwrap_or_default();
+    eprintln!("second: {message}");
+    assert!(
+        message.contains("loop"),
+        "the error names the loop device: {message}\n{daemon_log}"
+    );
+    // Nothing half-made, and the cache made before is as it was.
+    let left: Vec<_> = std::fs::read_dir(root.join("work"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "work/ is not empty: {left:?}");
+    assert_eq!(daemon.get_json("first")["status"]["phase"], "Ready");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert_no_leaks(&root);
+
+    // With loop devices back, the failed cache is rebuilt by creating it again.
+    daemon.spawn();
+    assert_eq!(daemon.get_json("first")["status"]["phase"], "Ready");
+    daemon.cli_ok(&["delete", "second"]);
+    let out = daemon.create(
+        &cache_yaml("second", &[format!("{addr}/second:v1")], ""),
+        true,
+    );
+    assert!(out.status.success(), "{}", daemon.log());
     daemon.stop();
     assert_no_leaks(&root);
 }
