@@ -50,9 +50,9 @@ struct Args {
     /// Timed disks of each size after the first.
     #[arg(long, default_value_t = 15)]
     runs: usize,
-    /// Builds of each cache size: five, so one slow build on a busy node does not move the
+    /// Builds of each cache size: seven, so two slow builds on a busy node do not move the
     /// median.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     builds: usize,
     /// Batches of 32 concurrent creates.
     #[arg(long, default_value_t = 3)]
