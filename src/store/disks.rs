@@ -35,7 +35,7 @@ impl Store {
 
     pub fn get_disk(&self, id: &str) -> Result<Option<Disk>> {
         let json: Option<String> = self
-            .conn()
+            .reader()
             .prepare_cached("SELECT object FROM disks WHERE id = ?1")?
             .query_row([id], |r| r.get(0))
             .optional()?;
@@ -43,10 +43,13 @@ impl Store {
     }
 
     pub fn list_disks(&self) -> Result<Vec<Disk>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT object FROM disks ORDER BY created_seq")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|j| parse_disk(&j?)).collect()
+        let rows: Vec<String> = {
+            let conn = self.reader();
+            let mut stmt = conn.prepare_cached("SELECT object FROM disks ORDER BY created_seq")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        rows.iter().map(|j| parse_disk(j)).collect()
     }
 
     /// Applies `change` to the stored disk in one transaction and returns the new object.

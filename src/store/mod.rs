@@ -1,6 +1,7 @@
 //! Embedded state in SQLite (WAL): caches with their status and events, snapshot reference
 //! counts, and builds in progress. Everything an operator sees survives a restart.
 
+mod checkpoint;
 mod disks;
 mod refs;
 mod schema;
@@ -41,11 +42,16 @@ pub struct BuildRecord {
 /// Room for every distinct statement in this module and disks.rs.
 const STATEMENT_CACHE: usize = 32;
 
-/// The state database. One connection behind a mutex: every operation is a short
+/// The state database. One connection behind a mutex for writes: every operation is a short
 /// transaction, far below the cost of the work it records.
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// The gets and lists the API answers read on a connection of their own: in WAL mode a
+    /// reader never waits for a writer, so a read does not queue behind a write that the
+    /// kernel holds up while builds write (None in memory, where connections share nothing).
+    reader: Option<Mutex<Connection>>,
+    _checkpoints: Option<checkpoint::Checkpointer>,
     /// The last `metadata.resourceVersion` given out: one sequence for every cache write
     /// (and delete), so lists carry it too. It starts from the clock in microseconds (and
     /// above any stored version), so it keeps rising across restarts without a table.
@@ -63,8 +69,15 @@ impl Store {
         // daemon's largest user-space cost when 32 disks were created at once.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&conn)?;
+        // checkpoint.rs runs them, away from the commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let store = Store {
             conn: Mutex::new(conn),
+            reader: Some(Mutex::new(reader)),
+            _checkpoints: Some(checkpoint::Checkpointer::start(path)?),
             resource_version: AtomicU64::new(0),
         };
         // Read loosely: a record that does not parse is reported where it is used, not here.
@@ -84,6 +97,8 @@ impl Store {
         schema::migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reader: None,
+            _checkpoints: None,
             resource_version: AtomicU64::new(0),
         })
     }
@@ -120,6 +135,14 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The connection for reads that need not see an uncommitted write of this process.
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match &self.reader {
+            Some(reader) => reader.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.conn(),
+        }
+    }
+
     pub fn insert_cache(&self, cache: &ImageCache) -> Result<()> {
         let status = cache
             .status
@@ -152,7 +175,7 @@ impl Store {
 
     pub fn get_cache(&self, name: &str) -> Result<Option<ImageCache>> {
         let json: Option<String> = self
-            .conn()
+            .reader()
             .prepare_cached("SELECT object FROM caches WHERE name = ?1")?
             .query_row([name], |r| r.get(0))
             .optional()?;
@@ -161,7 +184,7 @@ impl Store {
 
     pub fn cache_by_id(&self, cache_id: &str) -> Result<Option<ImageCache>> {
         let json: Option<String> = self
-            .conn()
+            .reader()
             .prepare_cached("SELECT object FROM caches WHERE cache_id = ?1")?
             .query_row([cache_id], |r| r.get(0))
             .optional()?;
@@ -169,10 +192,14 @@ impl Store {
     }
 
     pub fn list_caches(&self) -> Result<Vec<ImageCache>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT object FROM caches ORDER BY created_seq")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|j| parse_cache(&j?)).collect()
+        // Parsed after the lock is let go: the next reader need not wait for it.
+        let rows: Vec<String> = {
+            let conn = self.reader();
+            let mut stmt = conn.prepare_cached("SELECT object FROM caches ORDER BY created_seq")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        rows.iter().map(|j| parse_cache(j)).collect()
     }
 
     /// Applies `change` to the stored cache in one transaction and returns the new object.
