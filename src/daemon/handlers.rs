@@ -134,33 +134,15 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
 
 pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, DaemonError> {
     let cache = get(d, name)?;
-    let running = d
-        .inner
-        .builds
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(name)
-        .cloned();
-    if let Some(token) = running {
-        token.cancel();
-        // The build cleans its loop device, mount and work files; the record goes after that.
-        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
-        while d
-            .inner
-            .builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(name)
-        {
-            if tokio::time::Instant::now() > deadline {
-                return Err(DaemonError::Conflict(format!(
-                    "the build of ImageCache {name:?} did not stop within {}s: try the delete again",
-                    CANCEL_WAIT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    // The build cleans its loop device, mount and work files; the record goes after that.
+    super::stop_wait::cancel_and_wait(
+        d,
+        name,
+        &super::owner::Owner::Cache(name.to_owned()),
+        &format!("the build of ImageCache {name:?}"),
+        CANCEL_WAIT,
+    )
+    .await?;
     d.inner.store.delete_cache(name).map_err(internal)?;
     crate::fault::point("cache.delete");
     if let Some(digest) = cache.status.and_then(|s| s.snapshot_digest) {

@@ -1,6 +1,7 @@
 //! The daemon: actions, the build scheduler, the state store and restart recovery.
 
 pub mod action;
+mod background;
 mod build;
 pub mod clock;
 mod disks;
@@ -17,6 +18,7 @@ mod progress;
 mod record;
 mod recovery;
 pub mod snapshots;
+mod stop_wait;
 mod storage;
 
 use std::collections::HashMap;

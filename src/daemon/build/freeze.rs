@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::BuildError;
-use crate::daemon::Daemon;
+use crate::daemon::{background, Daemon};
 use crate::snapshot::Snapshot;
 
 /// Densifies, checks, hashes and commits the image at `image_path`. A `reused` image shares
@@ -20,7 +20,7 @@ pub(super) async fn freeze(
     let snapshots = d.inner.snapshots.clone();
     let freeze_sys = d.inner.sys.clone();
     let image_path: PathBuf = image_path.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<Snapshot, BuildError> {
+    background::spawn("freeze", move || -> Result<Snapshot, BuildError> {
         let t0 = Instant::now();
         // Before anything reads it: fewer extents make every clone of the snapshot cheaper.
         // A reused build shares extents with its parent: a rewrite would unshare them.

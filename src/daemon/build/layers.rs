@@ -17,7 +17,7 @@ use super::BuildError;
 use crate::daemon::events::NORMAL;
 use crate::daemon::owner::Owner;
 use crate::daemon::progress::Progress;
-use crate::daemon::{clock, pipe, Daemon};
+use crate::daemon::{background, clock, pipe, Daemon};
 use crate::layout::layer_dir;
 use crate::registry::Keyring;
 use crate::unpack::{self, Compression, LayerStats, UnpackError};
@@ -221,7 +221,7 @@ async fn fetch_and_unpack(
     let compression = Compression::from_media_type(&desc.media_type).unwrap_or(Compression::None);
     let (tx, mut reader) = pipe::channel();
     let (dest_owned, diff_id): (PathBuf, String) = (dest.to_owned(), desc.diff_id.clone());
-    let unpacker = tokio::task::spawn_blocking(move || -> Result<LayerStats, UnpackError> {
+    let unpacker = background::spawn("unpack", move || -> Result<LayerStats, UnpackError> {
         let stats = unpack::apply_layer(&mut reader, compression, &dest_owned, &diff_id)?;
         // The blob's digest is checked when its last byte has passed: read to the end so a
         // mismatch after the tar's end is still seen.
@@ -319,7 +319,7 @@ pub async fn inherit_implicit_dirs(
     }
     jobs.sort_by_key(|(_, lowers, _)| lowers.len());
     let root = root.to_owned();
-    tokio::task::spawn_blocking(move || {
+    background::spawn("implicit-dirs", move || {
         for (layer, lowers, dirs) in jobs {
             let dest = layer_dir(&root, &layer.chain_id);
             let n = unpack::inherit_implicit_dirs(&dest, &lowers, &dirs).map_err(|e| {

@@ -197,7 +197,8 @@ async fn build(
         .map_err(|e| BuildError::Internal(e.to_string()))??;
     let resolved = resolved?;
 
-    let mounted = work.mount(d)?;
+    // Attaching and mounting can take 100+ ms while other builds write: not on a worker.
+    let mounted = tokio::task::block_in_place(|| work.mount(d))?;
     let root = mounted.path().to_owned();
     let filled = fill::fill(
         d,

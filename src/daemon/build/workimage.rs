@@ -3,11 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::task::JoinHandle;
-
 use super::reuse::{self, Parent};
 use super::BuildError;
-use crate::daemon::Daemon;
+use crate::daemon::{background, Daemon};
 use crate::image::{MountConfig, MountedImage};
 
 pub(super) struct WorkImage {
@@ -23,7 +21,7 @@ impl WorkImage {
         work_dir: &Path,
         size_gib: u32,
         parent: Option<&Parent>,
-    ) -> Result<(WorkImage, JoinHandle<Result<(), BuildError>>), BuildError> {
+    ) -> Result<(WorkImage, background::Job<Result<(), BuildError>>), BuildError> {
         std::fs::create_dir_all(work_dir)
             .map_err(|e| BuildError::io("create the work directory", work_dir, e))?;
         let work = WorkImage {
@@ -34,7 +32,7 @@ impl WorkImage {
         let image_path = work.path.clone();
         let sys = d.inner.sys.clone();
         let parent_image = parent.map(|p| p.image.clone());
-        let made = tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
+        let made = background::spawn("mkfs", move || -> Result<(), BuildError> {
             match parent_image {
                 Some(from) => reuse::clone_parent(sys.as_ref(), &from, &image_path, size_bytes),
                 None => {

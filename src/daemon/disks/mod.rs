@@ -69,36 +69,16 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
              remove those containers (or their pod) first"
         )));
     }
-    let key = pull::build_key(id);
-    let running = d
-        .inner
-        .builds
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-        .cloned();
-    if let Some(token) = running {
-        token.cancel();
-        // A pull stops at its next chunk or tool exit; one that does not within the wait is
-        // stuck, and the caller is told so rather than kept waiting for ever.
-        let wait = super::handlers::CANCEL_WAIT;
-        let deadline = tokio::time::Instant::now() + wait;
-        while d
-            .inner
-            .builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&key)
-        {
-            if tokio::time::Instant::now() > deadline {
-                return Err(DaemonError::Conflict(format!(
-                    "the pull into disk {id} did not stop within {}s: try the delete again",
-                    wait.as_secs()
-                )));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
+    // A pull stops at its next chunk or tool exit; one that does not within the wait is
+    // stuck, and the caller is told so rather than kept waiting for ever.
+    super::stop_wait::cancel_and_wait(
+        d,
+        &pull::build_key(id),
+        &super::owner::Owner::Disk(id.to_owned()),
+        &format!("the pull into disk {id}"),
+        super::handlers::CANCEL_WAIT,
+    )
+    .await?;
     let status = disk
         .status
         .clone()

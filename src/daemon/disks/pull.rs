@@ -102,12 +102,15 @@ async fn pull(
                 device.file_name().unwrap_or_default().to_string_lossy()
             ));
             std::fs::create_dir_all(&at).map_err(|e| BuildError::io("create", &at, e))?;
-            d.inner
-                .sys
-                .mount(device, &at, "ext4", Default::default(), "")
-                .map_err(|e| {
-                    BuildError::Internal(format!("mount {} for the pull: {e}", device.display()))
-                })?;
+            // A mount can take 100+ ms while builds write: off the API's workers.
+            tokio::task::block_in_place(|| {
+                d.inner
+                    .sys
+                    .mount(device, &at, "ext4", Default::default(), "")
+            })
+            .map_err(|e| {
+                BuildError::Internal(format!("mount {} for the pull: {e}", device.display()))
+            })?;
             Some(at)
         }
     };
@@ -128,7 +131,7 @@ async fn pull(
         cancel,
     )
     .await;
-    let synced = d.inner.sys.syncfs(&root);
+    let synced = tokio::task::block_in_place(|| d.inner.sys.syncfs(&root));
     if let Some(at) = &temp_mount {
         unmount_temp(d, at);
     }
