@@ -19,8 +19,12 @@ use crate::objects::{ImageCache, Phase};
 /// A disk was just cloned from the cache `cache_id`: if the daemon created that cache, its
 /// expiry moves to now + its retentionDays.
 pub(super) fn renew(d: &Daemon, cache_id: &str) {
-    let Ok(caches) = d.inner.store.list_caches() else {
-        return;
+    let caches = match d.inner.store.list_caches() {
+        Ok(caches) => caches,
+        Err(e) => {
+            warn!(cache = %cache_id, error = %e, "could not read the caches to renew the expiry of the one a disk was cloned from");
+            return;
+        }
     };
     let Some(cache) = caches.into_iter().find(|c| {
         c.status.as_ref().map(|s| s.image_cache_id.as_str()) == Some(cache_id)

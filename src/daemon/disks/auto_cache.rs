@@ -74,7 +74,20 @@ async fn ensure_cache_of(
     let digest = hex::encode(sha2::Sha256::digest(names.join("\n").as_bytes()));
     let name = format!("auto-{}", &digest[..16]);
     let _deciding = DECIDING.lock().await;
-    let existing = d.inner.store.get_cache(&name).ok().flatten();
+    let existing = match d.inner.store.get_cache(&name) {
+        Ok(existing) => existing,
+        // Unknown whether one exists: creating another could clash with it, so this pod goes
+        // without, and says why.
+        Err(e) => {
+            warn!(cache = %name, error = %e, "could not read the auto-created cache of these images");
+            notes.push(Note {
+                type_: WARNING,
+                reason: "AutoCacheFailed",
+                message: format!("Could not read image cache {name} of these images from the state database ({e}); no cache is built for them this time"),
+            });
+            return None;
+        }
+    };
     if let Some(status) = existing.and_then(|c| c.status) {
         if status.phase != Phase::Failed {
             return Some(name);
