@@ -3,14 +3,14 @@
 //!
 //! - idle: 32 disk creates/deletes in flight, no build; the creates' latencies;
 //! - loaded: 4 cache builds (two generated ~160 MB, 8,000-file images, gzip, each in two
-//!   caches) and the same 32
-//!   creates/deletes in flight. Meanwhile one client on a thread of its own asks, in turn,
+//!   caches) and the same 32 creates/deletes in flight. Meanwhile one client on a thread of its own asks, in turn,
 //!   `GET /healthz`, the list of ImageCaches, one ImageCache, the list of Disks and one Disk.
-//!   Each of those answers with p99 <= 25 ms; the test prints p50/p99/max of each and the
+//!   Each of those is to answer with p99 <= 25 ms; the test prints p50/p99/max of each and the
 //!   disk creates' p50/p99 beside their idle figures.
 //!
-//! Timing: the bound holds on an otherwise quiet 2-core machine; a compile running beside
-//! the test takes one of the two cores and can push it over.
+//! Timing: not met yet, so the test is ignored. On a quiet 2-core machine the reads' p99 is
+//! 40-86 ms behind the disk creates and deletes; a compile running beside it changes the
+//! figures either way (docs/TESTING.md, "Load").
 
 mod support;
 
@@ -196,7 +196,7 @@ fn print_reads(label: &str, reads: &[Samples]) {
 }
 
 #[test]
-#[ignore = "timing: run alone on a quiet 2-core machine (cargo test --release --test api_load -- --ignored); a compile beside it takes a core"]
+#[ignore = "fails today: read p99 40-86 ms on a quiet 2-core machine, behind ~370 disk creates/deletes a second (docs/TESTING.md, Load)"]
 fn reads_answer_within_25ms_p99_under_four_builds_and_32_disk_creates() {
     let scratch = ScratchXfs::new(128 << 30);
     let registry = TestRegistry::start();
