@@ -20,7 +20,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use imagecache::unpack::{apply_layer, Compression};
 use sha2::{Digest, Sha256};
@@ -39,35 +39,44 @@ struct Sandbox {
     top: PathBuf,
     /// Where each run's `dest` goes.
     deep: PathBuf,
+    /// The sandbox outside `dest` as made. Every run must leave it exactly so, so one walk
+    /// after each run is enough: the walk before it would only see what the last run's walk
+    /// after already compared equal to this.
+    made: Tree,
 }
 
-static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+/// Made on first use; dropped (and made afresh by the next run) when a run changed it, so
+/// that the replay test names only the inputs that did the damage.
+static SANDBOX: Mutex<Option<Sandbox>> = Mutex::new(None);
 
 /// Removes the sandbox: the replay test's clean-up (a fuzzing run's goes with its scratch
 /// directory, see scripts/fuzz.sh).
 #[allow(dead_code)]
 pub fn remove_sandbox() {
-    if let Some(sb) = SANDBOX.get() {
+    let mut sb = SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(sb) = sb.take() {
         let _ = fs::remove_dir_all(&sb.top);
     }
 }
 
-fn sandbox() -> &'static Sandbox {
-    SANDBOX.get_or_init(|| {
-        let base = std::env::var_os("IMAGECACHE_FUZZ_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let top = base.join(format!("imagecache-fuzz-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&top);
-        let mut deep = top.clone();
-        for i in 0..DEPTH {
-            fs::create_dir_all(deep.join("outside")).expect("make the sandbox");
-            fs::write(deep.join("outside/sentinel"), format!("sentinel {i}")).unwrap();
-            deep.push(format!("d{i}"));
-        }
-        fs::create_dir_all(&deep).expect("make the sandbox");
-        Sandbox { top, deep }
-    })
+fn make_sandbox() -> Sandbox {
+    let base = std::env::var_os("IMAGECACHE_FUZZ_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let top = base.join(format!("imagecache-fuzz-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&top);
+    let mut deep = top.clone();
+    for i in 0..DEPTH {
+        fs::create_dir_all(deep.join("outside")).expect("make the sandbox");
+        fs::write(deep.join("outside/sentinel"), format!("sentinel {i}")).unwrap();
+        deep.push(format!("d{i}"));
+    }
+    let dest = deep.join("dest");
+    fs::create_dir_all(&dest).expect("make the sandbox");
+    // Taken with `dest` present, as every run's walk is.
+    let made = walk(&top, &dest);
+    fs::remove_dir(&dest).expect("make the sandbox");
+    Sandbox { top, deep, made }
 }
 
 fn walk(top: &Path, skip: &Path) -> Tree {
@@ -103,11 +112,11 @@ fn walk(top: &Path, skip: &Path) -> Tree {
 }
 
 pub fn check(data: &[u8]) {
-    let sb = sandbox();
+    let mut guard = SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = guard.get_or_insert_with(make_sandbox);
     let dest = sb.deep.join("dest");
     let _ = fs::remove_dir_all(&dest);
     fs::create_dir(&dest).expect("make dest");
-    let before = walk(&sb.top, &dest);
 
     let (blob, diff_id) = if let Some(program) = data.strip_prefix(PROGRAM) {
         let tar = write_tar(program, &sb.top);
@@ -124,10 +133,14 @@ pub fn check(data: &[u8]) {
     }
 
     let after = walk(&sb.top, &dest);
-    if after != before {
+    let before = &sb.made;
+    if after != *before {
         let gone: Vec<_> = before.iter().filter(|e| !after.contains(e)).collect();
         let new: Vec<_> = after.iter().filter(|e| !before.contains(e)).collect();
-        panic!("applying the layer changed the sandbox outside dest ({result:?}): before {gone:?}, after {new:?}");
+        let message = format!("applying the layer changed the sandbox outside dest ({result:?}): before {gone:?}, after {new:?}");
+        let _ = fs::remove_dir_all(&sb.top);
+        *guard = None;
+        panic!("{message}");
     }
     fs::remove_dir_all(&dest).expect("remove dest");
 }
@@ -222,10 +235,16 @@ fn pax_records(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// `value` in octal, zero-padded to all but the field's last byte (left NUL), its high digits
+/// dropped if it does not fit. By hand: a header has eight of these, for every entry of every
+/// input.
 fn octal(field: &mut [u8], value: u64) {
-    let text = format!("{value:0width$o}", width = field.len() - 1);
-    let text = &text.as_bytes()[text.len().saturating_sub(field.len() - 1)..];
-    field[..text.len()].copy_from_slice(text);
+    let (digits, _nul) = field.split_at_mut(field.len() - 1);
+    let mut rest = value;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest & 7) as u8;
+        rest >>= 3;
+    }
 }
 
 fn header(tar: &mut Vec<u8>, name: &[u8], type_byte: u8, mode: u64, size: u64, link: &[u8]) {
