@@ -19,8 +19,18 @@ pub(crate) struct Meta {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Why a header could not be read, worded to follow "layer entry `<name>`".
-pub(crate) const ID_RANGE: &str = "has a uid or gid beyond 2^32-1";
+/// Why a header could not be read, worded to follow "layer entry `<name>`". 2^32-1 is
+/// chown's "leave unchanged": such an owner could never be given, and the entry would stay
+/// root's.
+pub(crate) const ID_RANGE: &str = "has a uid or gid of 2^32-1 or more";
+
+/// An owner id chown can set.
+fn owner_id(raw: u64) -> Result<u32, MetaError> {
+    u32::try_from(raw)
+        .ok()
+        .filter(|&id| id != u32::MAX)
+        .ok_or(MetaError::Invalid(ID_RANGE))
+}
 
 pub(crate) enum MetaError {
     Io(io::Error),
@@ -53,8 +63,8 @@ impl Meta {
             Some(gid) => gid,
             None => header.gid()?,
         };
-        self.uid = u32::try_from(uid).map_err(|_| MetaError::Invalid(ID_RANGE))?;
-        self.gid = u32::try_from(gid).map_err(|_| MetaError::Invalid(ID_RANGE))?;
+        self.uid = owner_id(uid)?;
+        self.gid = owner_id(gid)?;
         // Some writers put the file type bits into the mode field as well.
         self.mode = header.mode()? & 0o7777;
         self.mtime = match pax.mtime {
@@ -145,5 +155,37 @@ mod tests {
         );
         assert_eq!(parse_pax_time(b"42"), Some(Time { secs: 42, nanos: 0 }));
         assert_eq!(parse_pax_time(b"x"), None);
+    }
+
+    #[test]
+    fn owners_chown_cannot_set_are_refused() {
+        let mut header = tar::Header::new_ustar();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        for (uid, gid, ok) in [
+            (u64::from(u32::MAX) - 1, 0, true),
+            (0, u64::from(u32::MAX) - 1, true),
+            (u64::from(u32::MAX), 0, false),
+            (0, u64::from(u32::MAX), false),
+            (1 << 32, 0, false),
+        ] {
+            let mut pax = PaxFields {
+                uid: Some(uid),
+                gid: Some(gid),
+                ..PaxFields::default()
+            };
+            let got = Meta::default().read_from(&header, &mut pax, false);
+            assert_eq!(
+                matches!(got, Ok(())),
+                ok,
+                "uid {uid} gid {gid}: {:?}",
+                got.err().map(|e| match e {
+                    MetaError::Invalid(m) => m.to_string(),
+                    MetaError::Io(e) => e.to_string(),
+                })
+            );
+        }
     }
 }
