@@ -8,9 +8,23 @@
 //!
 //! Only tests and `scripts/crash-soak.sh` set the variable. It is read once; unset, a point
 //! costs one atomic load.
+//!
+//! Errno points make a syscall fail instead of the process: with
+//! `IMAGECACHE_FAULT_ERRNO=<point>:<ERRNO>[,<point>:<ERRNO>...]` (say `loop.claim:ENOSPC` or
+//! `loop.attach:EBUSY`), [`errno`] answers that errno every time the point is reached, and
+//! the real implementation in `sys` (LinuxSys) returns it in place of the kernel's answer
+//! at that very call. Everything above it (retries, error wording, clean-up, the API's
+//! answer) runs for real: the way to show what the daemon does when the kernel runs out of
+//! loop devices, which cannot be caused on a shared host without taking every device from
+//! everyone else. Unknown points or errno names stop the daemon at start. Read once; unset,
+//! a point costs one atomic load. Only tests set it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+
+use rustix::io::Errno;
+
+use crate::sys::errname;
 
 /// Arms one point: `<name>` or `<name>:<n>`.
 pub const ENV: &str = "IMAGECACHE_FAULT_POINT";
@@ -59,6 +73,80 @@ pub const POINTS: &[&str] = &[
     "snapshotter.remove",
 ];
 
+/// Arms errno points: `<point>:<ERRNO>`, several separated by commas.
+pub const ERRNO_ENV: &str = "IMAGECACHE_FAULT_ERRNO";
+
+/// Every errno point: a syscall in `sys` that answers the armed errno instead of running.
+pub const ERRNO_POINTS: &[&str] = &[
+    // LOOP_CTL_GET_FREE, asking the kernel for a free loop device (ENOSPC or ENODEV: it has
+    // none left to give).
+    "loop.claim",
+    // LOOP_CONFIGURE, binding a file to the device just claimed (EBUSY: another process
+    // bound it first).
+    "loop.attach",
+];
+
+static ERRNOS: OnceLock<Vec<(&'static str, Errno)>> = OnceLock::new();
+
+/// Parses an [`ERRNO_ENV`] value into (point, errno) pairs; an empty value arms nothing.
+pub fn parse_errnos(value: &str) -> Result<Vec<(&'static str, Errno)>, String> {
+    let mut armed = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((point, name)) = item.split_once(':') else {
+            return Err(format!("{item:?} is not <point>:<ERRNO>"));
+        };
+        let Some(&point) = ERRNO_POINTS.iter().find(|p| **p == point) else {
+            return Err(format!(
+                "{point:?} is no errno point; known: {ERRNO_POINTS:?}"
+            ));
+        };
+        let Some(errno) = errname::parse(name) else {
+            let known: Vec<_> = errname::known().collect();
+            return Err(format!("{name:?} is no errno name; known: {known:?}"));
+        };
+        if armed.iter().any(|(p, _)| *p == point) {
+            return Err(format!("{point:?} is armed twice"));
+        }
+        armed.push((point, errno));
+    }
+    Ok(armed)
+}
+
+fn errnos_from_env() -> Vec<(&'static str, Errno)> {
+    let Ok(value) = std::env::var(ERRNO_ENV) else {
+        return Vec::new();
+    };
+    match parse_errnos(&value) {
+        Ok(armed) => {
+            for (point, errno) in &armed {
+                tracing::warn!(
+                    point,
+                    errno = errname::name(*errno),
+                    "{ERRNO_ENV}: this call will fail every time"
+                );
+            }
+            armed
+        }
+        Err(e) => {
+            // A typo would otherwise make a fault test pass without any fault.
+            eprintln!("{ERRNO_ENV}={value}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The errno the point `name` is armed with, which the caller returns instead of making
+/// the real call; `None` (the only answer outside tests) to make it.
+#[inline]
+pub fn errno(name: &'static str) -> Option<Errno> {
+    debug_assert!(ERRNO_POINTS.contains(&name), "unlisted errno point {name}");
+    let armed = ERRNOS.get_or_init(errnos_from_env);
+    if armed.is_empty() {
+        return None;
+    }
+    armed.iter().find(|(p, _)| *p == name).map(|(_, e)| *e)
+}
+
 struct Armed {
     name: String,
     nth: u64,
@@ -88,6 +176,7 @@ fn from_env() -> Option<Armed> {
 /// Reads the variable now, so a bad name stops the daemon at start rather than mid-way.
 pub fn init() {
     ARMED.get_or_init(from_env);
+    ERRNOS.get_or_init(errnos_from_env);
 }
 
 /// The process dies here if `name` is the armed point (and this is its n-th hit).
@@ -117,4 +206,48 @@ fn fire(name: &str) -> ! {
     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     // SIGKILL cannot be caught; this only runs if the kill call itself failed.
     std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_points_parse() {
+        assert_eq!(parse_errnos(""), Ok(vec![]));
+        assert_eq!(
+            parse_errnos("loop.claim:ENOSPC"),
+            Ok(vec![("loop.claim", Errno::NOSPC)])
+        );
+        assert_eq!(
+            parse_errnos("loop.attach:EBUSY, loop.claim:ENODEV,"),
+            Ok(vec![
+                ("loop.attach", Errno::BUSY),
+                ("loop.claim", Errno::NODEV)
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_errno_points_are_refused_naming_what_is_known() {
+        let e = parse_errnos("loop.claim").unwrap_err();
+        assert!(e.contains("<point>:<ERRNO>"), "{e}");
+        let e = parse_errnos("loop.clam:ENOSPC").unwrap_err();
+        assert!(e.contains("loop.claim") && e.contains("loop.attach"), "{e}");
+        let e = parse_errnos("loop.claim:ENOSPACE").unwrap_err();
+        assert!(e.contains("ENOSPC"), "{e}");
+        let e = parse_errnos("loop.claim:28").unwrap_err();
+        assert!(e.contains("no errno name"), "{e}");
+        let e = parse_errnos("loop.claim:ENOSPC,loop.claim:EBUSY").unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn unset_errno_points_answer_nothing() {
+        // The unit tests never set the variable.
+        if std::env::var_os(ERRNO_ENV).is_none() {
+            assert_eq!(errno("loop.claim"), None);
+            assert_eq!(errno("loop.attach"), None);
+        }
+    }
 }

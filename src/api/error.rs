@@ -37,6 +37,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The node lacks a resource the request needs now (503): the same request can succeed
+    /// later, as for a Kubernetes API server's ServiceUnavailable.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Every field error is a `FieldValueInvalid` cause, the reason kubectl shows for a bad value.
@@ -59,6 +63,7 @@ impl From<DaemonError> for ApiError {
                     .collect(),
             },
             DaemonError::Internal(message) => ApiError::Internal(message),
+            DaemonError::Unavailable(message) => ApiError::Unavailable(message),
             e @ (DaemonError::Setup(_)
             | DaemonError::Store(_)
             | DaemonError::Sys(_)
@@ -76,6 +81,7 @@ impl ApiError {
             ApiError::AlreadyExists { .. } | ApiError::Conflict(_) => 409,
             ApiError::Forbidden(_) => 403,
             ApiError::Internal(_) => 500,
+            ApiError::Unavailable(_) => 503,
         }
     }
 
@@ -88,6 +94,7 @@ impl ApiError {
             ApiError::Conflict(_) => "Conflict",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::Internal(_) => "InternalError",
+            ApiError::Unavailable(_) => "ServiceUnavailable",
         }
     }
 

@@ -32,6 +32,10 @@ pub enum DaemonError {
     /// Something on the node failed; nothing the caller sent is to blame.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The node lacks a resource the request needs right now (no loop device to be had):
+    /// the same request can succeed once it is freed; the message says what to free.
+    #[error("{0}")]
+    Unavailable(String),
     /// The daemon could not start.
     #[error("{0}")]
     Setup(String),

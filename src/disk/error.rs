@@ -59,10 +59,7 @@ pub enum DiskError {
         #[source]
         source: Box<ImageError>,
     },
-    #[error(
-        "attach {image} to a loop device: {source} (check that /dev/loop-control exists and \
-         the loop module is loaded)"
-    )]
+    #[error("attach {image} to a loop device: {source}{}", attach_hint(source))]
     Attach {
         image: PathBuf,
         #[source]
@@ -147,7 +144,26 @@ pub enum DiskError {
     },
 }
 
+/// Where to look when an attach failed for a reason the error itself does not explain (a
+/// shortage of loop devices says what to do already).
+fn attach_hint(source: &SysError) -> &'static str {
+    if source.is_loop_shortage() {
+        ""
+    } else {
+        " (check that /dev/loop-control exists and the loop module is loaded)"
+    }
+}
+
 impl DiskError {
+    /// No loop device could be had for the disk: the node lacks one, the request is fine.
+    pub fn is_loop_shortage(&self) -> bool {
+        match self {
+            DiskError::Attach { source, .. } => source.is_loop_shortage(),
+            DiskError::Leftover { cause, .. } => cause.is_loop_shortage(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DiskError::Io {
             op,

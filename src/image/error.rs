@@ -88,6 +88,11 @@ impl ImageError {
             source,
         }
     }
+
+    /// No loop device could be had for the image: the node lacks one.
+    pub fn is_loop_shortage(&self) -> bool {
+        matches!(self, ImageError::Attach { source, .. } if source.is_loop_shortage())
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ImageError>;

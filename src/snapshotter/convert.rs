@@ -26,6 +26,7 @@ pub fn status(e: DaemonError) -> tonic::Status {
         DaemonError::AlreadyExists { .. } => Code::AlreadyExists,
         DaemonError::Conflict(_) => Code::FailedPrecondition,
         DaemonError::Invalid { .. } => Code::InvalidArgument,
+        DaemonError::Unavailable(_) => Code::Unavailable,
         _ => Code::Internal,
     };
     tonic::Status::new(code, e.to_string())

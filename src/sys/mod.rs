@@ -6,6 +6,7 @@
 //! `fsops` holds the per-entry filesystem calls the layer unpacker makes beneath a directory
 //! fd (openat2 RESOLVE_BENEATH, mknodat, xattrs, ownership, times).
 
+pub mod errname;
 pub mod fake;
 pub mod fsops;
 mod fstype;
@@ -16,6 +17,7 @@ pub(crate) mod sparse;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use fake::FakeSys;
 pub use fstype::FsType;
@@ -40,6 +42,35 @@ pub enum SysError {
         dst: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// The kernel has no loop device to hand out: LOOP_CTL_GET_FREE or LOOP_CTL_ADD answered
+    /// ENOSPC or ENODEV (every device bound and no more may be made). A condition of the
+    /// node, not of the request: it passes once devices are freed.
+    #[error(
+        "no free loop device: {op} answered {} ({source}): the kernel has none left to give; \
+         free some with `losetup -d` (`losetup -a` lists them and their files) or raise the \
+         loop module's max_loop (`max_loop=` on the kernel command line, or \
+         `modprobe loop max_loop=N`), then retry",
+        errname::name_of_raw(source.raw_os_error().unwrap_or_default())
+    )]
+    NoLoopDevice {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every loop device claimed for `file` was bound by another process before our
+    /// LOOP_CONFIGURE (EBUSY), for as many attempts or as long as the retry allows.
+    #[error(
+        "no loop device could be bound to {}: LOOP_CONFIGURE answered EBUSY {attempts} times \
+         in {} ms; another process keeps taking the free loop devices first (`losetup -a` \
+         shows what binds them); retry once it stops",
+        file.display(),
+        elapsed.as_millis()
+    )]
+    LoopDevicesBusy {
+        file: PathBuf,
+        attempts: u32,
+        elapsed: Duration,
     },
     #[error("{0}")]
     Other(String),
@@ -76,8 +107,19 @@ impl SysError {
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             SysError::Io { source, .. } | SysError::Reflink { source, .. } => source.raw_os_error(),
+            SysError::NoLoopDevice { source, .. } => source.raw_os_error(),
+            SysError::LoopDevicesBusy { .. } => Some(rustix::io::Errno::BUSY.raw_os_error()),
             SysError::Other(_) => None,
         }
+    }
+
+    /// No loop device could be had (none left, or every one taken first by another
+    /// process): the node lacks a resource, nothing is wrong with the request or the files.
+    pub fn is_loop_shortage(&self) -> bool {
+        matches!(
+            self,
+            SysError::NoLoopDevice { .. } | SysError::LoopDevicesBusy { .. }
+        )
     }
 }
 

@@ -124,6 +124,7 @@ impl BuildError {
             BuildError::Layer { .. } => "FailedUnpack",
             BuildError::NoSpace { .. } => "InsufficientSize",
             BuildError::HostFull { .. } => "HostFilesystemFull",
+            BuildError::Image(e) if e.is_loop_shortage() => "NoLoopDevice",
             BuildError::Image(_) | BuildError::Snapshot(_) => "FailedFreeze",
             BuildError::Interrupted => "BuildInterrupted",
             _ => "Failed",

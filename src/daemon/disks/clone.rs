@@ -22,7 +22,7 @@ pub(super) fn hold_snapshot(d: &Daemon, cache: &ChosenCache) -> Result<HeldSnaps
     d.inner.store.snapshot_ref(&digest).map_err(internal)?;
     match d.inner.snapshots.image_path(&digest) {
         Ok(path) => Ok(HeldSnapshot { digest, path }),
-        Err(e) => Err(give_back(d, &digest, e.to_string())),
+        Err(e) => Err(give_back(d, &digest, e.to_string(), DaemonError::Internal)),
     }
 }
 
@@ -44,10 +44,10 @@ pub(super) async fn clone_disk(
     let image = super::image_path(d, id);
     let snapshots = d.inner.snapshots.clone();
     let source = held.map(|h| (h.digest.clone(), h.path.clone()));
-    let created = tokio::task::spawn_blocking(move || -> Result<disk::Disk, String> {
+    let created = tokio::task::spawn_blocking(move || -> Result<disk::Disk, Failure> {
         let Some((digest, snapshot_image)) = &source else {
             return disk::create(sys.as_ref(), &image, DiskSource::Empty, &opts)
-                .map_err(|e| e.to_string());
+                .map_err(Failure::from);
         };
         let (from, grown_in) = super::grown::source_for(
             sys.as_ref(),
@@ -57,10 +57,9 @@ pub(super) async fn clone_disk(
             opts.size_bytes,
             opts.clone_mode,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(Failure::other)?;
         crate::fault::point("disk.grow");
-        let mut made = disk::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)
-            .map_err(|e| e.to_string())?;
+        let mut made = disk::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)?;
         if let Some(took) = grown_in {
             // This disk waited for its size's grown image; the next ones will not.
             made.timings.grow_ms += took.as_secs_f64() * 1e3;
@@ -72,19 +71,62 @@ pub(super) async fn clone_disk(
     created.map_err(|e| {
         warn!(disk = %id, error = %e, "disk creation failed");
         let message = format!("cannot create the disk: {e}");
+        // No loop device to be had is the node's shortage, not a fault in the daemon: the
+        // caller is told it may try again (503) once devices are freed.
+        let kind = if e.loop_shortage {
+            DaemonError::Unavailable
+        } else {
+            DaemonError::Internal
+        };
         match held {
-            Some(h) => give_back(d, &h.digest, message),
-            None => DaemonError::Internal(message),
+            Some(h) => give_back(d, &h.digest, message, kind),
+            None => kind(message),
         }
     })
 }
 
+/// Why the blocking part of a disk create failed, and whether for want of a loop device.
+struct Failure {
+    message: String,
+    loop_shortage: bool,
+}
+
+impl Failure {
+    fn other(e: impl std::fmt::Display) -> Self {
+        Failure {
+            message: e.to_string(),
+            loop_shortage: false,
+        }
+    }
+}
+
+impl From<disk::DiskError> for Failure {
+    fn from(e: disk::DiskError) -> Self {
+        Failure {
+            loop_shortage: e.is_loop_shortage(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Drops the reference taken for a disk that was not made, and returns the error `message`
-/// describes. Should the release fail too, the snapshot keeps a reference nothing holds and
-/// its space is not reclaimed: that is logged and named in the error, never dropped.
-fn give_back(d: &Daemon, digest: &str, message: String) -> DaemonError {
+/// describes, of `kind`. Should the release fail too, the snapshot keeps a reference nothing
+/// holds and its space is not reclaimed: that is logged and named in the error, never
+/// dropped.
+fn give_back(
+    d: &Daemon,
+    digest: &str,
+    message: String,
+    kind: fn(String) -> DaemonError,
+) -> DaemonError {
     match crate::daemon::handlers::release_snapshot(d, digest) {
-        Ok(()) => DaemonError::Internal(message),
+        Ok(()) => kind(message),
         Err(e) => {
             error!(%digest, error = %e, "could not release the snapshot reference of a disk that was not created");
             DaemonError::Internal(format!(

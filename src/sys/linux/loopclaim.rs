@@ -74,8 +74,13 @@ impl Sources<'static> {
 /// when every existing device is bound or claimed.
 pub(super) fn claim(control: &File, sources: Sources<'_>) -> Result<Claim> {
     let mut claimed = claimed();
-    let free =
-        get_free(control).map_err(|e| SysError::io("LOOP_CTL_GET_FREE", "/dev/loop-control", e))?;
+    let free = get_free(control).map_err(|e| match e {
+        Errno::NOSPC | Errno::NODEV => SysError::NoLoopDevice {
+            op: "LOOP_CTL_GET_FREE",
+            source: e.into(),
+        },
+        e => SysError::io("LOOP_CTL_GET_FREE", "/dev/loop-control", e),
+    })?;
     // GET_FREE's answer is unbound unless another attach here holds it. Then walk up from
     // above the highest number held: what lies between is held too, or was bound by an
     // attach that held it. Starting at `free + 1` instead made every attach of a burst
@@ -182,6 +187,10 @@ unsafe impl Ioctl for GetFree {
 }
 
 fn get_free(control: &File) -> rustix::io::Result<u32> {
+    // A test standing in for a kernel out of devices (ENOSPC, ENODEV).
+    if let Some(e) = crate::fault::errno("loop.claim") {
+        return Err(e);
+    }
     // SAFETY: GetFree matches LOOP_CTL_GET_FREE's calling convention.
     unsafe { ioctl::ioctl(control, GetFree) }
 }
@@ -193,6 +202,11 @@ fn add(control: &File, number: u32) -> Result<()> {
     // SAFETY: the request matches LOOP_CTL_ADD's calling convention.
     match unsafe { ioctl::ioctl(control, add) } {
         Ok(()) | Err(Errno::EXIST) => Ok(()),
+        // Past max_loop, or out of device numbers.
+        Err(e @ (Errno::NOSPC | Errno::NODEV)) => Err(SysError::NoLoopDevice {
+            op: "LOOP_CTL_ADD",
+            source: e.into(),
+        }),
         Err(e) => Err(SysError::io(
             "LOOP_CTL_ADD",
             format!("/dev/loop{number}"),

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use linux_raw_sys::loop_device::{
     loop_config, loop_info64, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_GET_STATUS64, LO_FLAGS_AUTOCLEAR,
@@ -21,9 +21,15 @@ use super::loopclaim;
 use crate::sys::{LoopDevice, LoopInfo, LoopOptions, Result, SysError};
 
 /// How often to claim another device when another process configures the one we claimed
-/// before we do. Each round is a few syscalls; 64 rounds only run out when something is
-/// attaching loop devices in a tight loop, and then an error is better than spinning.
+/// before we do (EBUSY). The usual race is lost once and won at the next claim, so the first
+/// few retries are immediate; after them each waits a little longer (1 ms doubling up to
+/// 50 ms), so something attaching in a tight loop gets room to finish. Whichever bound comes
+/// first ends it with an error naming EBUSY: a caller (a disk create the kubelet waits on)
+/// is better answered in ~2 s than left spinning.
 const CLAIM_ATTEMPTS: u32 = 64;
+const BUSY_IMMEDIATE_RETRIES: u32 = 8;
+const BUSY_MAX_DELAY: Duration = Duration::from_millis(50);
+const BUSY_DEADLINE: Duration = Duration::from_secs(2);
 /// devtmpfs creates /dev/loopN when the device is added, but a udev running on the node
 /// may briefly remove and recreate it.
 const OPEN_ATTEMPTS: u32 = 20;
@@ -35,6 +41,10 @@ const DETACH_RETRY_DELAY: Duration = Duration::from_millis(20);
 const DIRECT_IO_BLOCK_SIZE: u32 = 4096;
 
 fn configure(device: impl AsFd, config: loop_config) -> rustix::io::Result<()> {
+    // A test standing in for another process binding every device first (EBUSY).
+    if let Some(e) = crate::fault::errno("loop.attach") {
+        return Err(e);
+    }
     // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which is what we pass by pointer.
     unsafe {
         ioctl::ioctl(
@@ -100,9 +110,9 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
         .map_err(|e| SysError::io("open", "/dev/loop-control", e))?;
 
     let mut direct_io = opts.direct_io;
-    let mut attempt = 0;
+    let started = Instant::now();
+    let mut busy = 0;
     loop {
-        attempt += 1;
         // Held until LOOP_CONFIGURE answers, so no other attach here is handed this number.
         let claim = loopclaim::claim(&control, loopclaim::Sources::kernel())?;
         let number = claim.number();
@@ -119,9 +129,29 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
                     LoopDevice::new(number)
                 });
             }
-            Err(Errno::BUSY) if attempt < CLAIM_ATTEMPTS => {
+            Err(Errno::BUSY) => {
                 // Another process configured this device between our claim and our ioctl.
-                tracing::trace!(device = ?path, attempt, "loop device taken, asking for another");
+                busy += 1;
+                let elapsed = started.elapsed();
+                if busy >= CLAIM_ATTEMPTS || elapsed >= BUSY_DEADLINE {
+                    tracing::warn!(
+                        ?file,
+                        attempts = busy,
+                        ?elapsed,
+                        "every loop device claimed was taken by another process"
+                    );
+                    return Err(SysError::LoopDevicesBusy {
+                        file: file.to_owned(),
+                        attempts: busy,
+                        elapsed,
+                    });
+                }
+                tracing::trace!(device = ?path, busy, "loop device taken, asking for another");
+                if busy > BUSY_IMMEDIATE_RETRIES {
+                    // Not holding the number while waiting: it is someone else's anyway.
+                    drop((device, claim));
+                    std::thread::sleep(busy_delay(busy).min(BUSY_DEADLINE - elapsed));
+                }
             }
             Err(Errno::INVAL) if direct_io => {
                 // The backing filesystem cannot do O_DIRECT at this block size (tmpfs, some
@@ -132,16 +162,16 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
                 );
                 direct_io = false;
             }
-            Err(Errno::BUSY) => {
-                return Err(SysError::Other(format!(
-                    "attach {}: every free loop device was taken by another process \
-                     {CLAIM_ATTEMPTS} times in a row; retry when loop device churn settles",
-                    file.display()
-                )))
-            }
             Err(e) => return Err(SysError::io("LOOP_CONFIGURE", path, e)),
         }
     }
+}
+
+/// The wait before the `busy`-th retry past the immediate ones: 1 ms, doubling, at most
+/// [`BUSY_MAX_DELAY`].
+fn busy_delay(busy: u32) -> Duration {
+    let doublings = busy.saturating_sub(BUSY_IMMEDIATE_RETRIES + 1).min(16);
+    Duration::from_millis(1 << doublings).min(BUSY_MAX_DELAY)
 }
 
 fn get_status(device: impl AsFd) -> rustix::io::Result<loop_info64> {
@@ -239,4 +269,30 @@ pub(super) fn list(sys_block: &Path) -> Result<Vec<LoopInfo>> {
     }
     found.sort_by(|a, b| a.device.cmp(&b.device));
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_retries_back_off_and_stay_within_the_deadline() {
+        assert_eq!(
+            busy_delay(BUSY_IMMEDIATE_RETRIES + 1),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            busy_delay(BUSY_IMMEDIATE_RETRIES + 2),
+            Duration::from_millis(2)
+        );
+        assert_eq!(busy_delay(BUSY_IMMEDIATE_RETRIES + 7), BUSY_MAX_DELAY);
+        assert_eq!(busy_delay(u32::MAX), BUSY_MAX_DELAY);
+        // Waiting through every attempt would take longer than the deadline: the deadline,
+        // a few seconds, is what a caller waits at most.
+        let all: Duration = (BUSY_IMMEDIATE_RETRIES + 1..CLAIM_ATTEMPTS)
+            .map(busy_delay)
+            .sum();
+        assert!(all >= BUSY_DEADLINE, "{all:?}");
+        assert!(BUSY_DEADLINE <= Duration::from_secs(3));
+    }
 }
