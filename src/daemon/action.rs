@@ -34,6 +34,22 @@ pub enum Action {
     Snapshot(SnapshotRequest),
 }
 
+impl Action {
+    /// A read of what the store holds: answered wherever the request arrived. Everything
+    /// else changes state or does heavy work (verify's hashing) and runs on the daemon's work
+    /// runtime (`Daemon::dispatch`).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Action::GetImageCache(_)
+                | Action::ListImageCaches
+                | Action::GetDisk(_)
+                | Action::ListDisks
+                | Action::Info
+        )
+    }
+}
+
 #[derive(Debug)]
 pub enum Reply {
     ImageCache(Box<ImageCache>),

@@ -144,6 +144,8 @@ pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, Daemon
     )
     .await?;
     d.inner.store.delete_cache(name).map_err(internal)?;
+    d.unrecorded()
+        .forget(&super::owner::Owner::Cache(name.to_owned()));
     crate::fault::point("cache.delete");
     if let Some(digest) = cache.status.and_then(|s| s.snapshot_digest) {
         release_snapshot(d, &digest).map_err(internal)?;

@@ -1,7 +1,7 @@
 //! The daemon: actions, the build scheduler, the state store and restart recovery.
 
 pub mod action;
-mod background;
+pub mod background;
 mod build;
 pub mod clock;
 mod disks;
@@ -65,6 +65,13 @@ struct Inner {
     /// The containerd snapshotter's request serialisation.
     snapshotter: snapshots::State,
     metrics: metrics::Metrics,
+    /// Store writes that failed, shown on their objects (record.rs).
+    unrecorded: record::Unrecorded,
+    /// The runtime that carries out changes (creates, deletes, builds, pulls): the one the
+    /// daemon was started on. Reads are answered on the caller's runtime, so the API can
+    /// serve them from a runtime of its own whose workers never wait in a mount, a loop
+    /// device's teardown or a store write.
+    work: Option<tokio::runtime::Handle>,
 }
 
 impl Daemon {
@@ -103,6 +110,8 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             snapshotter: snapshots::State::default(),
             metrics: metrics::Metrics::default(),
+            unrecorded: record::Unrecorded::default(),
+            work: tokio::runtime::Handle::try_current().ok(),
         };
         let daemon = Daemon {
             inner: Arc::new(inner),
@@ -122,6 +131,11 @@ impl Daemon {
         &self.inner.metrics
     }
 
+    /// The store writes that failed, by object.
+    pub(crate) fn unrecorded(&self) -> &record::Unrecorded {
+        &self.inner.unrecorded
+    }
+
     /// `GET /metrics`: a read of counters and of what the daemon holds, no action.
     pub fn metrics_text(&self) -> String {
         metrics::render(self)
@@ -131,11 +145,26 @@ impl Daemon {
         self.inner.config.root.join("work")
     }
 
-    /// Carries out one action.
+    /// Carries out one action: a read where it is asked, anything else on the work runtime
+    /// (where it also runs to its end when the asker goes away).
     pub async fn dispatch(&self, action: Action) -> Result<Reply, DaemonError> {
-        handlers::dispatch(self, action)
-            .await
-            .map(events::stamp_reply)
+        let done = match (&self.inner.work, action.is_read()) {
+            (Some(work), false) => {
+                let d = self.clone();
+                work.spawn(async move { handlers::dispatch(&d, action).await })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(DaemonError::Internal(format!(
+                            "the request's task failed: {e}"
+                        )))
+                    })
+            }
+            _ => handlers::dispatch(self, action).await,
+        };
+        done.map(|mut reply| {
+            self.inner.unrecorded.show(&mut reply);
+            events::stamp_reply(reply)
+        })
     }
 
     /// Stops every build (each cleans up its loop device, mount and work files) and waits.

@@ -3,7 +3,7 @@
 
 use super::{clock, events, record, Daemon};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Owner {
     Cache(String),
     Disk(String),
@@ -21,7 +21,7 @@ impl Owner {
                         events::record(&mut s.events, type_, reason, message, &now);
                     }
                 });
-                record::or_log(written, name, reason);
+                record::or_log(d, written, self, reason);
             }
             Owner::Disk(id) => {
                 let written = d.inner.store.update_disk(id, |disk| {
@@ -29,7 +29,7 @@ impl Owner {
                         events::record(&mut s.events, type_, reason, message, &now);
                     }
                 });
-                record::or_log(written, id, reason);
+                record::or_log(d, written, self, reason);
             }
         }
     }
@@ -45,7 +45,7 @@ impl Owner {
                     }
                 }
             });
-            record::or_log(written, name, "progress");
+            record::or_log(d, written, self, "progress");
         }
     }
 }

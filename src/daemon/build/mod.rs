@@ -120,9 +120,10 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
     }
     // Left behind, the record only makes the next start clean a directory already gone.
     record::or_log(
+        d,
         d.inner.store.delete_build(&build_id),
-        &build_id,
-        "the end of the build",
+        &Owner::Cache(spec.name.clone()),
+        &format!("the end of build {build_id}"),
     );
     match result {
         Ok(built) => {

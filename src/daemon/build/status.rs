@@ -3,6 +3,7 @@
 use super::plan::Plan;
 use super::{BuildError, BuildSpec};
 use crate::daemon::events::{self, NORMAL, WARNING};
+use crate::daemon::owner::Owner;
 use crate::daemon::{clock, record, Daemon};
 use crate::objects::{CachedImage, Phase};
 use crate::snapshot::Snapshot;
@@ -101,5 +102,10 @@ pub(super) fn fail(d: &Daemon, spec: &BuildSpec, error: &BuildError) {
             );
         }
     });
-    record::or_log(written, &spec.name, "the build's failure");
+    record::or_log(
+        d,
+        written,
+        &Owner::Cache(spec.name.clone()),
+        "the build's failure",
+    );
 }

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::auto_cache::{Note, DECIDING};
 use crate::daemon::build::is_auto_created;
 use crate::daemon::events::WARNING;
+use crate::daemon::owner::Owner;
 use crate::daemon::{clock, handlers, record, Daemon};
 use crate::objects::{ImageCache, Phase};
 
@@ -43,7 +44,12 @@ pub(super) fn renew(d: &Daemon, cache_id: &str) {
             }
         }
     });
-    record::or_log(written, &cache.metadata.name, "the renewed expiry");
+    record::or_log(
+        d,
+        written,
+        &Owner::Cache(cache.metadata.name.clone()),
+        "the renewed expiry",
+    );
 }
 
 /// An auto-created Ready cache as the budget sees it.

@@ -7,7 +7,7 @@ use tracing::{error, warn};
 
 use super::internal;
 use super::select::{ChosenCache, Plan};
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{background, Daemon, DaemonError};
 use crate::disk::{self, DiskOptions, DiskSource};
 
 /// A snapshot with a reference taken for the disk: a concurrent delete of its cache cannot
@@ -44,30 +44,34 @@ pub(super) async fn clone_disk(
     let image = super::image_path(d, id);
     let snapshots = d.inner.snapshots.clone();
     let source = held.map(|h| (h.digest.clone(), h.path.clone()));
-    let created = tokio::task::spawn_blocking(move || -> Result<disk::Disk, Failure> {
-        let Some((digest, snapshot_image)) = &source else {
-            return disk::create(sys.as_ref(), &image, DiskSource::Empty, &opts)
-                .map_err(Failure::from);
-        };
-        let (from, grown_in) = super::grown::source_for(
-            sys.as_ref(),
-            &snapshots,
-            digest,
-            snapshot_image,
-            opts.size_bytes,
-            opts.clone_mode,
-        )
-        .map_err(Failure::other)?;
-        crate::fault::point("disk.grow");
-        let mut made = disk::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)?;
-        if let Some(took) = grown_in {
-            // This disk waited for its size's grown image; the next ones will not.
-            made.timings.grow_ms += took.as_secs_f64() * 1e3;
-        }
-        Ok(made)
-    })
+    let created = background::spawn_at(
+        "disk-create",
+        background::DISK_NICE,
+        move || -> Result<disk::Disk, Failure> {
+            let Some((digest, snapshot_image)) = &source else {
+                return disk::create(sys.as_ref(), &image, DiskSource::Empty, &opts)
+                    .map_err(Failure::from);
+            };
+            let (from, grown_in) = super::grown::source_for(
+                sys.as_ref(),
+                &snapshots,
+                digest,
+                snapshot_image,
+                opts.size_bytes,
+                opts.clone_mode,
+            )
+            .map_err(Failure::other)?;
+            crate::fault::point("disk.grow");
+            let mut made = disk::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)?;
+            if let Some(took) = grown_in {
+                // This disk waited for its size's grown image; the next ones will not.
+                made.timings.grow_ms += took.as_secs_f64() * 1e3;
+            }
+            Ok(made)
+        },
+    )
     .await
-    .map_err(internal)?;
+    .map_err(DaemonError::Internal)?;
     created.map_err(|e| {
         warn!(disk = %id, error = %e, "disk creation failed");
         let message = format!("cannot create the disk: {e}");

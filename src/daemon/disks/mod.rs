@@ -89,16 +89,17 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
         status.device.clone().map(PathBuf::from),
         status.mountpoint.clone().map(PathBuf::from),
     );
-    let deleted = tokio::task::spawn_blocking(move || {
-        disk::delete(
-            sys.as_ref(),
-            &image,
-            device.as_deref(),
-            mountpoint.as_deref(),
-        )
-    })
-    .await
-    .map_err(internal)?;
+    let deleted =
+        super::background::spawn_at("disk-delete", super::background::DISK_NICE, move || {
+            disk::delete(
+                sys.as_ref(),
+                &image,
+                device.as_deref(),
+                mountpoint.as_deref(),
+            )
+        })
+        .await
+        .map_err(DaemonError::Internal)?;
     match deleted {
         Ok(()) => {}
         Err(e @ disk::DiskError::Busy { .. }) => return Err(DaemonError::Conflict(e.to_string())),
@@ -110,6 +111,8 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
     let _ = std::fs::remove_dir(own_dir.join("mnt"));
     let _ = std::fs::remove_dir(&own_dir);
     d.inner.store.delete_disk(id).map_err(internal)?;
+    d.unrecorded()
+        .forget(&super::owner::Owner::Disk(id.to_owned()));
     if let Some(digest) = status.snapshot_digest {
         super::handlers::release_snapshot(d, &digest).map_err(internal)?;
     }

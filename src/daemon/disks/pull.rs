@@ -81,7 +81,12 @@ fn record_outcome(d: &Daemon, job: &PullJob, result: &Result<(), BuildError>, ms
             }
         }
     });
-    record::or_log(recorded, &job.id, "the outcome of the pull");
+    record::or_log(
+        d,
+        recorded,
+        &Owner::Disk(job.id.clone()),
+        "the outcome of the pull",
+    );
 }
 
 async fn pull(
