@@ -132,11 +132,17 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
     };
     imagecache::fault::init();
     let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
-    // The listener (and every connection it accepts) is driven by the API runtime's reactor.
-    let (listener, ours) = {
+    // The API socket comes last: once it takes connections, the snapshotter's does too (a
+    // caller that saw the daemon answer may go straight to it). A live daemon on the API
+    // socket is refused before the snapshotter's socket is touched. The API's listener (and
+    // every connection it accepts) is driven by the API runtime's reactor.
+    let activated = {
         let _api = api.enter();
-        bind(&socket, access.gid)?
+        activated_socket()?
     };
+    if activated.is_none() {
+        refuse_if_serving(&socket)?;
+    }
     let stop = CancellationToken::new();
     let snapshotter = match &snapshotter_socket {
         Some(path) => {
@@ -148,6 +154,14 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
             }))
         }
         None => None,
+    };
+    // A socket systemd passed is systemd's: it keeps it for the next start.
+    let (listener, ours) = match activated {
+        Some(listener) => (listener, false),
+        None => {
+            let _api = api.enter();
+            (bind(&socket, access.gid)?, true)
+        }
     };
     daemon.start_gc();
     info!(socket = %socket.display(), root = %daemon.config().root.display(), "imagecached serving");
@@ -192,22 +206,13 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
 }
 
 /// Binds the API socket, replacing a stale socket file but refusing to steal the socket of a
-/// daemon that is still running; or takes the one systemd passed. Returns whether the socket
-/// file is ours (made here) to remove at exit.
-fn bind(socket: &Path, gid: u32) -> Result<(UnixListener, bool)> {
-    if let Some(listener) = activated_socket()? {
-        return Ok((listener, false));
-    }
+/// daemon that is still running.
+fn bind(socket: &Path, gid: u32) -> Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            bail!(
-                "another imagecached is serving {}: stop it first",
-                socket.display()
-            );
-        }
+        refuse_if_serving(socket)?;
         std::fs::remove_file(socket)
             .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
     }
@@ -217,7 +222,18 @@ fn bind(socket: &Path, gid: u32) -> Result<(UnixListener, bool)> {
     std::os::unix::fs::chown(socket, Some(0), Some(gid))
         .with_context(|| format!("cannot give {} to group {gid}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
-    Ok((listener, true))
+    Ok(listener)
+}
+
+/// Fails when another daemon answers on `socket`.
+fn refuse_if_serving(socket: &Path) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!(
+            "another imagecached is serving {}: stop it first",
+            socket.display()
+        );
+    }
+    Ok(())
 }
 
 /// The socket systemd passed (imagecached.socket), if the daemon was socket-activated.
