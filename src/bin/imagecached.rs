@@ -88,7 +88,7 @@ const API_WORKERS: usize = 2;
 
 /// The nice value of the work runtime's threads (the API's stay at 0; disk operations and
 /// builds go lower still, see `daemon::background`).
-const WORK_NICE: i32 = 3;
+const WORK_NICE: i32 = 2;
 
 fn load_config(args: &Args) -> Result<Config> {
     let explicit = args.config != Path::new(DEFAULT_CONFIG_PATH);

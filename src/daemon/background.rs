@@ -21,8 +21,11 @@ pub const NICE: i32 = 10;
 /// The nice value of a disk create's or delete's blocking part (clone, attach, mount, unmount,
 /// detach). Above the builds, so a pod's disk is not kept waiting by a build, and below the
 /// API's workers: 32 creates and deletes in flight keep both cores of a small node busy in
-/// those syscalls, and at the workers' own priority a `GET` waited 50-80 ms (p99) for a core.
-pub const DISK_NICE: i32 = 5;
+/// those syscalls. Measured with tests/api_load.rs on 2 cores (docs/TESTING.md, "Load"):
+/// at 5 (work runtime 3) the reads' p99 was 7-21 ms but the creates' p50 under 4 builds
+/// ~100 ms, since builds (10) were then only 3x lower; at 3 (work 2) reads 7-13 ms and
+/// creates 45 ms.
+pub const DISK_NICE: i32 = 3;
 
 /// A background job's result; `Err` when its thread could not start or panicked.
 pub struct Job<T> {

@@ -91,7 +91,7 @@ impl Default for Metrics {
         );
         m.registry.register(
             "errors",
-            "Failures by kind: a cache build's reason, or disk_create",
+            "Failures by kind: a cache build's reason, disk_create, or store_write (a state change not recorded)",
             m.errors.clone(),
         );
         m.registry.register(
