@@ -339,10 +339,13 @@ fn build_points() {
     for point in BUILD_POINTS {
         let mut node = Node::new(&registry.addr());
         node.arm(point);
-        let out = node
+        // The cache is recorded before its build starts, but the answer can be lost: the
+        // build runs on the work runtime and may reach an early point (mkfs) before the API
+        // runtime has written the 201. Whether the daemon died at the point, and left the
+        // cache, is what the lines below check.
+        let _answer = node
             .daemon
             .create(&cache_yaml("c", std::slice::from_ref(&image), ""), false);
-        assert!(out.status.success(), "{}", node.daemon.log());
         node.dies_at_and_restarts(point);
         assert_invariants(&node.daemon, point);
         let c = node.daemon.get_json("c");
