@@ -5,7 +5,7 @@ use rusqlite::{params, OptionalExtension};
 use super::{Result, Store, StoreError};
 use crate::objects::{Disk, DiskPhase};
 
-fn parse_disk(json: &str) -> Result<Disk> {
+pub(super) fn parse_disk(json: &str) -> Result<Disk> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("Disk: {e}")))
 }
 
@@ -25,31 +25,21 @@ fn columns(disk: &Disk) -> Result<(String, Option<String>, String)> {
 impl Store {
     pub fn insert_disk(&self, disk: &Disk) -> Result<()> {
         let (phase, digest, json) = columns(disk)?;
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO disks (id, phase, snapshot_digest, object) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![disk.metadata.name, phase, digest, json])?;
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO disks (id, phase, snapshot_digest, object) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![disk.metadata.name, phase, digest, json])?;
+        self.disks.insert(&disk.metadata.name, disk.clone());
         Ok(())
     }
 
     pub fn get_disk(&self, id: &str) -> Result<Option<Disk>> {
-        let json: Option<String> = self
-            .reader()
-            .prepare_cached("SELECT object FROM disks WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?;
-        json.map(|j| parse_disk(&j)).transpose()
+        self.disks.get(id)
     }
 
     pub fn list_disks(&self) -> Result<Vec<Disk>> {
-        let rows: Vec<String> = {
-            let conn = self.reader();
-            let mut stmt = conn.prepare_cached("SELECT object FROM disks ORDER BY created_seq")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        rows.iter().map(|j| parse_disk(j)).collect()
+        self.disks.list()
     }
 
     /// Applies `change` to the stored disk in one transaction and returns the new object.
@@ -69,15 +59,18 @@ impl Store {
         )?
         .execute(params![id, json, phase, digest])?;
         tx.commit()?;
+        self.disks.insert(id, disk.clone());
         Ok(disk)
     }
 
     pub fn delete_disk(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .conn()
+        let conn = self.conn();
+        let deleted = conn
             .prepare_cached("DELETE FROM disks WHERE id = ?1")?
             .execute([id])?
-            > 0)
+            > 0;
+        self.disks.remove(id);
+        Ok(deleted)
     }
 
     /// Disks in a phase, for restart recovery.

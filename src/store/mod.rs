@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod disks;
+mod mirror;
 mod refs;
 mod schema;
 mod snapshotter;
@@ -15,7 +16,8 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::objects::{ImageCache, Phase};
+use crate::objects::{Disk, ImageCache, Phase};
+use mirror::Mirror;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -47,11 +49,10 @@ const STATEMENT_CACHE: usize = 32;
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
-    /// The gets and lists the API answers read on a connection of their own: in WAL mode a
-    /// reader never waits for a writer, so a read does not queue behind a write that the
-    /// kernel holds up while builds write (None in memory, where connections share nothing).
-    reader: Option<Mutex<Connection>>,
     _checkpoints: Option<checkpoint::Checkpointer>,
+    /// The caches and disks as committed, which the gets and lists read (mirror.rs).
+    caches: Mirror<ImageCache>,
+    disks: Mirror<Disk>,
     /// The last `metadata.resourceVersion` given out: one sequence for every cache write
     /// (and delete), so lists carry it too. It starts from the clock in microseconds (and
     /// above any stored version), so it keeps rising across restarts without a table.
@@ -71,13 +72,12 @@ impl Store {
         schema::migrate(&conn)?;
         // checkpoint.rs runs them, away from the commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let reader = Connection::open(path)?;
-        reader.busy_timeout(std::time::Duration::from_secs(5))?;
-        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let (caches, disks) = mirrors(&conn)?;
         let store = Store {
             conn: Mutex::new(conn),
-            reader: Some(Mutex::new(reader)),
             _checkpoints: Some(checkpoint::Checkpointer::start(path)?),
+            caches,
+            disks,
             resource_version: AtomicU64::new(0),
         };
         // Read loosely: a record that does not parse is reported where it is used, not here.
@@ -95,10 +95,12 @@ impl Store {
     pub fn open_in_memory() -> Result<Store> {
         let conn = Connection::open_in_memory()?;
         schema::migrate(&conn)?;
+        let (caches, disks) = mirrors(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
-            reader: None,
             _checkpoints: None,
+            caches,
+            disks,
             resource_version: AtomicU64::new(0),
         })
     }
@@ -135,22 +137,14 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The connection for reads that need not see an uncommitted write of this process.
-    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        match &self.reader {
-            Some(reader) => reader.lock().unwrap_or_else(|p| p.into_inner()),
-            None => self.conn(),
-        }
-    }
-
     pub fn insert_cache(&self, cache: &ImageCache) -> Result<()> {
         let status = cache
             .status
             .as_ref()
             .ok_or_else(|| StoreError::Corrupt("cache without status".into()))?;
         let json = serde_json::to_string(cache).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let res = self
-            .conn()
+        let conn = self.conn();
+        let res = conn
             .prepare_cached(
                 "INSERT INTO caches (name, cache_id, phase, object) VALUES (?1, ?2, ?3, ?4)",
             )?
@@ -160,6 +154,9 @@ impl Store {
                 status.phase.as_str(),
                 json
             ]);
+        if res.is_ok() {
+            self.caches.insert(&cache.metadata.name, cache.clone());
+        }
         match res {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -174,32 +171,19 @@ impl Store {
     }
 
     pub fn get_cache(&self, name: &str) -> Result<Option<ImageCache>> {
-        let json: Option<String> = self
-            .reader()
-            .prepare_cached("SELECT object FROM caches WHERE name = ?1")?
-            .query_row([name], |r| r.get(0))
-            .optional()?;
-        json.map(|j| parse_cache(&j)).transpose()
+        self.caches.get(name)
     }
 
     pub fn cache_by_id(&self, cache_id: &str) -> Result<Option<ImageCache>> {
-        let json: Option<String> = self
-            .reader()
-            .prepare_cached("SELECT object FROM caches WHERE cache_id = ?1")?
-            .query_row([cache_id], |r| r.get(0))
-            .optional()?;
-        json.map(|j| parse_cache(&j)).transpose()
+        Ok(self.caches.find(|c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.image_cache_id == cache_id)
+        }))
     }
 
     pub fn list_caches(&self) -> Result<Vec<ImageCache>> {
-        // Parsed after the lock is let go: the next reader need not wait for it.
-        let rows: Vec<String> = {
-            let conn = self.reader();
-            let mut stmt = conn.prepare_cached("SELECT object FROM caches ORDER BY created_seq")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        rows.iter().map(|j| parse_cache(j)).collect()
+        self.caches.list()
     }
 
     /// Applies `change` to the stored cache in one transaction and returns the new object.
@@ -228,6 +212,7 @@ impl Store {
             .execute(params![name, json, phase.as_str()])?;
         snapshotter::index_cache_chains(&tx, &cache)?;
         tx.commit()?;
+        self.caches.insert(name, cache.clone());
         Ok(cache)
     }
 
@@ -240,6 +225,7 @@ impl Store {
             > 0;
         snapshotter::unindex_cache(&tx, name)?;
         tx.commit()?;
+        self.caches.remove(name);
         if deleted {
             // A list read after the delete differs from one read before it.
             self.next_resource_version();
@@ -316,6 +302,25 @@ impl Store {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// The caches and disks tables, read into memory (in their stored order).
+fn mirrors(conn: &Connection) -> Result<(Mirror<ImageCache>, Mirror<Disk>)> {
+    let rows = |sql: &str| -> Result<Vec<(String, String)>> {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    };
+    Ok((
+        Mirror::load(
+            rows("SELECT name, object FROM caches ORDER BY created_seq")?,
+            parse_cache,
+        ),
+        Mirror::load(
+            rows("SELECT id, object FROM disks ORDER BY created_seq")?,
+            disks::parse_disk,
+        ),
+    ))
 }
 
 fn parse_cache(json: &str) -> Result<ImageCache> {

@@ -95,3 +95,118 @@ fn state_survives_reopening_the_file() {
     s.delete_build("b1").unwrap();
     assert!(s.list_builds().unwrap().is_empty());
 }
+
+fn disk(id: &str) -> crate::objects::Disk {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": crate::objects::API_VERSION, "kind": "Disk",
+        "metadata": {"name": id},
+        "spec": {"images": ["docker.io/library/nginx:latest"]},
+        "status": {
+            "phase": "Ready", "matchedImages": [], "missingImages": [], "pulledImages": [],
+            "sizeGiB": 1, "creationTime": "2026-01-01T00:00:00Z",
+            "timings": {"cloneMs": 0.0, "growMs": 0.0, "attachMs": 0.0, "mountMs": 0.0, "pullMs": 0.0}
+        }
+    }))
+    .unwrap()
+}
+
+fn phase_of(d: &crate::objects::Disk) -> crate::objects::DiskPhase {
+    d.status.as_ref().unwrap().phase
+}
+
+#[test]
+fn reads_see_every_committed_write_and_a_reopened_file_reads_the_same() {
+    use crate::objects::DiskPhase;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (caches, disks) = {
+        let s = Store::open(&path).unwrap();
+        for name in ["c", "a", "b"] {
+            s.insert_cache(&cache(name, &format!("imc-{name}")))
+                .unwrap();
+        }
+        for id in ["d2", "d1", "d3"] {
+            s.insert_disk(&disk(id)).unwrap();
+        }
+        s.update_cache("a", |c| c.status.as_mut().unwrap().phase = Phase::Ready)
+            .unwrap();
+        s.update_disk("d1", |d| {
+            d.status.as_mut().unwrap().phase = DiskPhase::Failed
+        })
+        .unwrap();
+        assert!(s.delete_cache("c").unwrap());
+        assert!(s.delete_disk("d3").unwrap());
+        // A failed insert changes nothing that reads see.
+        assert!(s.insert_cache(&cache("a", "imc-other")).is_err());
+        assert!(s.insert_disk(&disk("d2")).is_err());
+        assert_eq!(s.get_cache("c").unwrap(), None);
+        assert_eq!(s.get_disk("d3").unwrap(), None);
+        assert_eq!(
+            phase_of(&s.get_disk("d1").unwrap().unwrap()),
+            DiskPhase::Failed
+        );
+        assert_eq!(
+            s.cache_by_id("imc-a")
+                .unwrap()
+                .unwrap()
+                .status
+                .unwrap()
+                .phase,
+            Phase::Ready
+        );
+        (s.list_caches().unwrap(), s.list_disks().unwrap())
+    };
+    let names = |c: &[ImageCache]| {
+        c.iter()
+            .map(|c| c.metadata.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&caches), ["a", "b"]);
+    let ids: Vec<_> = disks.iter().map(|d| d.metadata.name.as_str()).collect();
+    assert_eq!(ids, ["d2", "d1"]);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.list_caches().unwrap(), caches);
+    assert_eq!(s.list_disks().unwrap(), disks);
+    assert_eq!(s.disks_in_phase(DiskPhase::Failed).unwrap().len(), 1);
+}
+
+#[test]
+fn a_stored_record_that_does_not_parse_is_reported_by_the_reads_that_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.insert_disk(&disk("good")).unwrap();
+        s.insert_disk(&disk("bad")).unwrap();
+    }
+    let corrupt = |table: &str, key: &str, name: &str| {
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                &format!("UPDATE {table} SET object = '{{\"kind\":' WHERE {key} = ?1"),
+                [name],
+            )
+            .unwrap();
+    };
+    corrupt("disks", "id", "bad");
+    let s = Store::open(&path).unwrap();
+    assert!(s.get_disk("good").unwrap().is_some());
+    let err = s.get_disk("bad").unwrap_err().to_string();
+    assert!(
+        err.contains("does not parse") && err.contains("Disk"),
+        "{err}"
+    );
+    assert!(matches!(s.list_disks(), Err(StoreError::Corrupt(_))));
+    // Deleting the record, as the error advises, mends the list.
+    assert!(s.delete_disk("bad").unwrap());
+    assert_eq!(s.list_disks().unwrap().len(), 1);
+    s.insert_cache(&cache("c", "imc-1")).unwrap();
+    drop(s);
+    // A cache that does not parse stops the open itself (its layers index the snapshotter).
+    corrupt("caches", "name", "c");
+    let err = Store::open(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("does not parse") && err.contains("ImageCache"),
+        "{err}"
+    );
+}
