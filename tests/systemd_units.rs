@@ -274,3 +274,91 @@ fn a_passed_socket_outlives_the_daemon_and_queues_requests_across_a_restart() {
     drop(listener);
     assert_no_leaks(&scratch.path().join("state"));
 }
+
+/// The nice value the unit's `LimitNICE=` lets the daemon's threads rise to.
+fn unit_nice_limit() -> i32 {
+    let unit = std::fs::read_to_string(repo().join("systemd/imagecached.service")).unwrap();
+    unit.lines()
+        .find_map(|l| l.strip_prefix("LimitNICE="))
+        .expect("the unit sets LimitNICE=")
+        .trim()
+        .parse()
+        .expect("LimitNICE= is a signed nice value")
+}
+
+/// The nice value of each of `pid`'s threads named `comm`.
+fn thread_nices(pid: u32, comm: &str) -> Vec<i32> {
+    let mut nices = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue;
+        };
+        let (name, rest) = stat.split_once(" (").unwrap().1.rsplit_once(") ").unwrap();
+        if name == comm {
+            // After the name: the state is field 3 of proc_pid_stat(5), the nice value 19.
+            nices.push(rest.split_whitespace().nth(16).unwrap().parse().unwrap());
+        }
+    }
+    nices
+}
+
+/// The API's threads run at `API_NICE`, which the unit's `LimitNICE=` allows without
+/// CAP_SYS_NICE (an RLIMIT_NICE of 20 - nice, setrlimit(2)); the work runtime's at 2. A
+/// daemon that may not rise (here: CAP_SYS_NICE dropped from the bounding set, RLIMIT_NICE
+/// left at 0) keeps them at 0 and says so. The limit itself cannot be set here: raising
+/// RLIMIT_NICE takes CAP_SYS_RESOURCE, which a test in a container may not hold.
+#[test]
+fn the_api_threads_rise_to_the_units_nice_limit_and_say_so_when_they_may_not() {
+    let allowed = unit_nice_limit();
+    assert_eq!(
+        allowed,
+        imagecache::daemon::background::API_NICE,
+        "LimitNICE= in the unit and the API threads' nice value differ"
+    );
+    for may_rise in [true, false] {
+        let scratch = ScratchXfs::new(4 << 30);
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let config = write_config(dir.path(), &scratch.path().join("state"), &socket);
+        let mut cmd = Command::new("setpriv");
+        if !may_rise {
+            cmd.args(["--bounding-set", "-sys_nice"]);
+        }
+        let mut daemon = KilledOnDrop(
+            cmd.arg("--")
+                .arg(DAEMON)
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log_file(dir.path()))
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while String::from_utf8_lossy(&curl(&socket, "/healthz").stdout) != "ok" {
+            assert!(Instant::now() < deadline, "no answer:\n{}", log(dir.path()));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let api = thread_nices(daemon.0.id(), "imagecached-api");
+        // The kernel keeps 15 bytes of a thread's name.
+        let work = thread_nices(daemon.0.id(), "imagecached-wor");
+        assert!(!api.is_empty() && !work.is_empty(), "{api:?} {work:?}");
+        assert!(work.iter().all(|n| *n == 2), "work threads: {work:?}");
+        let refused = log(dir.path()).contains("cannot raise the API threads' CPU priority");
+        let want = if may_rise { allowed } else { 0 };
+        assert!(api.iter().all(|n| *n == want), "API threads: {api:?}");
+        assert_eq!(refused, !may_rise, "{}", log(dir.path()));
+        terminate(&mut daemon.0);
+        assert_no_leaks(&scratch.path().join("state"));
+    }
+}
+
+/// A daemon that a failed assertion must not leave running (it holds the scratch mount).
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -67,6 +67,7 @@ fn main() -> Result<()> {
     let api = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(API_WORKERS)
         .thread_name("imagecached-api")
+        .on_thread_start(imagecache::daemon::background::raise_api_priority)
         .enable_all()
         .build()
         .context("cannot start the API's async runtime")?;
@@ -83,11 +84,13 @@ fn main() -> Result<()> {
     served
 }
 
-/// Reads are short: two workers keep one answering while the other waits on the store.
+/// Reads are short (from memory, store/mirror.rs): two workers keep one answering while the
+/// other reads a create's body or writes an answer.
 const API_WORKERS: usize = 2;
 
-/// The nice value of the work runtime's threads (the API's stay at 0; disk operations and
-/// builds go lower still, see `daemon::background`).
+/// The nice value of the work runtime's threads (the API's are raised to
+/// `background::API_NICE`; disk operations and builds go lower still, see
+/// `daemon::background`).
 const WORK_NICE: i32 = 2;
 
 fn load_config(args: &Args) -> Result<Config> {

@@ -4,9 +4,10 @@
 //! `GET /healthz` and the reads to a p99 of 72 ms; at nice 10 they stay under 25 ms and the
 //! builds take the cores that are left (tests/api_load.rs).
 //!
-//! Fresh threads, not the runtime's blocking pool: a thread's nice value cannot be lowered
-//! back without CAP_SYS_NICE, which the service does not hold, so a pooled thread would carry
-//! the low priority into the next job (a disk create a pod waits for).
+//! Fresh threads, not the runtime's blocking pool: a thread's nice value can be raised back
+//! only within RLIMIT_NICE or with CAP_SYS_NICE, so a pooled thread could carry the low
+//! priority into the next job (a disk create a pod waits for). Only the API's threads are
+//! raised (`raise_api_priority`), once, when they start.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-/// The nice value of build threads: the API's workers (nice 0) and disk operations run first.
+/// The nice value of build threads: the API's workers (`API_NICE`) and disk operations run first.
 pub const NICE: i32 = 10;
 
 /// The nice value of a disk create's or delete's blocking part (clone, attach, mount, unmount,
@@ -26,6 +27,13 @@ pub const NICE: i32 = 10;
 /// ~100 ms, since builds (10) were then only 3x lower; at 3 (work 2) reads 7-13 ms and
 /// creates 45 ms.
 pub const DISK_NICE: i32 = 3;
+
+/// The nice value of the API runtime's threads, the one thing the daemon raises: they only
+/// accept requests and answer reads, and 32 disk creates in flight keep ~5 disk threads and
+/// the work runtime runnable, whose weights together outnumber a nice-0 thread's several
+/// times over. Under 4 builds and those creates the reads' p99 was 10-14 ms at 0 and 6-8 ms
+/// at -5 (tests/api_load.rs, docs/TESTING.md "Load").
+pub const API_NICE: i32 = -5;
 
 /// A background job's result; `Err` when its thread could not start or panicked.
 pub struct Job<T> {
@@ -51,6 +59,18 @@ impl<T> Future for Job<T> {
 pub fn lower_priority(nice: i32) {
     if let Err(e) = rustix::process::setpriority_process(None, nice) {
         debug!(error = %e, nice, "could not lower a thread's priority");
+    }
+}
+
+/// Sets the calling thread (an API runtime thread) to `API_NICE`. That needs CAP_SYS_NICE or
+/// an RLIMIT_NICE that allows it (`LimitNICE=-5` in the unit); without either the thread
+/// stays where it is and the first refusal is logged.
+pub fn raise_api_priority() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Err(e) = rustix::process::setpriority_process(None, API_NICE) {
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, nice = API_NICE, "cannot raise the API threads' CPU priority (allow it with LimitNICE=-5 in the unit, or CAP_SYS_NICE): reads may wait behind disk work on a busy node");
+        });
     }
 }
 
