@@ -806,7 +806,8 @@ async fn run(row: &Row) -> Vec<String> {
     // still building are recorded once the daemon runs, as its own build would record them.
     let (finished, building): (Vec<&Seed>, Vec<&Seed>) =
         row.caches.iter().partition(|c| c.phase.is_terminal());
-    let mut snapshots = match seed(&root, &finished) {
+    let seeded_before_start = open_store(&root).and_then(|store| seed(&root, &store, &finished));
+    let mut snapshots = match seeded_before_start {
         Ok(s) => s,
         Err(e) => return vec![e],
     };
@@ -820,7 +821,8 @@ async fn run(row: &Row) -> Vec<String> {
         Ok(d) => d,
         Err(e) => return vec![format!("daemon start: {e}")],
     };
-    let problems = match seed(&root, &building) {
+    // Through the daemon's own store: it alone writes the database while it runs.
+    let problems = match seed(&root, d.store(), &building) {
         Ok(more) => {
             snapshots.extend(more);
             check(&d, &sys, &root, row, &snapshots).await
@@ -831,13 +833,21 @@ async fn run(row: &Row) -> Vec<String> {
     problems
 }
 
-/// Records `caches` in the state root as a finished build leaves them: a store record and,
+/// The state database under `root`, for seeding before the daemon starts.
+fn open_store(root: &Path) -> Result<Store, String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
+    Store::open(&root.join("state.db")).map_err(|e| format!("open store: {e}"))
+}
+
+/// Records `caches` in `store` and the state root as a build leaves them: a store record and,
 /// for a Ready cache, a committed snapshot (a sparse file of the cache's size with a marker
 /// that gives each its own digest) holding one reference, so start-up keeps it. Returns
 /// each Ready cache's snapshot digest by id.
-fn seed(root: &Path, caches: &[&Seed]) -> Result<BTreeMap<&'static str, String>, String> {
-    std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
-    let store = Store::open(&root.join("state.db")).map_err(|e| format!("open store: {e}"))?;
+fn seed(
+    root: &Path,
+    store: &Store,
+    caches: &[&Seed],
+) -> Result<BTreeMap<&'static str, String>, String> {
     let snapshots = SnapshotStore::new(root.join("snapshots"));
     let mut digests = BTreeMap::new();
     for cache in caches {

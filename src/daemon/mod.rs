@@ -126,6 +126,13 @@ impl Daemon {
         &self.inner.config
     }
 
+    /// The state database, which only this daemon may write while it runs: its gets and
+    /// lists read a mirror that sees no other writer (store/mirror.rs). For embedding
+    /// code and tests that record state as the daemon's own work would.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     /// The counters and histograms, for the front doors to record their requests in.
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
