@@ -39,7 +39,7 @@ apt   curl: curl
 apt   jq: jq
 
 # Building: C parts of crates (zstd, sqlite), and protoc for the gRPC crates' build scripts
-apt   build-essential:
+apt   build-essential: gcc            # also a static setuid test program (host_user_access)
 apt   pkg-config: pkg-config
 apt   protobuf-compiler: protoc
 apt   ca-certificates:                  # HTTPS to the package registries

@@ -93,8 +93,11 @@ pub fn write_blob(root: &Path, blob: &Blob<'_>) -> std::io::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(path.parent().expect("blob paths have a parent"))?;
-    std::fs::write(path, blob.bytes)
+    let algo_dir = path.parent().expect("blob paths have a parent");
+    for dir in [root.join("blobs"), algo_dir.to_owned()] {
+        crate::access::create_dir_with_mode(&dir, crate::access::LAYER_DIR)?;
+    }
+    crate::access::write_with_mode(&path, blob.bytes, crate::access::LAYOUT_FILE)
 }
 
 /// Writes `oci-layout` and `index.json`.
@@ -131,7 +134,8 @@ pub fn read_index(root: &Path) -> std::io::Result<Index> {
 fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
     serde_json::to_writer_pretty(&mut file, value).map_err(std::io::Error::other)?;
-    file.write_all(b"\n")
+    file.write_all(b"\n")?;
+    crate::access::set_mode(path, crate::access::LAYOUT_FILE)
 }
 
 #[cfg(test)]

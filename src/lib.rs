@@ -4,6 +4,7 @@
 //! content-addressed snapshot, and cloned copy-on-write into per-pod disks. See
 //! `docs/` and the module docs for how the pieces fit.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod config;

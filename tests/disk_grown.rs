@@ -124,7 +124,11 @@ fn the_first_disk_of_a_size_grows_once_and_later_ones_clone_the_grown_image() {
     let grown = f.grown_dir().join(&name);
     let meta = std::fs::metadata(&grown).unwrap();
     assert_eq!(meta.len(), 40 * GIB);
-    assert_eq!(meta.permissions().mode() & 0o777, 0o444, "read-only");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o400,
+        "read-only, root's alone"
+    );
 
     // The first disk is the size asked for and holds the image; a write stays in it.
     let mnt = mountpoint(&first);

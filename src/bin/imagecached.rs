@@ -60,6 +60,8 @@ fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let config = load_config(&args)?;
+    // Before any thread: what the daemon makes without naming a mode is root's alone.
+    imagecache::access::private_umask();
     // Two runtimes: the work runtime carries out creates, deletes, builds and pulls, whose
     // tasks wait in store writes, directory changes and their joins with mounts and loop
     // devices; the API runtime accepts requests and answers reads. With one runtime, 32 disk
@@ -212,7 +214,8 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
 /// daemon that is still running.
 fn bind(socket: &Path, gid: u32) -> Result<UnixListener> {
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        imagecache::access::create_socket_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     if socket.exists() {
         refuse_if_serving(socket)?;

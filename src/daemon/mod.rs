@@ -84,10 +84,11 @@ impl Daemon {
             config.root.join("work"),
             config.root.join("disks"),
         ] {
-            std::fs::create_dir_all(&dir)
+            crate::access::create_dir_with_mode(&dir, crate::access::PRIVATE_DIR)
                 .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", dir.display())))?;
         }
         let store = Store::open(&config.root.join("state.db"))?;
+        storage::make_private(&config.root)?;
         let registry = RegistryClient::new(RegistryConfig {
             insecure_registries: config.insecure_registries.clone(),
             mirrors: config.registry_mirrors.clone(),

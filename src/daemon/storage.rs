@@ -1,12 +1,62 @@
 //! The state root's storage, settled before anything is stored: the embedded XFS backing
 //! image when configured, and whether clones can be reflinks.
 
+use std::path::Path;
+
 use tracing::{info, warn};
 
 use super::DaemonError;
 use crate::config::Config;
 use crate::disk::{self, CloneMode};
 use crate::sys::Sys;
+
+/// Takes back what a state root made by an earlier version (or by systemd's
+/// `StateDirectory=` at its default 0755) left reachable by other users: the root and the
+/// daemon's directories become 0700, the database and its journal 0600, frozen snapshot
+/// files 0400 (a mode is not content: no snapshot digest changes).
+pub fn make_private(root: &Path) -> Result<(), DaemonError> {
+    use crate::access::{set_mode, FROZEN_FILE, PRIVATE_DIR, PRIVATE_FILE};
+    let failed = |path: &Path, e: std::io::Error| {
+        DaemonError::Setup(format!(
+            "cannot make {} reachable by root only: {e}",
+            path.display()
+        ))
+    };
+    let mut dirs = vec![root.to_owned()];
+    for sub in [
+        "snapshots",
+        "snapshots/sha256",
+        "work",
+        "disks",
+        "snapshotter",
+    ] {
+        dirs.push(root.join(sub));
+    }
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        set_mode(dir, PRIVATE_DIR).map_err(|e| failed(dir, e))?;
+    }
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        let file = root.join(name);
+        if file.exists() {
+            set_mode(&file, PRIVATE_FILE).map_err(|e| failed(&file, e))?;
+        }
+    }
+    let frozen = root.join("snapshots/sha256");
+    for snapshot in std::fs::read_dir(&frozen).into_iter().flatten().flatten() {
+        let dir = snapshot.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        set_mode(&dir, PRIVATE_DIR).map_err(|e| failed(&dir, e))?;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_file() {
+                set_mode(&path, FROZEN_FILE).map_err(|e| failed(&path, e))?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Mounts the backing image if configured, then probes reflinks under the root. Returns the
 /// clone mode and the root's filesystem type.
@@ -22,7 +72,7 @@ pub fn prepare(config: &Config, sys: &dyn Sys) -> Result<(CloneMode, String), Da
         })?;
         info!(backing = %backing.display(), root = %config.root.display(), "state root on the embedded XFS backing image");
     }
-    std::fs::create_dir_all(&config.root)
+    crate::access::create_dir_with_mode(&config.root, crate::access::PRIVATE_DIR)
         .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", config.root.display())))?;
     let probe = disk::probe_reflink(sys, &config.root).map_err(|e| {
         DaemonError::Setup(format!(

@@ -7,16 +7,21 @@ use sha2::{Digest, Sha256};
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
     for diff_id in diff_ids {
-        let next = match chain.last() {
-            None => diff_id.clone(),
-            Some(parent) => {
-                let hash = Sha256::digest(format!("{parent} {diff_id}").as_bytes());
-                format!("sha256:{}", hex::encode(hash))
-            }
-        };
+        let next = chain_id_over(chain.last().map(String::as_str), diff_id);
         chain.push(next);
     }
     chain
+}
+
+/// The chainID of layer `diff_id` stacked on the chain `parent` (none: a base layer).
+pub fn chain_id_over(parent: Option<&str>, diff_id: &str) -> String {
+    match parent {
+        None => diff_id.to_owned(),
+        Some(parent) => {
+            let hash = Sha256::digest(format!("{parent} {diff_id}").as_bytes());
+            format!("sha256:{}", hex::encode(hash))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -92,7 +92,8 @@ impl GrownImages {
             });
         }
         let started = Instant::now();
-        std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("mkdir", &dir, e))?;
+        crate::access::create_dir_with_mode(&dir, crate::access::PRIVATE_DIR)
+            .map_err(|e| SnapshotError::io("mkdir", &dir, e))?;
         self.evict(&dir)?;
         let staging = dir.join(format!(
             "{STAGING_PREFIX}{size}-{}",
@@ -224,8 +225,11 @@ fn make(sys: &dyn Sys, source: &Path, staging: &Path, size: u64) -> Result<()> {
         reason: e.to_string(),
     })?;
     // Read-only from here on, as the snapshot: every disk of this size starts from it.
-    std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o444))
-        .map_err(|e| SnapshotError::io("chmod", staging, e))?;
+    std::fs::set_permissions(
+        staging,
+        std::fs::Permissions::from_mode(crate::access::FROZEN_FILE),
+    )
+    .map_err(|e| SnapshotError::io("chmod", staging, e))?;
     sys.fsync(staging).map_err(|e| SnapshotError::Grow {
         path: staging.to_owned(),
         size,

@@ -115,13 +115,16 @@ impl SnapshotStore {
         }
 
         let algo_dir = self.algo_dir();
-        std::fs::create_dir_all(&algo_dir).map_err(io("mkdir", &algo_dir))?;
+        crate::access::create_dir_with_mode(&algo_dir, crate::access::PRIVATE_DIR)
+            .map_err(io("mkdir", &algo_dir))?;
         let staging = algo_dir.join(format!(
             "{STAGING_PREFIX}{}-{}",
             &digest[7..],
             unique_suffix()
         ));
-        std::fs::create_dir(&staging).map_err(io("mkdir", &staging))?;
+        std::fs::create_dir(&staging)
+            .and_then(|()| crate::access::set_mode(&staging, crate::access::PRIVATE_DIR))
+            .map_err(io("mkdir", &staging))?;
         let staged = self.stage(image, manifest, &staging);
         if let Err(e) = staged {
             // Put the image back where the caller had it if it got moved already.
@@ -177,12 +180,18 @@ impl SnapshotStore {
         out.write_all(&manifest.canonical_bytes())
             .and_then(|()| out.sync_all())
             .map_err(io("write", &manifest_path))?;
-        std::fs::set_permissions(&manifest_path, std::fs::Permissions::from_mode(0o444))
-            .map_err(io("chmod", &manifest_path))?;
+        std::fs::set_permissions(
+            &manifest_path,
+            std::fs::Permissions::from_mode(crate::access::FROZEN_FILE),
+        )
+        .map_err(io("chmod", &manifest_path))?;
         // Read-only from here on: clones are reflinks of it, and a write would change what
         // every later clone starts from without changing the digest that names it.
-        std::fs::set_permissions(&staged_image, std::fs::Permissions::from_mode(0o444))
-            .map_err(io("chmod", &staged_image))?;
+        std::fs::set_permissions(
+            &staged_image,
+            std::fs::Permissions::from_mode(crate::access::FROZEN_FILE),
+        )
+        .map_err(io("chmod", &staged_image))?;
         File::open(&staged_image)
             .and_then(|f| f.sync_all())
             .map_err(io("fsync", &staged_image))?;
@@ -344,7 +353,7 @@ mod tests {
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o444);
+        assert_eq!(mode & 0o777, 0o400);
         let on_disk = std::fs::read(snap.dir.join(MANIFEST_NAME)).unwrap();
         assert_eq!(
             crate::snapshot::manifest::sha256_digest(&on_disk),

@@ -6,8 +6,11 @@
 mod convert;
 mod service;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+
+use tokio_stream::StreamExt;
+use tracing::warn;
 
 pub use service::SnapshotsService;
 
@@ -33,35 +36,61 @@ pub enum SnapshotterError {
 
 /// Binds `socket` (replacing a stale file, never a live socket) and returns the listener;
 /// root only may connect, as containerd runs as root.
+///
+/// The socket is bound inside a fresh 0700 directory beside its final path, made 0600 there
+/// and then renamed into place: it is never connectable by anyone but root, whatever the
+/// process umask, and no umask is changed under the daemon's other threads.
 pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, SnapshotterError> {
     let shown = socket.display().to_string();
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| SnapshotterError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
-    if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(SnapshotterError::InUse(shown));
-        }
-        std::fs::remove_file(socket).map_err(|source| SnapshotterError::Listen {
-            path: shown.clone(),
-            source,
-        })?;
-    }
-    let listener =
-        tokio::net::UnixListener::bind(socket).map_err(|source| SnapshotterError::Listen {
-            path: shown.clone(),
-            source,
-        })?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        SnapshotterError::Listen {
-            path: shown,
-            source,
-        }
+    let listen_err = |source| SnapshotterError::Listen {
+        path: shown.clone(),
+        source,
+    };
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    crate::access::create_socket_dir(dir).map_err(|source| SnapshotterError::Dir {
+        path: dir.display().to_string(),
+        source,
     })?;
-    Ok(listener)
+    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(SnapshotterError::InUse(shown));
+    }
+    let private = dir.join(format!(".snapshotter-bind.{}", std::process::id()));
+    // A directory left by a daemon killed between the two steps below.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|source| SnapshotterError::Dir {
+            path: private.display().to_string(),
+            source,
+        })?;
+    let staged = private.join("snapshotter.sock");
+    let bound = tokio::net::UnixListener::bind(&staged)
+        .and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&staged, socket)?;
+            Ok(listener)
+        })
+        .map_err(listen_err);
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// Whether a connection may speak to the snapshotter: its peer is root (containerd). Anyone
+/// else is dropped before a byte of it is read: the snapshotter mounts, binds disks and
+/// removes snapshots on request, which is root's alone.
+fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 => true,
+        Ok(cred) => {
+            warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "snapshotter connection refused: only root (containerd) may use the snapshotter");
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read a snapshotter caller's credentials; refusing it");
+            false
+        }
+    }
 }
 
 /// Serves the snapshots API on `listener` until `stop` resolves.
@@ -70,7 +99,10 @@ pub async fn serve(
     listener: tokio::net::UnixListener,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), SnapshotterError> {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter(|accepted| {
+        // An accept error goes on to tonic, which logs it and goes on accepting.
+        accepted.as_ref().map_or(true, peer_allowed)
+    });
     tonic::transport::Server::builder()
         .add_service(SnapshotsService::new(daemon))
         .serve_with_incoming_shutdown(incoming, stop)

@@ -248,3 +248,9 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     /// mounted from `device` to `value`. It lasts as long as that mount.
     fn tune_ext4(&self, device: &Path, name: &str, value: u64) -> Result<()>;
 }
+
+/// Sets the process's file mode creation mask (umask(2)); the mask it replaces is of no use
+/// to the daemon, which sets it once at start.
+pub fn set_umask(mask: u32) {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask));
+}

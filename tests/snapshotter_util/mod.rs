@@ -3,6 +3,8 @@
 //! run a container and look at what is left.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,7 @@ use crate::support::gen::model::LayerSpec;
 use crate::support::oci::{push_image, Compression, Image};
 use crate::support::registry::TestRegistry;
 use crate::support::scratch::ScratchXfs;
+use crate::support::tree::Tree;
 
 /// A registry with the pause image, and a daemon whose Ready cache holds it and `cached`.
 pub struct Node {
@@ -178,4 +181,93 @@ pub fn assert_node_clean(node: Node) {
     crate::support::scratch::assert_no_leaks(&dir.join("state"));
     crate::support::scratch::assert_no_leaks(&dir.join("containerd"));
     drop(node.scratch);
+}
+
+/// The mount points inside the container (its mount namespace's view), relative to its root:
+/// proc, sys, dev, the runtime's /etc files. The root filesystem is what is not under them.
+fn mount_points(pid: u32) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| m.trim_start_matches('/').replace("\\040", " "))
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+/// The container's root filesystem as its processes see it, without the filesystems mounted
+/// on it: what the snapshotter made, and its hardlink groups. Files of an overlay report
+/// their layer's device, so the mount table, not st_dev, tells what to leave out.
+pub fn rootfs(pid: u32) -> (Tree, BTreeSet<BTreeSet<String>>) {
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    let mounted = mount_points(pid);
+    let mut tree = Tree::new();
+    let mut inodes: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(root.join(&rel)).unwrap().flatten() {
+            let name = entry.file_name().into_string().expect("UTF-8 name");
+            let rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if mounted.contains(&rel) {
+                continue;
+            }
+            let path = root.join(&rel);
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_file() && meta.nlink() > 1 {
+                inodes.entry(meta.ino()).or_default().insert(rel.clone());
+            }
+            if meta.is_dir() {
+                stack.push(rel.clone());
+            }
+            tree.insert(rel, crate::support::tree::read_entry(&path).unwrap());
+        }
+    }
+    (tree, inodes.into_values().collect())
+}
+
+/// Starts a container of `image` (already pulled) in `pod` that sleeps, and returns what its
+/// root filesystem holds while it runs.
+pub fn sleeper_rootfs(
+    containerd: &TestContainerd,
+    cri: &Cri,
+    pod: &str,
+    pod_config: &k8s_cri::v1::PodSandboxConfig,
+    image: &str,
+) -> (Tree, BTreeSet<BTreeSet<String>>) {
+    let log_path = "sleeper/0.log";
+    let id = cri.create_container(
+        pod,
+        pod_config,
+        "sleeper",
+        image,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo up; exec /bin/busybox sleep 600",
+        ],
+        &[],
+        &[],
+        log_path,
+    );
+    cri.start_container(&id);
+    crate::support::cri::wait_log_line(
+        &Cri::log_file(pod_config, log_path),
+        Duration::from_secs(30),
+    );
+    rootfs(task_pid(containerd, &id))
+}
+
+/// The host pid of container `id`'s task.
+pub fn task_pid(containerd: &TestContainerd, id: &str) -> u32 {
+    let tasks = containerd.ctr_ok(&["tasks", "ls"]);
+    tasks
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no task for {id}: {tasks}"))
 }

@@ -119,15 +119,24 @@ impl Cri {
     }
 
     pub fn run_pod_sandbox_with(&self, config: &PodSandboxConfig) -> String {
+        self.try_run_pod_sandbox_with(config)
+            .unwrap_or_else(|e| panic!("CRI RunPodSandbox: {e}"))
+    }
+
+    /// RunPodSandbox, returning containerd's error instead of panicking on it.
+    pub fn try_run_pod_sandbox_with(
+        &self,
+        config: &PodSandboxConfig,
+    ) -> Result<String, tonic::Status> {
         let mut c = self.runtime.clone();
-        self.rt
+        Ok(self
+            .rt
             .block_on(c.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
                 runtime_handler: String::new(),
-            }))
-            .unwrap_or_else(|e| panic!("CRI RunPodSandbox: {e}"))
+            }))?
             .into_inner()
-            .pod_sandbox_id
+            .pod_sandbox_id)
     }
 
     /// PullImage; the image reference the runtime answers (its image id).
@@ -189,21 +198,17 @@ impl Cri {
         annotations: &[(&str, &str)],
         log_path: &str,
     ) -> Result<String, tonic::Status> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(image_spec(image)),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>(),
-            log_path: log_path.into(),
-            ..Default::default()
-        };
+        let config = container_config(name, image, command, args, annotations, log_path);
+        self.try_create_container_with(pod_id, pod_config, config)
+    }
+
+    /// CreateContainer of a whole `config` (a security context, say).
+    pub fn try_create_container_with(
+        &self,
+        pod_id: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
         let mut c = self.runtime.clone();
         Ok(self
             .rt
@@ -367,5 +372,32 @@ pub fn wait_log_match(path: &Path, deadline: Duration, want: impl Fn(&str) -> bo
             );
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A container's config as `Cri::create_container` sends it; change fields before
+/// `Cri::try_create_container_with` for more.
+pub fn container_config(
+    name: &str,
+    image: &str,
+    command: &[&str],
+    args: &[&str],
+    annotations: &[(&str, &str)],
+    log_path: &str,
+) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(image_spec(image)),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        log_path: log_path.into(),
+        ..Default::default()
     }
 }

@@ -189,7 +189,14 @@ fn reset_dir(dest: &Path) -> Result<(), BuildError> {
     if dest.exists() {
         std::fs::remove_dir_all(dest).map_err(|e| BuildError::io("clear", dest, e))?;
     }
-    std::fs::create_dir_all(dest).map_err(|e| BuildError::io("create", dest, e))
+    // `snapshots/<chainID>/fs`, with the modes containerd gives a layer's directories.
+    let mut levels: Vec<&Path> = dest.ancestors().take(3).collect();
+    levels.reverse();
+    for level in levels {
+        crate::access::create_dir_with_mode(level, crate::access::LAYER_DIR)
+            .map_err(|e| BuildError::io("create", level, e))?;
+    }
+    Ok(())
 }
 
 async fn fetch_and_unpack(

@@ -201,6 +201,10 @@ async fn build(
     // Attaching and mounting can take 100+ ms while other builds write: not on a worker.
     let mounted = tokio::task::block_in_place(|| work.mount(d))?;
     let root = mounted.path().to_owned();
+    // The filesystem's root is root's alone, in the frozen image and so in every disk cloned
+    // from it: a disk mounted outside the state root shows no layer to other users.
+    crate::access::set_mode(&root, crate::access::PRIVATE_DIR)
+        .map_err(|e| BuildError::io("chmod", &root, e))?;
     let filled = fill::fill(
         d,
         &owner,

@@ -26,7 +26,7 @@ pub fn ensure_mounted(d: &Daemon, digest: &str) -> Result<PathBuf> {
         .snapshots
         .image_path(digest)
         .map_err(|e| SnapshotError::Internal(e.to_string()))?;
-    std::fs::create_dir_all(&at)
+    crate::access::create_dir_with_mode(&at, crate::access::PRIVATE_DIR)
         .map_err(|e| SnapshotError::Internal(format!("cannot create {}: {e}", at.display())))?;
     let opts = LoopOptions {
         read_only: true,

@@ -11,6 +11,7 @@ use super::mounts::{self, MountSpec, Upper};
 use super::{cachemount, paths, usage};
 use super::{Daemon, Result, SnapshotError, SnapshotInfo, SnapshotReply, SnapshotRequest};
 use super::{Usage, LABEL_DISK, LABEL_TARGET};
+use crate::access;
 use crate::store::{Backing, NewSnapshot, SnapshotKind, SnapshotRecord};
 
 pub fn handle(d: &Daemon, request: SnapshotRequest) -> Result<SnapshotReply> {
@@ -132,7 +133,7 @@ fn prepare(
     }
     let parent_record = committed_parent(d, parent)?;
     if let Some(target) = labels.get(LABEL_TARGET) {
-        offer_cached_layer(d, target, parent, &labels)?;
+        offer_cached_layer(d, target, parent_record.as_ref(), &labels)?;
     }
     if let Some(disk_id) = labels.get(LABEL_DISK) {
         return prepare_on_disk(d, key, parent_record, disk_id.clone(), &labels);
@@ -144,21 +145,27 @@ fn prepare(
         parent_record.as_ref(),
         SnapshotKind::Active,
         &labels,
-        |id| vec![paths::fs_dir(root, id), paths::work_dir(root, id)],
+        |id| {
+            vec![
+                (paths::fs_dir(root, id), access::LAYER_DIR),
+                (paths::work_dir(root, id), access::WORK_DIR),
+            ]
+        },
     )?;
     debug!(%key, id = record.id, "prepared active snapshot");
     mounts_of(d, &record)
 }
 
-/// Records a snapshot on node storage and makes its directories (`dirs` of its id); a
-/// failure to make them takes the record back.
+/// Records a snapshot on node storage and makes its directories (`dirs` of its id, each with
+/// its mode, in a directory of the snapshot's own that only root may enter); a failure to
+/// make them takes the record back.
 fn record_local(
     d: &Daemon,
     key: &str,
     parent: Option<&SnapshotRecord>,
     kind: SnapshotKind,
     labels: &BTreeMap<String, String>,
-    dirs: impl Fn(i64) -> Vec<PathBuf>,
+    dirs: impl Fn(i64) -> Vec<(PathBuf, u32)>,
 ) -> Result<SnapshotRecord> {
     let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
         key,
@@ -169,27 +176,41 @@ fn record_local(
         backing: &Backing::Local,
     })?;
     crate::fault::point("snapshotter.prepare");
-    for dir in dirs(record.id) {
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            d.inner.store.delete_ctr_snapshot(key)?;
-            return Err(io_err("create", &dir, e));
-        }
+    let own = paths::snapshot_dir(&d.inner.config.root, record.id);
+    let made = std::iter::once((own, access::PRIVATE_DIR))
+        .chain(dirs(record.id))
+        .try_for_each(|(dir, mode)| {
+            access::create_dir_with_mode(&dir, mode).map_err(|e| io_err("create", &dir, e))
+        });
+    if let Err(e) = made {
+        d.inner.store.delete_ctr_snapshot(key)?;
+        return Err(e);
     }
     Ok(record)
 }
 
-/// When a Ready cache holds layer `target`, records it as committed snapshot `target` backed
-/// by the cache and answers AlreadyExists: containerd then looks it up by that label and
-/// parent, and fetches and applies nothing. Returns Ok when no cache holds it (containerd
-/// applies the layer itself).
+/// When a Ready cache holds layer `target` over the very chain the request stacks it on,
+/// records it as committed snapshot `target` backed by the cache and answers AlreadyExists:
+/// containerd then looks it up by that label and parent, and fetches and applies nothing.
+/// Returns Ok when no cache holds it so (containerd applies the layer itself).
+///
+/// The label is tenant input: CRI copies a pod's `containerd.io/snapshot.ref` annotation
+/// into its sandbox's Prepare, and containerd's metadata layer later answers a pull of the
+/// real image "already exists" by that name alone, whatever the parent. So a layer is
+/// offered only when the parent's chainID is the one the cache recorded below it and the
+/// chainID recomputes from that parent and the layer's diffID; a record of that name must
+/// never exist over any other chain.
 fn offer_cached_layer(
     d: &Daemon,
     target: &str,
-    parent: &str,
+    parent: Option<&SnapshotRecord>,
     labels: &BTreeMap<String, String>,
 ) -> Result<()> {
+    let parent_key = parent.map_or("", |p| p.key.as_str());
     if let Some(have) = d.inner.store.get_ctr_snapshot(target)? {
-        if have.kind == SnapshotKind::Committed && have.parent.as_deref().unwrap_or("") == parent {
+        if have.kind == SnapshotKind::Committed
+            && have.parent.as_deref().unwrap_or("") == parent_key
+        {
             return Err(SnapshotError::AlreadyExists(format!(
                 "snapshot {target:?} (layer already present)"
             )));
@@ -198,6 +219,18 @@ fn offer_cached_layer(
         // under its own key rather than hand it a chain that is not its own.
         return Ok(());
     }
+    let parent_chain = match parent {
+        None => None,
+        Some(p) => match chain_id_of(p) {
+            Some(chain) => Some(chain),
+            // A parent whose chain is unknown (committed without containerd's label) cannot
+            // be matched against what a cache recorded.
+            None => {
+                debug!(layer = %target, parent = %p.key, "parent has no chainID: layer not offered");
+                return Ok(());
+            }
+        },
+    };
     for layer in d.inner.store.caches_with_layer(target)? {
         let mountpoint = match cachemount::ensure_mounted(d, &layer.digest) {
             Ok(m) => m,
@@ -212,9 +245,14 @@ fn offer_cached_layer(
             cachemount::release_if_unused(d, &layer.digest)?;
             continue;
         }
+        if let Err(why) = recorded_over(&mountpoint, target, parent_chain) {
+            info!(layer = %target, parent = %parent_key, cache = %layer.cache_id, reason = %why, "cached layer not offered: containerd applies it");
+            cachemount::release_if_unused(d, &layer.digest)?;
+            return Ok(());
+        }
         let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
             key: target,
-            parent: (!parent.is_empty()).then_some(parent),
+            parent: parent.map(|p| p.key.as_str()),
             kind: SnapshotKind::Committed,
             labels,
             now: now(),
@@ -224,8 +262,11 @@ fn offer_cached_layer(
             },
         })?;
         let root = &d.inner.config.root;
-        let linked = std::fs::create_dir_all(paths::snapshot_dir(root, record.id))
-            .and_then(|()| std::os::unix::fs::symlink(&dir, paths::fs_dir(root, record.id)));
+        let linked = access::create_dir_with_mode(
+            &paths::snapshot_dir(root, record.id),
+            access::PRIVATE_DIR,
+        )
+        .and_then(|()| std::os::unix::fs::symlink(&dir, paths::fs_dir(root, record.id)));
         if let Err(e) = linked {
             d.inner.store.delete_ctr_snapshot(target)?;
             cachemount::release_if_unused(d, &layer.digest)?;
@@ -236,6 +277,36 @@ fn offer_cached_layer(
             "snapshot {target:?} (layer held by cache {})",
             layer.cache_id
         )));
+    }
+    Ok(())
+}
+
+/// Whether the cache mounted at `cache_root` recorded layer `target` over the chain
+/// `parent_chain` (none: as a base layer), with a chainID that recomputes from that parent
+/// and the layer's diffID; otherwise what differs.
+pub(super) fn recorded_over(
+    cache_root: &Path,
+    target: &str,
+    parent_chain: Option<&str>,
+) -> std::result::Result<(), String> {
+    let recorded = crate::layout::read_snapshots(cache_root)
+        .map_err(|e| format!("cannot read the cache's snapshots.json: {e}"))?;
+    let entry = recorded
+        .get(target)
+        .ok_or_else(|| "the cache's snapshots.json does not list it".to_owned())?;
+    if entry.parent.as_deref() != parent_chain {
+        return Err(format!(
+            "asked over chain {}, recorded over {}",
+            parent_chain.unwrap_or("(none)"),
+            entry.parent.as_deref().unwrap_or("(none)")
+        ));
+    }
+    let computed = crate::registry::chain_id_over(parent_chain, &entry.diff_id);
+    if computed != target {
+        return Err(format!(
+            "its parent and diffID {} make chainID {computed}",
+            entry.diff_id
+        ));
     }
     Ok(())
 }
@@ -302,17 +373,19 @@ fn prepare_on_disk(
 fn lay_out_disk_snapshot(d: &Daemon, id: i64, disk_root: &Path, lowers: &[PathBuf]) -> Result<()> {
     let root = &d.inner.config.root;
     let on_disk = paths::disk_container_dir(disk_root, id);
-    for dir in [
-        on_disk.join("fs"),
-        on_disk.join("work"),
-        paths::fs_dir(root, id),
+    for (dir, mode) in [
+        (on_disk.join("fs"), access::LAYER_DIR),
+        (on_disk.join("work"), access::WORK_DIR),
+        (paths::snapshot_dir(root, id), access::PRIVATE_DIR),
+        (paths::fs_dir(root, id), access::LAYER_DIR),
     ] {
-        std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        access::create_dir_with_mode(&dir, mode).map_err(|e| io_err("create", &dir, e))?;
     }
     for (n, lower) in lowers.iter().enumerate() {
         let link = paths::lower_link(root, id, n);
         if let Some(dir) = link.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+            access::create_dir_with_mode(dir, access::PRIVATE_DIR)
+                .map_err(|e| io_err("create", dir, e))?;
         }
         std::os::unix::fs::symlink(lower, &link).map_err(|e| io_err("link", &link, e))?;
     }
@@ -356,7 +429,7 @@ fn view(
         parent_record.as_ref(),
         SnapshotKind::View,
         &labels,
-        |id| vec![paths::fs_dir(root, id)],
+        |id| vec![(paths::fs_dir(root, id), access::LAYER_DIR)],
     )?;
     mounts_of(d, &record)
 }

@@ -11,8 +11,12 @@ use crate::store::Backing;
 
 pub fn recover(d: &Daemon) -> Result<()> {
     let root = &d.inner.config.root;
-    for dir in [paths::snapshots_dir(root), paths::caches_dir(root)] {
-        std::fs::create_dir_all(&dir).map_err(|e| {
+    for dir in [
+        paths::root(root),
+        paths::snapshots_dir(root),
+        paths::caches_dir(root),
+    ] {
+        crate::access::create_dir_with_mode(&dir, crate::access::PRIVATE_DIR).map_err(|e| {
             SnapshotError::Internal(format!("cannot create {}: {e}", dir.display()))
         })?;
     }

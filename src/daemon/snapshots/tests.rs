@@ -291,3 +291,40 @@ fn cleanup_removes_directories_no_record_names_and_a_restart_keeps_every_record(
         BTreeMap::from([("active", 1), ("committed", 1), ("view", 0)])
     );
 }
+
+#[test]
+fn a_cached_layer_is_offered_only_over_the_chain_its_cache_recorded() {
+    use crate::layout::{write_snapshots, SnapshotEntry};
+    use crate::registry::chain_id_over;
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2) = ("sha256:1111", "sha256:2222");
+    let c1 = chain_id_over(None, d1);
+    let c2 = chain_id_over(Some(&c1), d2);
+    let entry = |diff: &str, parent: Option<&str>| SnapshotEntry {
+        diff_id: diff.into(),
+        parent: parent.map(str::to_owned),
+        size: 0,
+        images: vec![],
+    };
+    let mut recorded = BTreeMap::from([
+        (c1.clone(), entry(d1, None)),
+        (c2.clone(), entry(d2, Some(&c1))),
+    ]);
+    write_snapshots(dir.path(), &recorded).unwrap();
+    let over = |target: &str, parent: Option<&str>| ops::recorded_over(dir.path(), target, parent);
+
+    assert_eq!(over(&c1, None), Ok(()));
+    assert_eq!(over(&c2, Some(&c1)), Ok(()));
+    // Planted over another image's chain, or as a base layer.
+    let other = chain_id_over(None, "sha256:9999");
+    let err = over(&c2, Some(&other)).unwrap_err();
+    assert!(err.contains("recorded over"), "{err}");
+    assert!(over(&c2, None).is_err());
+    assert!(over(&c1, Some(&c1)).is_err());
+    // A layer the cache does not list.
+    assert!(over(&other, None).unwrap_err().contains("does not list"));
+    // A record whose chainID does not follow from its parent and diffID.
+    recorded.insert(c2.clone(), entry("sha256:3333", Some(&c1)));
+    write_snapshots(dir.path(), &recorded).unwrap();
+    assert!(over(&c2, Some(&c1)).unwrap_err().contains("make chainID"));
+}
