@@ -611,20 +611,6 @@ fn the_shipped_unit_mounts_disks_where_pid_1_and_containerd_see_them() {
         container.journal("imagecached.service")
     );
 
-    // The daemon runs in PID 1's mount namespace.
-    let main_pid: u32 = service_property(&container, "MainPID").parse().unwrap();
-    let daemon = host_pid(&container, main_pid);
-    let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
-    assert_eq!(
-        ns(daemon),
-        ns(container.pid1),
-        "the unit runs the daemon in a mount namespace of its own: its mounts are hidden \
-         from PID 1 and containerd"
-    );
-    // StateDirectoryMode= applied to the state root systemd was given.
-    let mode = std::fs::metadata(&state).unwrap().mode() & 0o7777;
-    assert_eq!(mode, 0o700, "state root mode {mode:o}");
-
     // A cache of two feature images, built under the unit's hardening.
     let yaml = cache_yaml("boot", &refs[..2], "  imageCacheSize: 20\n");
     let manifest = scratch.path().join("cache.yaml");
@@ -665,6 +651,17 @@ fn the_shipped_unit_mounts_disks_where_pid_1_and_containerd_see_them() {
         "disk {disk_id} mounted at {mountpoint} by the daemon is not in the mount namespace \
          of the container's PID 1 (a unit setting gave the daemon its own): {points:#?}"
     );
+    // The daemon's mount namespace is PID 1's (a unit setting that gives it one of its own
+    // fails the check above first, with the symptom: the disk missing from PID 1's view).
+    let main_pid: u32 = service_property(&container, "MainPID").parse().unwrap();
+    let daemon = host_pid(&container, main_pid);
+    let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_eq!(
+        ns(daemon),
+        ns(container.pid1),
+        "the unit runs the daemon in a mount namespace of its own"
+    );
+
     // ...and for any other process of that namespace, as containerd would be: mounted ext4,
     // holding the pod's image exactly as the registry has it.
     let fstype = container.findmnt(&[
@@ -691,6 +688,10 @@ fn the_shipped_unit_mounts_disks_where_pid_1_and_containerd_see_them() {
         walk(&merged.path)
     });
     assert_tree_eq("alpha", &alpha.expected, &seen);
+
+    // StateDirectoryMode= applied to the state root systemd was given.
+    let mode = std::fs::metadata(&state).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "state root mode {mode:o}");
 
     // Deleting the disk unmounts it where it was seen.
     cli(&container, &["disk", "delete", &disk_id]);
