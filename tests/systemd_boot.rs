@@ -20,6 +20,7 @@ mod support;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -131,13 +132,16 @@ struct Container {
     nspawn: Child,
     pid1: u32,
     log: PathBuf,
+    /// Dropped after the fields above, once nspawn has exited.
+    _cgroup: OwnCgroup,
 }
 
 impl Container {
     /// Boots `root` with the scratch directory `state` as the unit's state root.
     fn boot(root: &Path, state: &Path, log: PathBuf) -> Container {
-        let nspawn = Command::new("systemd-nspawn")
-            .arg("--directory")
+        let cgroup = OwnCgroup::new();
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.arg("--directory")
             .arg(root)
             .args([
                 "--boot",
@@ -146,19 +150,29 @@ impl Container {
                 "--register=no",
                 "--keep-unit",
                 "--console=passive",
-                // The host's network: the daemon pulls from the test registry on 127.0.0.1.
-                // (nspawn shares it unless told otherwise; said here because the test needs it.)
             ])
+            // The host's network stays (nspawn's default): the daemon pulls from the test
+            // registry on 127.0.0.1.
             .arg(format!("--bind={}:{STATE_ROOT}", state.display()))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
-            .spawn()
-            .expect("systemd-nspawn starts");
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap());
+        let procs = cgroup.procs_files();
+        // SAFETY: only write(2) on fds opened before the fork, async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                for f in &procs {
+                    rustix::io::write(f, b"0")?;
+                }
+                Ok(())
+            });
+        }
+        let nspawn = cmd.spawn().expect("systemd-nspawn starts");
         let mut container = Container {
             nspawn,
             pid1: 0,
             log,
+            _cgroup: cgroup,
         };
         container.pid1 = container.find_pid1();
         container
@@ -342,6 +356,71 @@ impl Drop for Container {
                 self.kill();
             } else {
                 self.power_off();
+            }
+        }
+    }
+}
+
+/// With `--keep-unit` and no systemd on the host, nspawn makes the container's cgroups
+/// (`payload`, `supervisor`) under its own, in the named systemd hierarchy and the unified
+/// one, and leaves them behind. Started in a cgroup of its own, two runs do not share them and
+/// nothing is left: removed, deepest first, when dropped.
+struct OwnCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl OwnCgroup {
+    fn new() -> OwnCgroup {
+        let name = format!("imagecache-systemd-boot-{}", std::process::id());
+        let dirs: Vec<PathBuf> = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(|h| Path::new(h).join(&name))
+            .filter(|d| d.parent().unwrap().join("cgroup.procs").exists())
+            .collect();
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        }
+        OwnCgroup { dirs }
+    }
+
+    /// Each cgroup's `cgroup.procs`, open for writing: a process writing "0" moves in.
+    fn procs_files(&self) -> Vec<std::fs::File> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("cgroup.procs"))
+                    .unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let mut all: Vec<PathBuf> = Vec::new();
+            let mut todo = vec![dir.clone()];
+            while let Some(d) = todo.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        todo.push(e.path());
+                    }
+                }
+                all.push(d);
+            }
+            // Deepest first; a cgroup whose last process just exited may be busy a moment.
+            all.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in all {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while let Err(e) = std::fs::remove_dir(&d) {
+                    if Instant::now() > deadline {
+                        eprintln!("cannot remove cgroup {}: {e}", d.display());
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }
