@@ -41,6 +41,9 @@ const CLI: &str = env!("CARGO_BIN_EXE_imagecache");
 /// ~2 minutes of debootstrap once): each boot runs on an overlay of it, never on the tree.
 const TREE: &str = "/var/cache/imagecache-tests/debian-bookworm-systemd";
 const MIRROR: &str = "http://deb.debian.org/debian";
+/// What debootstrap adds to minbase: systemd as init, and the system's CA certificates as any
+/// node has them (without them the daemon panics at start: reqwest finds none).
+const PACKAGES: &str = "systemd,systemd-sysv,dbus,ca-certificates";
 
 /// Where the unit expects things, inside the container (the unit's and config's defaults).
 const STATE_ROOT: &str = "/var/lib/imagecache";
@@ -50,10 +53,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The booted-Debian tree, made by debootstrap on first use: systemd as init, and
-/// ca-certificates as any node has them (without the system's CA certificates the daemon
-/// panics at start: reqwest finds none). A lock keeps two test processes from making it at
-/// once; the rename makes a half-made tree impossible to reuse.
+/// The booted-Debian tree, made by debootstrap on first use (and again when [`PACKAGES`]
+/// changes). A lock keeps two test processes from making it at once; the rename makes a
+/// half-made tree impossible to reuse.
 fn debian_tree() -> PathBuf {
     let tree = PathBuf::from(TREE);
     let parent = tree.parent().unwrap();
@@ -61,13 +63,18 @@ fn debian_tree() -> PathBuf {
     let lock = std::fs::File::create(parent.join("debian-bookworm-systemd.lock")).unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .expect("lock the debootstrap tree");
-    if tree.join("sbin/init").exists() {
+    let stamp = parent.join("debian-bookworm-systemd.packages");
+    if tree.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(PACKAGES) {
         return tree;
     }
     let partial = parent.join("debian-bookworm-systemd.partial");
+    if tree.exists() {
+        // Made with another package list: made again.
+        std::fs::rename(&tree, &partial).unwrap();
+    }
     if partial.exists() {
-        // A run killed in the middle of debootstrap: its tree has device nodes and root's
-        // files, and must not be mixed with the next one.
+        // A run killed in the middle of debootstrap, or an old tree: it has device nodes and
+        // root's files, and must not be mixed with the next one.
         let out = Command::new("rm")
             .args(["-rf", "--one-file-system"])
             .arg(&partial)
@@ -79,7 +86,7 @@ fn debian_tree() -> PathBuf {
     let out = run_for(
         Command::new("debootstrap").args([
             "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus,ca-certificates",
+            &format!("--include={PACKAGES}"),
             "bookworm",
             partial.to_str().unwrap(),
             MIRROR,
@@ -93,6 +100,7 @@ fn debian_tree() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::rename(&partial, &tree).unwrap();
+    std::fs::write(&stamp, PACKAGES).unwrap();
     eprintln!("debootstrap made {TREE} in {:?}", started.elapsed());
     tree
 }
@@ -184,6 +192,7 @@ impl Container {
     fn find_pid1(&mut self) -> u32 {
         let nspawn = self.nspawn.id();
         let own_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        let own_pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.nspawn.try_wait().unwrap() {
@@ -202,8 +211,12 @@ impl Container {
                     .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
                 let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
                 let mnt = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap_or_default();
+                let pidns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap_or_default();
+                // Another child of nspawn may have a mount namespace of its own: only the
+                // container's PID 1 is in a new PID namespace.
                 if ppid == Some(nspawn)
                     && mnt != own_mnt
+                    && pidns != own_pidns
                     && exe.to_string_lossy().contains("systemd")
                 {
                     return pid;
@@ -599,7 +612,7 @@ fn make_loop_nodes(container: &Container) {
     let node = |name: String, kind: FileType, major: u32, minor: u32| {
         mknodat(
             CWD,
-            &dev.join(&name),
+            dev.join(&name),
             kind,
             Mode::from_raw_mode(0o660),
             makedev(major, minor),
