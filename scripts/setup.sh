@@ -34,6 +34,7 @@ apt   skopeo: skopeo                    # the test kit's oracle: registry image 
 apt   umoci: umoci                      # the test kit's oracle: OCI layout to a rootfs
 apt   busybox-static: busybox           # a static busybox put into test images (pause, tools)
 apt   debootstrap: debootstrap          # a real Debian rootfs for the end-to-end test
+apt   systemd-container: systemd-nspawn # boots that rootfs with systemd as PID 1 (the unit's test)
 apt   python3: python3                  # free ports in the scripts
 apt   curl: curl
 apt   jq: jq
@@ -59,7 +60,7 @@ base  tar: tar
 base  gzip: gzip
 base  dpkg: dpkg-query
 base  apt: apt-get
-base  systemd: systemctl systemd-analyze systemd-socket-activate
+base  systemd: systemctl systemd-analyze systemd-socket-activate journalctl
 
 # Not from Debian: cargo builds and runs everything; `cargo fmt` and `cargo clippy` in test.sh
 rust  rustup: rustup cargo rustc cargo-fmt rustfmt cargo-clippy clippy-driver

@@ -2,7 +2,10 @@
 //! `systemd-analyze verify`; READY=1 and watchdog pings reach the NOTIFY_SOCKET it is given;
 //! under `systemd-socket-activate` the first request starts the daemon and is answered; a
 //! socket passed to the daemon (as systemd passes it) is never removed by it, and requests
-//! sent while it restarts wait in the socket's queue and are answered by the next start.
+//! sent while it restarts wait in the socket's queue and are answered by the next start. The
+//! service sets nothing that makes systemd give it a mount namespace (its mounts would be
+//! hidden from containerd and the host; tests/systemd_boot.rs shows it under a real systemd)
+//! and keeps the hardening that needs none.
 
 mod support;
 
@@ -360,5 +363,158 @@ impl Drop for KilledOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Settings that make systemd run a service in a mount namespace of its own, so that what it
+/// mounts is seen by no one else: the conditions of systemd 252's exec_needs_mount_namespace()
+/// (Debian 12). Measured under that systemd booted in a container, a transient service
+/// (`systemd-run -p KEY=VALUE readlink /proc/self/ns/mnt`) got a mount namespace other than
+/// PID 1's with each of these but the image ones (RootImage, MountImages, ExtensionImages,
+/// ExtensionDirectories: not tried), and kept PID 1's with ProtectClock, ProtectHostname,
+/// PrivateNetwork, NetworkNamespacePath, MountAPIVFS, RestrictNamespaces, SystemCallFilter,
+/// DevicePolicy, UMask, NoNewPrivileges, LockPersonality, MemoryDenyWriteExecute and
+/// RestrictSUIDSGID.
+const MOUNT_NAMESPACE_SETTINGS: &[&str] = &[
+    "PrivateMounts",
+    "PrivateTmp",
+    "PrivateDevices",
+    "PrivateIPC",
+    "IPCNamespacePath",
+    "ProtectSystem",
+    "ProtectHome",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectProc",
+    "ProcSubset",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "ExecPaths",
+    "NoExecPaths",
+    "BindPaths",
+    "BindReadOnlyPaths",
+    "TemporaryFileSystem",
+    "RootDirectory",
+    "RootImage",
+    "MountImages",
+    "ExtensionImages",
+    "ExtensionDirectories",
+    "MountFlags",
+    "LogNamespace",
+    "DynamicUser",
+    // A user namespace, not a mount one, but the same loss: the daemon's root would not be
+    // the host's, and could neither mount for it nor attach loop devices.
+    // (It kept PID 1's mount namespace when measured.)
+    "PrivateUsers",
+];
+
+/// The `KEY=VALUE` settings of `section` in a unit file, in order (comments and blank lines
+/// left out).
+fn unit_settings(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut current = String::new();
+    let mut settings = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if line.starts_with('[') {
+            current = line.to_owned();
+            continue;
+        }
+        if current == section {
+            let (key, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not KEY=VALUE: {line:?}"));
+            settings.push((key.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    settings
+}
+
+/// Which of `settings` would give the service a mount namespace (or a user namespace).
+fn namespace_settings(settings: &[(String, String)]) -> Vec<String> {
+    settings
+        .iter()
+        .filter(|(k, _)| MOUNT_NAMESPACE_SETTINGS.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+fn service_settings() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("systemd/imagecached.service")).unwrap();
+    unit_settings(&text, "[Service]")
+}
+
+/// Even `=no` is refused: the setting's name in the unit invites the next edit to flip it, and
+/// a drop-in that sets one is the operator's choice, not ours.
+#[test]
+fn the_service_sets_nothing_that_makes_a_mount_namespace() {
+    let found = namespace_settings(&service_settings());
+    assert!(
+        found.is_empty(),
+        "systemd/imagecached.service sets {found:?}: each runs the daemon in a mount namespace \
+         of its own (or a user namespace), where the disks and caches it mounts are invisible \
+         to containerd and the host. Harden with something that needs no namespace \
+         (seccomp, capabilities, device and resource limits) instead."
+    );
+    // The check itself: each listed setting is caught, as a unit would spell it.
+    for key in MOUNT_NAMESPACE_SETTINGS {
+        let text = format!("[Service]\nExecStart=/bin/true\n{key}=yes\n");
+        assert_eq!(
+            namespace_settings(&unit_settings(&text, "[Service]")).len(),
+            1,
+            "{key}"
+        );
+    }
+}
+
+/// The hardening that needs no mount namespace stays: a root-only state root, devices closed
+/// but the loop devices, a system call filter that keeps the mount calls, no new namespaces,
+/// and bounds on memory and tasks.
+#[test]
+fn the_service_keeps_the_hardening_that_needs_no_mount_namespace() {
+    let settings = service_settings();
+    let values = |key: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("UMask"), ["0077"]);
+    assert_eq!(values("StateDirectoryMode"), ["0700"]);
+    assert_eq!(values("StateDirectory"), ["imagecache"]);
+    assert_eq!(values("DevicePolicy"), ["closed"]);
+    let mut allowed = values("DeviceAllow");
+    allowed.sort_unstable();
+    assert_eq!(allowed, ["/dev/loop-control rw", "block-loop rw"]);
+    assert_eq!(values("RestrictNamespaces"), ["yes"]);
+    assert_eq!(values("NoNewPrivileges"), ["yes"]);
+    let filter: Vec<&str> = values("SystemCallFilter")
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .collect();
+    assert!(
+        filter.iter().all(|c| !c.starts_with('~')),
+        "SystemCallFilter= is an allow list here: {filter:?}"
+    );
+    for needed in [
+        "@system-service",
+        "@mount",
+        "ioctl",
+        "mknodat",
+        "fsetxattr",
+        "openat2",
+        "sched_setattr",
+        "setpriority",
+        "clone3",
+    ] {
+        assert!(filter.contains(&needed), "SystemCallFilter= lacks {needed}");
+    }
+    for limit in ["MemoryMax", "TasksMax"] {
+        assert_eq!(values(limit).len(), 1, "{limit}= is set once");
     }
 }
