@@ -16,9 +16,13 @@ pub struct Config {
     pub root: PathBuf,
     /// The API's unix socket.
     pub socket: PathBuf,
-    /// The group (name or number) whose members may use the API besides root: the socket is
-    /// created 0660 with it, and every request's caller is checked against it.
+    /// The group (name or number) whose members may read through the API (GET and HEAD): the
+    /// socket is created 0660 with it, and every request's caller is checked against it.
     pub socket_group: String,
+    /// The group (name or number) whose members may also change things (every POST and
+    /// DELETE), as root may. `None`: only root may. Its members reach the socket through
+    /// `socket_group`, so they must be in that group too (api/peer.rs).
+    pub admin_group: Option<String>,
     /// Registries (`host[:port]`) spoken to over plain HTTP, as containerd and docker do.
     pub insecure_registries: Vec<String>,
     /// Mirrors tried before a registry: `{ "docker.io" = ["mirror.local:5000"] }`.
@@ -65,6 +69,7 @@ impl Default for Config {
             root: PathBuf::from("/var/lib/imagecache"),
             socket: PathBuf::from("/run/imagecache/imagecache.sock"),
             socket_group: "root".into(),
+            admin_group: None,
             insecure_registries: Vec::new(),
             registry_mirrors: BTreeMap::new(),
             max_concurrent_downloads: 8,

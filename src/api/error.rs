@@ -32,7 +32,8 @@ pub enum ApiError {
     /// The request is valid but the object's state does not allow it (409).
     #[error("{0}")]
     Conflict(String),
-    /// The caller may not use the API (403): not root and not in the socket's group.
+    /// The caller's role does not allow the request (403): in neither `socket_group` nor
+    /// `admin_group`, or a reader asking to change something (api/peer.rs).
     #[error("{0}")]
     Forbidden(String),
     #[error("internal error: {0}")]

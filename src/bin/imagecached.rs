@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use imagecache::api::peer::{self, Access, Peer};
+use imagecache::api::peer::{Access, Group, Peer};
 use imagecache::config::{Config, DEFAULT_CONFIG_PATH};
 use imagecache::daemon::Daemon;
 use imagecache::sys::LinuxSys;
@@ -131,10 +131,7 @@ fn load_config(args: &Args) -> Result<Config> {
 async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
     let socket = config.socket.clone();
     let snapshotter_socket = config.snapshotter().map(Path::to_owned);
-    let access = Access {
-        gid: peer::group_id(&config.socket_group).map_err(anyhow::Error::msg)?,
-        group_name: config.socket_group.clone(),
-    };
+    let access = access_of(&config)?;
     imagecache::fault::init();
     let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
     // The API socket comes last: once it takes connections, the snapshotter's does too (a
@@ -165,7 +162,7 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
         Some(listener) => (listener, false),
         None => {
             let _api = api.enter();
-            (bind(&socket, access.gid)?, true)
+            (bind(&socket, access.readers.gid)?, true)
         }
     };
     daemon.start_gc();
@@ -210,6 +207,20 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
     Ok(())
 }
 
+/// The API's roles from the config: `socket_group` reads, `admin_group` (and root) change
+/// things. A group that does not exist stops the daemon rather than leaving a role empty.
+fn access_of(config: &Config) -> Result<Access> {
+    let readers =
+        Group::resolve(&config.socket_group, "socket_group").map_err(anyhow::Error::msg)?;
+    let admins = config
+        .admin_group
+        .as_deref()
+        .map(|name| Group::resolve(name, "admin_group"))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    Ok(Access { readers, admins })
+}
+
 /// Binds the API socket, replacing a stale socket file but refusing to steal the socket of a
 /// daemon that is still running.
 fn bind(socket: &Path, gid: u32) -> Result<UnixListener> {
@@ -224,7 +235,9 @@ fn bind(socket: &Path, gid: u32) -> Result<UnixListener> {
     }
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    // Root and the socket's group (the kubelet side) may call the API; nobody else.
+    // Root and the socket's group may connect; nobody else. One group per file: admin_group's
+    // members reach the socket through socket_group too, so the file keeps out everyone who
+    // has no role at all, and the request check (api/peer.rs) tells readers from admins.
     std::os::unix::fs::chown(socket, Some(0), Some(gid))
         .with_context(|| format!("cannot give {} to group {gid}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;

@@ -1,9 +1,10 @@
-//! The real `Sys`: loop ioctls, mount(2), FICLONE.
+//! The real `Sys`: loop ioctls, mount(2), FICLONE; and the API socket's peer groups.
 
 mod fiemap;
 mod loopclaim;
 mod loopdev;
 mod mountinfo;
+mod peergroups;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -14,6 +15,7 @@ use rustix::mount::{MountFlags, UnmountFlags};
 use super::{FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
 
 pub use mountinfo::{parse_mountinfo, unescape_mountinfo_field};
+pub use peergroups::peer_groups;
 
 /// Performs the operations against the running kernel.
 #[derive(Debug, Default, Clone, Copy)]

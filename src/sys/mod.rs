@@ -4,7 +4,8 @@
 //!
 //! `Sys` covers the operations the daemon orchestrates (loop devices, mounts, reflinks);
 //! `fsops` holds the per-entry filesystem calls the layer unpacker makes beneath a directory
-//! fd (openat2 RESOLVE_BENEATH, mknodat, xattrs, ownership, times).
+//! fd (openat2 RESOLVE_BENEATH, mknodat, xattrs, ownership, times); `linux::peer_groups`
+//! reads an API caller's groups off its connection (SO_PEERGROUPS).
 
 pub mod errname;
 pub mod fake;
