@@ -61,6 +61,9 @@ pub struct Config {
     /// every retry included, and the longest silence allowed while a layer downloads
     /// (seconds). A registry that accepts connections and never answers fails the build then.
     pub registry_timeout_secs: u64,
+    /// Where a Disk's `mountPath` may point: only beneath this directory (`<root>/disks` when
+    /// unset). Disks the daemon names itself always go to `<root>/disks/<id>/mnt`.
+    pub disk_mount_root: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             max_cache_space_gib: None,
             auto_cache_retry_after_secs: 600,
             registry_timeout_secs: crate::registry::DEFAULT_REGISTRY_TIMEOUT.as_secs(),
+            disk_mount_root: None,
         }
     }
 }
@@ -107,6 +111,13 @@ impl Config {
     pub fn snapshotter(&self) -> Option<&Path> {
         (!self.snapshotter_socket.as_os_str().is_empty())
             .then_some(self.snapshotter_socket.as_path())
+    }
+
+    /// Where caller-given disk mount paths must lie: `disk_mount_root`, else `<root>/disks`.
+    pub fn disk_mount_root(&self) -> PathBuf {
+        self.disk_mount_root
+            .clone()
+            .unwrap_or_else(|| self.root.join("disks"))
     }
 
     /// Loads `path`. A missing file at the default location means "all defaults"; a missing
@@ -184,8 +195,13 @@ impl Config {
                 self.registry_timeout_secs
             ));
         }
-        if !self.root.is_absolute() {
-            return Err(format!("root = {:?} must be an absolute path", self.root));
+        // Both reach mount targets and, through the snapshotter's layer paths, overlayfs
+        // option strings.
+        for (key, path) in [
+            ("root", self.root.clone()),
+            ("disk_mount_root", self.disk_mount_root()),
+        ] {
+            crate::mount_path::check_plain(&path).map_err(|e| format!("{key} = {e}"))?;
         }
         Ok(())
     }
@@ -296,6 +312,28 @@ mod tests {
         assert!(err.to_string().contains("20 to 32768"), "{err}");
         let err = Config::parse("max_concurrent_downloads = 0", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("1 to 256"), "{err}");
+    }
+
+    #[test]
+    fn disk_mount_root_defaults_under_root_and_paths_reaching_mount_options_are_refused() {
+        let c = Config::parse("root = \"/srv/ic\"", Path::new("c.toml")).unwrap();
+        assert_eq!(c.disk_mount_root(), PathBuf::from("/srv/ic/disks"));
+        let c = Config::parse("disk_mount_root = \"/pods\"", Path::new("c.toml")).unwrap();
+        assert_eq!(c.disk_mount_root(), PathBuf::from("/pods"));
+        for (bad, key) in [
+            ("root = \"/srv/ic,upperdir=\"", "root"),
+            ("root = \"/srv/i c\"", "root"),
+            ("root = \"/srv/a:b\"", "root"),
+            ("root = \"srv\"", "root"),
+            ("disk_mount_root = \"/pods\\nx\"", "disk_mount_root"),
+            ("disk_mount_root = \"/pods/../etc\"", "disk_mount_root"),
+        ] {
+            let err = Config::parse(bad, Path::new("c.toml")).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("{key} = ")),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod image;
 pub mod layout;
 pub mod matching;
+pub mod mount_path;
 pub mod objects;
 pub mod registry;
 pub mod snapshot;

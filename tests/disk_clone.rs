@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use disk_util::{fs_size, loop_attr, loops_backed_by, make_snapshot, ScratchExt4, FILES, GIB, MIB};
 use imagecache::disk::{
     self, mount_backing_image, probe_reflink, CloneMode, DiskError, DiskOptions, DiskSource,
+    MountTarget,
 };
 use imagecache::snapshot::hash_file;
 use imagecache::sys::{LinuxSys, Sys};
@@ -21,9 +22,15 @@ use support::scratch::{assert_no_leaks, ScratchXfs};
 fn reflink(size_bytes: u64, mountpoint: Option<PathBuf>) -> DiskOptions {
     DiskOptions {
         size_bytes,
-        mountpoint,
+        mountpoint: mountpoint.map(beneath_grandparent),
         clone_mode: CloneMode::Reflink,
     }
+}
+
+/// `m` as a mount target beneath the directory that holds its parent (`<dir>/pods/<name>`).
+fn beneath_grandparent(m: PathBuf) -> MountTarget {
+    let root = m.parent().and_then(Path::parent).unwrap().to_owned();
+    MountTarget::beneath(&root, &m).unwrap()
 }
 
 fn disks_dir(scratch: &ScratchXfs) -> PathBuf {
@@ -364,7 +371,7 @@ fn sparse_copy_matches_a_reflink_clone() {
             DiskSource::Snapshot(&snap),
             &DiskOptions {
                 size_bytes: 20 * GIB,
-                mountpoint: Some(scratch.path().join("pods").join(name)),
+                mountpoint: Some(beneath_grandparent(scratch.path().join("pods").join(name))),
                 clone_mode: mode,
             },
         )

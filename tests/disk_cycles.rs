@@ -25,7 +25,7 @@ fn thousand_create_delete_cycles_leave_nothing() {
     let sys = LinuxSys;
     let opts = DiskOptions {
         size_bytes: 20 * GIB,
-        mountpoint: Some(mountpoint.clone()),
+        mountpoint: Some(disk::MountTarget::beneath(scratch.path(), &mountpoint).unwrap()),
         clone_mode: CloneMode::Reflink,
     };
 

@@ -59,7 +59,9 @@ fn disk_ready_time_does_not_depend_on_snapshot_size_or_data() {
             let image = disks.join(format!("d-{i}-{round}.img"));
             let opts = DiskOptions {
                 size_bytes: case.size,
-                mountpoint: Some(dir.join(format!("pods/{i}"))),
+                mountpoint: Some(
+                    disk::MountTarget::beneath(dir, &dir.join(format!("pods/{i}"))).unwrap(),
+                ),
                 clone_mode: CloneMode::Reflink,
             };
             let t = Instant::now();

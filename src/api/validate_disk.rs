@@ -123,14 +123,16 @@ pub fn validate_disk(disk: Disk) -> Result<ValidDisk, ApiError> {
             None
         }
         (false, None) => None,
-        (true, Some(p)) if !p.starts_with('/') || p.split('/').any(|c| c == "..") => {
-            invalid(
-                "spec.mountPath",
-                format!("{p:?} must be an absolute path without `..`"),
-            );
-            None
-        }
-        (true, path) => Some(path.as_ref().map(PathBuf::from)),
+        // What the text alone tells; the daemon also holds it to `disk_mount_root`, and
+        // the mount never follows a symlink.
+        (true, Some(p)) => match crate::mount_path::check_plain(std::path::Path::new(p)) {
+            Ok(()) => Some(Some(PathBuf::from(p))),
+            Err(e) => {
+                invalid("spec.mountPath", e.to_string());
+                None
+            }
+        },
+        (true, None) => Some(None),
     };
     let cache = spec
         .cache_id
@@ -185,6 +187,42 @@ mod tests {
         assert_eq!(v.pull_secrets, vec!["shop:regcred"]);
         assert_eq!(v.labels["pod.imagecache.io/uid"], "u-1");
         assert_eq!(v.mountpoint, Some(None));
+    }
+
+    #[test]
+    fn mount_paths_that_would_reach_mount_options_are_refused() {
+        let disk = |path: &str| Disk {
+            api_version: API_VERSION.into(),
+            kind: KIND_DISK.into(),
+            metadata: ObjectMeta::default(),
+            spec: DiskSpec {
+                images: vec!["nginx".into()],
+                mount_path: Some(path.into()),
+                ..Default::default()
+            },
+            status: None,
+        };
+        for bad in [
+            "/var/lib/imagecache/disks/p,upperdir=/",
+            "/var/lib/imagecache/disks/a:b",
+            "/var/lib/imagecache/disks/a b",
+            "/var/lib/imagecache/disks/a\nb",
+            "/var/lib/imagecache/disks/../../../etc",
+            "relative/path",
+        ] {
+            match validate_disk(disk(bad)) {
+                Err(ApiError::Invalid { causes, .. }) => {
+                    assert_eq!(causes.len(), 1, "{bad:?}: {causes:?}");
+                    assert_eq!(causes[0].field, "spec.mountPath", "{bad:?}");
+                }
+                other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
+        let ok = validate_disk(disk("/var/lib/imagecache/disks/pod-a/mnt")).unwrap();
+        assert_eq!(
+            ok.mountpoint,
+            Some(Some(PathBuf::from("/var/lib/imagecache/disks/pod-a/mnt")))
+        );
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub struct CreateArgs {
     /// Attach only: no mount (for a microVM that takes the block device).
     #[arg(long)]
     pub no_mount: bool,
-    /// Mount here instead of under the state root.
+    /// Mount here instead of `<root>/disks/<id>/mnt`: a path of plain directories beneath
+    /// the daemon's `disk_mount_root` (by default `<root>/disks`).
     #[arg(long)]
     pub mount_path: Option<String>,
     /// Return at once instead of waiting for missing images to be pulled.

@@ -14,6 +14,12 @@ pub fn new_disk_id() -> String {
     format!("disk-{}", random_hex16())
 }
 
+/// Whether `name` has the shape `new_disk_id` gives: `disk-<16 hex>`.
+pub fn is_disk_id(name: &str) -> bool {
+    name.strip_prefix("disk-")
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 pub fn new_build_id() -> String {
     format!("build-{}", random_hex16())
 }

@@ -74,15 +74,38 @@ struct Inner {
     work: Option<tokio::runtime::Handle>,
 }
 
+/// The state root and `disk_mount_root` are trusted as they stand (disks are mounted
+/// beneath them without following symlinks): a symlink in either would redirect every mount.
+fn refuse_symlinked_roots(config: &Config) -> Result<(), DaemonError> {
+    for (key, path) in [
+        ("root", config.root.clone()),
+        ("disk_mount_root", config.disk_mount_root()),
+    ] {
+        if let Some((link, target)) = crate::mount_path::first_symlink(&path) {
+            return Err(DaemonError::Setup(format!(
+                "{key} = {path:?} passes through the symlink {} -> {}: the daemon never \
+                 follows symlinks in the paths it mounts beneath; set {key} to the resolved \
+                 path (`realpath -m {}`)",
+                link.display(),
+                target.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Daemon {
     /// Opens the state under `config.root`, cleans what an earlier run left behind, and
     /// returns a daemon ready to take actions.
     pub fn start(config: Config, sys: Arc<dyn Sys>) -> Result<Daemon, DaemonError> {
+        refuse_symlinked_roots(&config)?;
         let (clone_mode, root_fs) = storage::prepare(&config, sys.as_ref())?;
         for dir in [
             config.root.join("snapshots"),
             config.root.join("work"),
             config.root.join("disks"),
+            config.disk_mount_root(),
         ] {
             crate::access::create_dir_with_mode(&dir, crate::access::PRIVATE_DIR)
                 .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", dir.display())))?;

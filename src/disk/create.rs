@@ -8,7 +8,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 
 use crate::image::{self, ImageError, MountConfig, BLOCK_SIZE};
-use crate::sys::{FsType, LoopDevice, LoopOptions, MountOptions, Sys, SysError};
+use crate::sys::{FsType, LoopDevice, LoopOptions, MountOptions, MountTarget, Sys, SysError};
 
 use super::error::{DiskError, Result};
 use super::{CloneMode, Disk, DiskOptions, DiskSource, DiskTimings, EMPTY_LABEL, IMAGE_MODE};
@@ -21,6 +21,7 @@ use super::{CloneMode, Disk, DiskOptions, DiskSource, DiskTimings, EMPTY_LABEL, 
 /// `image` must not exist. The disk does not depend on the calling process: a mounted disk
 /// stays mounted (and its loop device attached) until `delete`, and so does an attach-only
 /// one. A mountpoint directory created here is the caller's to remove after `delete`.
+/// The mountpoint is reached beneath its root without following symlinks (`mount_beneath`).
 pub fn create(
     sys: &dyn Sys,
     image: &Path,
@@ -97,29 +98,26 @@ fn build(
     timings.attach_ms = ms(started);
     crate::fault::point("disk.attach");
 
-    if let Some(mountpoint) = &opts.mountpoint {
+    if let Some(target) = &opts.mountpoint {
         let started = Instant::now();
-        undo.created_dirs = make_dirs(mountpoint)?;
         let mount_opts = MountOptions {
             read_only: config.read_only,
             // Pod data behaves like any disk's: relatime, barriers on.
             noatime: false,
         };
-        sys.mount(&device_path, mountpoint, "ext4", mount_opts, &config.data)
-            .map_err(|source| DiskError::Mount {
-                image: image.to_owned(),
-                device: device_path.clone(),
-                mountpoint: mountpoint.clone(),
-                source: Box::new(source),
-            })?;
-        undo.mounted = Some(mountpoint.clone());
+        // Never through a symlink: the mount lands on the directory the walk opened beneath
+        // the target's root, whatever is renamed or swapped meanwhile.
+        undo.created_dirs = sys
+            .mount_beneath(&device_path, target, "ext4", mount_opts, &config.data)
+            .map_err(|source| DiskError::mount(image, &device_path, target.path(), source))?;
+        undo.mounted = Some(target.path());
         timings.mount_ms = ms(started);
     }
 
     Ok(Disk {
         image: image.to_owned(),
         device: device_path,
-        mountpoint: opts.mountpoint.clone(),
+        mountpoint: opts.mountpoint.as_ref().map(MountTarget::path),
         size_bytes: opts.size_bytes,
         timings,
     })
@@ -225,20 +223,6 @@ fn set_mode(image: &Path) -> Result<()> {
         .map_err(|e| DiskError::io("chmod", image, e))
 }
 
-/// Create `dir` and any missing parents; returns the ones created, outermost first.
-fn make_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let missing: Vec<PathBuf> = dir
-        .ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && d.symlink_metadata().is_err())
-        .map(Path::to_path_buf)
-        .collect();
-    if missing.is_empty() {
-        return Ok(missing);
-    }
-    std::fs::create_dir_all(dir).map_err(|e| DiskError::io("create mountpoint", dir, e))?;
-    Ok(missing.into_iter().rev().collect())
-}
-
 fn ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
@@ -280,7 +264,7 @@ impl<'s> Undo<'s> {
         let mut problems = Vec::new();
         let mut leftovers = Vec::new();
         if let Some(mountpoint) = self.mounted.take() {
-            if let Err(e) = crate::sys::unmount_settled(self.sys, &mountpoint) {
+            if let Err(e) = crate::sys::unmount_settled_nofollow(self.sys, &mountpoint) {
                 problems.push(e.to_string());
                 leftovers.push(format!("the mount at {}", mountpoint.display()));
             }

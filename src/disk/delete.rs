@@ -76,16 +76,12 @@ enum MountState {
 }
 
 fn mount_state(sys: &dyn Sys, mountpoint: &Path, devices: &[PathBuf]) -> Result<MountState> {
-    // The mount table has resolved paths; a relative or symlinked one would never match and
-    // the disk would be detached and removed from under its mount.
-    let mountpoint = match mountpoint.canonicalize() {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MountState::NotMounted),
-        Err(e) => return Err(DiskError::io("resolve mountpoint", mountpoint, e)),
-    };
+    // Matched as text against the mount table, which holds the resolved path a disk was
+    // mounted at: `create` reached it without symlinks, so it is the recorded path itself.
+    // Resolving the recorded path now would follow a symlink planted since.
     let source = sys
-        .mount_source(&mountpoint)
-        .map_err(|e| DiskError::sys("look up the mount at", &mountpoint, e))?;
+        .mount_source(mountpoint)
+        .map_err(|e| DiskError::sys("look up the mount at", mountpoint, e))?;
     Ok(match source {
         None => MountState::NotMounted,
         Some(s) if devices.contains(&s) => MountState::Ours,
@@ -104,7 +100,7 @@ fn unmount_if_ours(sys: &dyn Sys, mountpoint: &Path, devices: &[PathBuf]) -> Res
                 .unwrap_or_else(|| PathBuf::from("no loop device")),
         }),
         // umount(2) without MNT_DETACH either unmounts or, when busy, changes nothing.
-        MountState::Ours => match crate::sys::unmount_settled(sys, mountpoint) {
+        MountState::Ours => match crate::sys::unmount_settled_nofollow(sys, mountpoint) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) => {
                 Err(DiskError::Busy {

@@ -1,7 +1,9 @@
 //! Errors from making and removing per-pod disks, each saying what to do about it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+
+use rustix::io::Errno;
 
 use crate::image::ImageError;
 use crate::sys::SysError;
@@ -62,6 +64,22 @@ pub enum DiskError {
     #[error("attach {image} to a loop device: {source}{}", attach_hint(source))]
     Attach {
         image: PathBuf,
+        #[source]
+        source: Box<SysError>,
+    },
+    /// A mountpoint that may not be used at all (outside every mount root, say).
+    #[error("the disk's mountpoint is refused: {0}")]
+    MountPath(#[from] crate::mount_path::MountPathError),
+    /// The way to the mountpoint holds a symlink, a mount, or something not a directory:
+    /// it is never followed, into or across.
+    #[error(
+        "{mountpoint} cannot be used as the disk's mountpoint: {source}; a disk is mounted \
+         only on plain directories beneath its mount root, reached without following a \
+         symlink or entering another mount: give a path of plain directories (or none, for \
+         the default)"
+    )]
+    MountPathRefused {
+        mountpoint: PathBuf,
         #[source]
         source: Box<SysError>,
     },
@@ -156,6 +174,41 @@ fn attach_hint(source: &SysError) -> &'static str {
 
 impl DiskError {
     /// No loop device could be had for the disk: the node lacks one, the request is fine.
+    /// A mount refused for its path (`MountPathRefused`), which the caller can change.
+    pub fn is_refused_mount_path(&self) -> bool {
+        match self {
+            DiskError::MountPathRefused { .. } | DiskError::MountPath(_) => true,
+            DiskError::Leftover { cause, .. } => cause.is_refused_mount_path(),
+            _ => false,
+        }
+    }
+
+    /// What a failed `mount_beneath` means: the path refused (a symlink, a mount or a
+    /// non-directory on the way), or the mount itself failed.
+    pub(crate) fn mount(
+        image: &Path,
+        device: &Path,
+        mountpoint: PathBuf,
+        source: SysError,
+    ) -> Self {
+        let refused = [Errno::LOOP, Errno::XDEV, Errno::NOTDIR]
+            .iter()
+            .any(|e| source.raw_os_error() == Some(e.raw_os_error()));
+        if refused {
+            DiskError::MountPathRefused {
+                mountpoint,
+                source: Box::new(source),
+            }
+        } else {
+            DiskError::Mount {
+                image: image.to_owned(),
+                device: device.to_owned(),
+                mountpoint,
+                source: Box::new(source),
+            }
+        }
+    }
+
     pub fn is_loop_shortage(&self) -> bool {
         match self {
             DiskError::Attach { source, .. } => source.is_loop_shortage(),

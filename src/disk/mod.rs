@@ -22,6 +22,8 @@ mod tool;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::mount_path::MountTarget;
+
 pub use backing::mount_backing_image;
 pub use create::create;
 pub use delete::delete;
@@ -53,9 +55,9 @@ pub enum DiskSource<'a> {
 pub struct DiskOptions {
     /// At least the snapshot's size, a multiple of 4 KiB; larger grows the filesystem.
     pub size_bytes: u64,
-    /// Where to mount the disk (created if missing). `None` attaches it only, for a microVM
-    /// that takes the block device.
-    pub mountpoint: Option<PathBuf>,
+    /// Where to mount the disk (created if missing, never reached through a symlink).
+    /// `None` attaches it only, for a microVM that takes the block device.
+    pub mountpoint: Option<MountTarget>,
     pub clone_mode: CloneMode,
 }
 

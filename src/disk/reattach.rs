@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::image::MountConfig;
-use crate::sys::{LoopOptions, MountOptions, Sys};
+use crate::sys::{LoopOptions, MountOptions, MountTarget, Sys};
 
 use super::error::{DiskError, Result};
 
@@ -20,7 +20,17 @@ pub enum Reattached {
 /// Makes sure `image` is attached to a loop device and, if `mountpoint` is given, mounted
 /// there, as `create` made it. A disk whose mount or device outlived the daemon is left
 /// exactly as it is. On failure nothing new is left attached or mounted.
-pub fn reattach(sys: &dyn Sys, image: &Path, mountpoint: Option<&Path>) -> Result<Reattached> {
+///
+/// To mount it again, `mountpoint` must lie beneath one of `mount_roots`, and is reached
+/// beneath that root without following symlinks, as at create: a directory on the way
+/// replaced by a symlink while the daemon was down makes this fail (and the disk stay
+/// unmounted), never mounts the disk where the symlink points.
+pub fn reattach(
+    sys: &dyn Sys,
+    image: &Path,
+    mountpoint: Option<&Path>,
+    mount_roots: &[&Path],
+) -> Result<Reattached> {
     let image_meta = std::fs::metadata(image).map_err(|e| DiskError::io("stat", image, e))?;
     let same_file = |backing: &Path| {
         std::fs::metadata(backing).is_ok_and(|m| {
@@ -35,10 +45,11 @@ pub fn reattach(sys: &dyn Sys, image: &Path, mountpoint: Option<&Path>) -> Resul
         .filter(|l| same_file(&l.backing_file))
         .map(|l| l.device)
         .collect();
-    if let Some(mountpoint) = mountpoint {
+    if let Some(at) = mountpoint {
+        // The mount table holds resolved paths as text: matching it resolves nothing.
         let source = sys
-            .mount_source(mountpoint)
-            .map_err(|e| DiskError::sys("look up the mount at", mountpoint, e))?;
+            .mount_source(at)
+            .map_err(|e| DiskError::sys("look up the mount at", at, e))?;
         if let Some(device) = source.filter(|s| attached.contains(s)) {
             return Ok(Reattached::AsItWas { device });
         }
@@ -46,6 +57,11 @@ pub fn reattach(sys: &dyn Sys, image: &Path, mountpoint: Option<&Path>) -> Resul
         return Ok(Reattached::AsItWas { device });
     }
 
+    // Checked before anything is attached: a disk recorded outside every root (made before
+    // mount paths were confined) is refused, never mounted there again.
+    let target = mountpoint
+        .map(|at| MountTarget::beneath_any(mount_roots, at))
+        .transpose()?;
     let config = MountConfig::writable();
     let mut device = sys
         .attach_loop(
@@ -53,7 +69,7 @@ pub fn reattach(sys: &dyn Sys, image: &Path, mountpoint: Option<&Path>) -> Resul
             LoopOptions {
                 read_only: config.read_only,
                 direct_io: config.direct_io,
-                autoclear: mountpoint.is_some(),
+                autoclear: target.is_some(),
             },
         )
         .map_err(|source| DiskError::Attach {
@@ -61,22 +77,15 @@ pub fn reattach(sys: &dyn Sys, image: &Path, mountpoint: Option<&Path>) -> Resul
             source: Box::new(source),
         })?;
     let path = device.path.clone();
-    if let Some(mountpoint) = mountpoint {
-        let mounted = std::fs::create_dir_all(mountpoint)
-            .map_err(|e| DiskError::io("create mountpoint", mountpoint, e))
-            .and_then(|()| {
-                let opts = MountOptions {
-                    read_only: config.read_only,
-                    noatime: false,
-                };
-                sys.mount(&path, mountpoint, "ext4", opts, &config.data)
-                    .map_err(|source| DiskError::Mount {
-                        image: image.to_owned(),
-                        device: path.clone(),
-                        mountpoint: mountpoint.to_owned(),
-                        source: Box::new(source),
-                    })
-            });
+    if let Some(target) = &target {
+        let opts = MountOptions {
+            read_only: config.read_only,
+            noatime: false,
+        };
+        let mounted = sys
+            .mount_beneath(&path, target, "ext4", opts, &config.data)
+            .map(drop)
+            .map_err(|source| DiskError::mount(image, &path, target.path(), source));
         if let Err(e) = mounted {
             if let Err(d) = sys.detach_loop_of(&path, image) {
                 tracing::warn!(device = %path.display(), error = %d, "cannot detach the loop device of a disk that did not mount");

@@ -35,7 +35,11 @@ fn setup() -> Setup {
 fn opts(size: u64, mountpoint: Option<PathBuf>) -> DiskOptions {
     DiskOptions {
         size_bytes: size,
-        mountpoint,
+        // Every test's mountpoints lie in its temp dir: that is their root.
+        mountpoint: mountpoint.map(|m| {
+            let root: PathBuf = m.components().take(3).collect();
+            MountTarget::beneath(&root, &m).unwrap()
+        }),
         clone_mode: CloneMode::Reflink,
     }
 }
@@ -88,7 +92,7 @@ fn clone_attach_mount_then_delete() {
             Call::FsType { .. },
             Call::Reflink { src, dst },
             Call::AttachLoop { opts, .. },
-            Call::Mount { fstype, data, opts: mopts, .. },
+            Call::MountBeneath { fstype, data, opts: mopts, .. },
         ] if src == &s.snapshot && dst == &image
             && opts.direct_io && opts.autoclear && !opts.read_only
             && fstype == "ext4" && data.contains("noinit_itable") && !data.contains("nobarrier")
@@ -119,7 +123,10 @@ fn attach_only_disk_is_not_autoclear_and_delete_detaches_it() {
         .calls()
         .iter()
         .any(|c| matches!(c, Call::AttachLoop { opts, .. } if !opts.autoclear && opts.direct_io)));
-    assert!(!sys.calls().iter().any(|c| matches!(c, Call::Mount { .. })));
+    assert!(!sys
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Mount { .. } | Call::MountBeneath { .. })));
     assert_eq!(sys.loop_devices().unwrap().len(), 1);
     delete(&sys, &image, Some(&disk.device), None).unwrap();
     assert_nothing_left(&sys, &s);
@@ -384,7 +391,7 @@ fn busy_delete_changes_nothing() {
     assert!(
         after[before..]
             .iter()
-            .all(|c| matches!(c, Call::Unmount { .. })),
+            .all(|c| matches!(c, Call::UnmountNofollow { .. })),
         "only unmount attempts: {:?}",
         &after[before..]
     );
@@ -454,4 +461,63 @@ fn probe_answers_and_cleans_up() {
     sys.fail_next(Op::Reflink, Errno::IO.raw_os_error());
     assert!(probe_reflink(&sys, dir.path()).is_err());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_symlink_on_the_way_to_the_mountpoint_is_refused_at_create() {
+    let s = setup();
+    let sys = FakeSys::new();
+    // A directory beneath the mount root that now points elsewhere (at /etc, say).
+    let victim = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(victim.path(), s.root.join("pods")).unwrap();
+    let err = create(
+        &sys,
+        &s.root.join("disks/a.img"),
+        DiskSource::Snapshot(&s.snapshot),
+        &opts(64 * MIB, Some(s.root.join("pods/a/mnt"))),
+    )
+    .unwrap_err();
+    assert!(err.is_refused_mount_path(), "{err}");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    assert_nothing_left(&sys, &s);
+    assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_symlink_planted_while_down_is_refused_at_reattach() {
+    let s = setup();
+    let sys = FakeSys::new();
+    let image = s.root.join("disks/a.img");
+    let mnt = s.root.join("pods/a/mnt");
+    let disk = create(
+        &sys,
+        &image,
+        DiskSource::Snapshot(&s.snapshot),
+        &opts(64 * MIB, Some(mnt.clone())),
+    )
+    .unwrap();
+    // A reboot: the mount (and with it the autoclear loop device) is gone; then the pod's
+    // directory is swapped for a symlink.
+    sys.unmount(&mnt).unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(victim.path().join("mnt")).unwrap();
+    std::fs::rename(s.root.join("pods/a"), s.root.join("pods/a-moved")).unwrap();
+    std::os::unix::fs::symlink(victim.path(), s.root.join("pods/a")).unwrap();
+
+    let err = reattach(&sys, &image, Some(&mnt), &[&s.root]).unwrap_err();
+    assert!(err.is_refused_mount_path(), "{err}");
+    assert!(sys.mounts_under(Path::new("/")).unwrap().is_empty());
+    assert!(
+        sys.loop_devices().unwrap().is_empty(),
+        "the device was not detached"
+    );
+
+    // Outside every root: refused before anything is attached.
+    let err = reattach(&sys, &image, Some(Path::new("/etc/x")), &[&s.root]).unwrap_err();
+    assert!(err.is_refused_mount_path(), "{err}");
+    assert!(sys.loop_devices().unwrap().is_empty());
+
+    // Delete neither follows the symlink nor minds it.
+    delete(&sys, &image, Some(&disk.device), Some(&mnt)).unwrap();
+    assert!(!image.exists());
 }

@@ -12,7 +12,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rustix::io::Errno;
 
-use super::{FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
+use super::{
+    FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, MountTarget, Result, Sys, SysError,
+};
 
 /// One call made through the fake, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,18 @@ pub enum Call {
         data: String,
     },
     Unmount {
+        target: PathBuf,
+    },
+    /// `mount_beneath`: `target` is the whole path (root and relative part).
+    MountBeneath {
+        source: PathBuf,
+        root: PathBuf,
+        target: PathBuf,
+        fstype: String,
+        opts: MountOptions,
+        data: String,
+    },
+    UnmountNofollow {
         target: PathBuf,
     },
     MountsUnder {
@@ -78,7 +92,9 @@ pub enum Op {
     AttachLoop,
     DetachLoop,
     LoopDevices,
+    /// `mount` and `mount_beneath`.
     Mount,
+    /// `unmount` and `unmount_nofollow`.
     Unmount,
     MountsUnder,
     Reflink,
@@ -285,27 +301,87 @@ impl Sys for FakeSys {
             target: target.to_owned(),
         };
         let mut st = self.enter(Op::Unmount, call, target)?;
-        let Some(top) = st.mounts.iter().rposition(|m| m.target == target) else {
-            return Err(errno("unmount", target, Errno::INVAL));
+        unmount_top(&mut st, target)
+    }
+
+    fn mount_beneath(
+        &self,
+        source: &Path,
+        target: &MountTarget,
+        fstype: &str,
+        opts: MountOptions,
+        data: &str,
+    ) -> Result<Vec<PathBuf>> {
+        let at = target.path();
+        let call = Call::MountBeneath {
+            source: source.to_owned(),
+            root: target.root().to_owned(),
+            target: at.clone(),
+            fstype: fstype.to_owned(),
+            opts,
+            data: data.to_owned(),
         };
-        let covered = st.mounts[top + 1..]
-            .iter()
-            .any(|m| m.target != target && m.target.starts_with(target));
-        if covered {
-            return Err(errno("unmount", target, Errno::BUSY));
+        let mut st = self.enter(Op::Mount, call, &at)?;
+        // The real walk, on the real directories: the refusals the kernel's openat2 makes.
+        if crate::mount_path::first_symlink(target.root()).is_some() {
+            return Err(errno(
+                "open without following symlinks",
+                target.root(),
+                Errno::LOOP,
+            ));
         }
-        let gone = st.mounts.remove(top);
-        if let Some(n) = loop_number(&gone.source) {
-            let still_used = st.mounts.iter().any(|m| m.source == gone.source);
-            let clears = st
-                .loops
-                .get(&n)
-                .is_some_and(|b| b.opts.autoclear || b.clear_on_unmount);
-            if clears && !still_used {
-                st.loops.remove(&n);
+        let mut dir = target.root().to_owned();
+        let mut made = Vec::new();
+        let undo = |made: &[PathBuf], e: SysError| {
+            for d in made.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            e
+        };
+        for name in target.components() {
+            dir.push(name);
+            if st.mounts.iter().any(|m| m.target == dir) {
+                return Err(undo(&made, errno("open mountpoint", &dir, Errno::XDEV)));
+            }
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(undo(&made, errno("open mountpoint", &dir, Errno::LOOP)))
+                }
+                Ok(m) if !m.is_dir() => {
+                    return Err(undo(&made, errno("open mountpoint", &dir, Errno::NOTDIR)))
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(|e| undo(&made, SysError::io("create mountpoint", &dir, e)))?;
+                    made.push(dir.clone());
+                }
             }
         }
-        Ok(())
+        if let Some(n) = loop_number(source) {
+            if !st.loops.contains_key(&n) {
+                return Err(undo(&made, errno("mount", &at, Errno::NXIO)));
+            }
+        }
+        st.mounts.push(Mounted {
+            source: source.to_owned(),
+            target: at,
+        });
+        Ok(made)
+    }
+
+    fn unmount_nofollow(&self, target: &Path) -> Result<()> {
+        let call = Call::UnmountNofollow {
+            target: target.to_owned(),
+        };
+        let mut st = self.enter(Op::Unmount, call, target)?;
+        if crate::mount_path::first_symlink(target).is_some() {
+            return Err(errno("unmount", target, Errno::LOOP));
+        }
+        unmount_top(&mut st, target)
     }
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>> {
@@ -436,6 +512,31 @@ impl Sys for FakeSys {
         };
         self.enter(Op::TuneExt4, call, device).map(drop)
     }
+}
+
+/// umount(2) of the topmost mount on `target`, as the kernel answers it.
+fn unmount_top(st: &mut State, target: &Path) -> Result<()> {
+    let Some(top) = st.mounts.iter().rposition(|m| m.target == target) else {
+        return Err(errno("unmount", target, Errno::INVAL));
+    };
+    let covered = st.mounts[top + 1..]
+        .iter()
+        .any(|m| m.target != target && m.target.starts_with(target));
+    if covered {
+        return Err(errno("unmount", target, Errno::BUSY));
+    }
+    let gone = st.mounts.remove(top);
+    if let Some(n) = loop_number(&gone.source) {
+        let still_used = st.mounts.iter().any(|m| m.source == gone.source);
+        let clears = st
+            .loops
+            .get(&n)
+            .is_some_and(|b| b.opts.autoclear || b.clear_on_unmount);
+        if clears && !still_used {
+            st.loops.remove(&n);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

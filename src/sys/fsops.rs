@@ -404,3 +404,36 @@ pub fn is_no_space(errno: Errno) -> bool {
 pub fn into_file(fd: OwnedFd) -> std::fs::File {
     std::fs::File::from(fd)
 }
+
+/// Removes the empty directories `root/names[0]/names[1]/...`, innermost first, each reached
+/// without following a symlink (a symlink planted on the way is left, never followed). A
+/// missing one is skipped; a non-empty one (or a symlink) ends the removal with its errno.
+pub fn remove_empty_dirs_beneath(root: &Path, names: &[&str]) -> Result<(), Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut dirs = vec![rfs::openat2(
+        rfs::CWD,
+        root.as_os_str().as_bytes(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?];
+    for name in &names[..names.len().saturating_sub(1)] {
+        let parent = dirs.last().expect("starts with the root");
+        match open_dir_resolving(
+            parent.as_fd(),
+            name.as_bytes(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        ) {
+            Ok(child) => dirs.push(child),
+            Err(Errno::NOENT) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    for (dir, name) in dirs.iter().zip(names).rev() {
+        match rfs::unlinkat(dir, *name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The real `Sys`: loop ioctls, mount(2), FICLONE; and the API socket's peer groups.
 
+mod beneath;
 mod fiemap;
 mod loopclaim;
 mod loopdev;
@@ -66,6 +67,21 @@ impl Sys for LinuxSys {
         tracing::debug!(?target, "unmount");
         rustix::mount::unmount(target, UnmountFlags::empty())
             .map_err(|e| SysError::io("unmount", target, e))
+    }
+
+    fn mount_beneath(
+        &self,
+        source: &Path,
+        target: &super::MountTarget,
+        fstype: &str,
+        opts: MountOptions,
+        data: &str,
+    ) -> Result<Vec<PathBuf>> {
+        beneath::mount(source, target, fstype, opts, data)
+    }
+
+    fn unmount_nofollow(&self, target: &Path) -> Result<()> {
+        beneath::unmount(target)
     }
 
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>> {

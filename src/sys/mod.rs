@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::mount_path::MountTarget;
 pub use fake::FakeSys;
 pub use fstype::FsType;
 pub use linux::LinuxSys;
-pub use settle::{unmount_settled, UNMOUNT_ATTEMPTS};
+pub use settle::{unmount_settled, unmount_settled_nofollow, UNMOUNT_ATTEMPTS};
 
 /// A failed OS operation: what was attempted, on what, and the errno.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +220,23 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
         data: &str,
     ) -> Result<()>;
     fn unmount(&self, target: &Path) -> Result<()>;
+    /// Mount `source` on `target`, reached from an fd on its root one component at a time
+    /// without following a symlink or crossing into another mount (missing directories are
+    /// made, mode 0700), and mounted on that directory's fd: a symlink swapped in at any
+    /// moment can neither redirect the mount nor make it land outside the root. The options
+    /// are mount(2)'s. Returns the directories it made, outermost first; on failure it
+    /// removes them again.
+    fn mount_beneath(
+        &self,
+        source: &Path,
+        target: &MountTarget,
+        fstype: &str,
+        opts: MountOptions,
+        data: &str,
+    ) -> Result<Vec<PathBuf>>;
+    /// Unmount the topmost mount on `target` without following a symlink anywhere in the
+    /// path: a path that now passes through one is refused (ELOOP), not followed.
+    fn unmount_nofollow(&self, target: &Path) -> Result<()>;
     /// Mount points at or below `prefix`, deepest first (the order to unmount them in).
     fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>>;
     /// FICLONE `src` into a new file `dst` (which must not exist; it gets `src`'s mode).

@@ -28,9 +28,19 @@ pub const UNMOUNT_ATTEMPTS: usize = BUSY_RETRIES.len() + 1;
 /// really uses the mount. A mount a process truly holds stays busy through every retry and
 /// the EBUSY is returned, with nothing changed.
 pub fn unmount_settled(sys: &dyn Sys, target: &Path) -> Result<()> {
+    settle(|| sys.unmount(target))
+}
+
+/// [`unmount_settled`] through `Sys::unmount_nofollow`: for mount points a caller named,
+/// where a symlink planted since the mount must not be followed.
+pub fn unmount_settled_nofollow(sys: &dyn Sys, target: &Path) -> Result<()> {
+    settle(|| sys.unmount_nofollow(target))
+}
+
+fn settle(mut unmount: impl FnMut() -> Result<()>) -> Result<()> {
     let mut waits = BUSY_RETRIES.iter();
     loop {
-        match sys.unmount(target) {
+        match unmount() {
             Err(e) if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) => match waits.next() {
                 Some(wait) => std::thread::sleep(*wait),
                 None => return Err(e),

@@ -18,7 +18,9 @@ pub fn adopt_all(d: &Daemon) -> Result<usize, DaemonError> {
         let image = super::image_path(d, &id);
         let mountpoint = status.mountpoint.as_ref().map(std::path::PathBuf::from);
         let outcome = if image.exists() {
-            disk::reattach(d.inner.sys.as_ref(), &image, mountpoint.as_deref())
+            let roots = super::mount_roots(d);
+            let roots: Vec<&std::path::Path> = roots.iter().map(|r| r.as_path()).collect();
+            disk::reattach(d.inner.sys.as_ref(), &image, mountpoint.as_deref(), &roots)
                 .map_err(|e| e.to_string())
         } else {
             Err(format!(

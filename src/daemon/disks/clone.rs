@@ -8,7 +8,7 @@ use tracing::{error, warn};
 use super::internal;
 use super::select::{ChosenCache, Plan};
 use crate::daemon::{background, Daemon, DaemonError};
-use crate::disk::{self, DiskOptions, DiskSource};
+use crate::disk::{self, DiskOptions, DiskSource, MountTarget};
 
 /// A snapshot with a reference taken for the disk: a concurrent delete of its cache cannot
 /// remove the file from under the clone. The finished disk keeps the reference.
@@ -31,7 +31,7 @@ pub(super) fn hold_snapshot(d: &Daemon, cache: &ChosenCache) -> Result<HeldSnaps
 pub(super) async fn clone_disk(
     d: &Daemon,
     id: &str,
-    mountpoint: Option<PathBuf>,
+    mountpoint: Option<MountTarget>,
     plan: &Plan,
     held: Option<&HeldSnapshot>,
 ) -> Result<disk::Disk, DaemonError> {
@@ -79,6 +79,9 @@ pub(super) async fn clone_disk(
         // caller is told it may try again (503) once devices are freed.
         let kind = if e.loop_shortage {
             DaemonError::Unavailable
+        } else if e.refused_mount_path {
+            // The path the request named cannot be mounted on safely: the caller's to change.
+            refused_mount_path
         } else {
             DaemonError::Internal
         };
@@ -89,10 +92,16 @@ pub(super) async fn clone_disk(
     })
 }
 
-/// Why the blocking part of a disk create failed, and whether for want of a loop device.
+fn refused_mount_path(message: String) -> DaemonError {
+    DaemonError::invalid_field(crate::objects::KIND_DISK, "", "spec.mountPath", message)
+}
+
+/// Why the blocking part of a disk create failed, and whether for want of a loop device or
+/// for its mount path.
 struct Failure {
     message: String,
     loop_shortage: bool,
+    refused_mount_path: bool,
 }
 
 impl Failure {
@@ -100,6 +109,7 @@ impl Failure {
         Failure {
             message: e.to_string(),
             loop_shortage: false,
+            refused_mount_path: false,
         }
     }
 }
@@ -108,6 +118,7 @@ impl From<disk::DiskError> for Failure {
     fn from(e: disk::DiskError) -> Self {
         Failure {
             loop_shortage: e.is_loop_shortage(),
+            refused_mount_path: e.is_refused_mount_path(),
             message: e.to_string(),
         }
     }

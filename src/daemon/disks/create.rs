@@ -7,7 +7,27 @@ use super::object::{disk_object, Made};
 use super::pull::PullJob;
 use super::{auto_cache, internal, pull, select};
 use crate::daemon::{clock, ids, Daemon, DaemonError, Reply};
-use crate::objects::ValidDisk;
+use crate::mount_path::MountTarget;
+use crate::objects::{ValidDisk, KIND_DISK};
+
+/// Where the disk is mounted: the caller's path, only beneath `disk_mount_root`, or the
+/// daemon's own `<root>/disks/<id>/mnt`.
+fn mount_target(
+    d: &Daemon,
+    id: &str,
+    given: Option<std::path::PathBuf>,
+) -> Result<MountTarget, DaemonError> {
+    let config = &d.inner.config;
+    match given {
+        Some(path) => MountTarget::beneath(&config.disk_mount_root(), &path).map_err(|e| {
+            DaemonError::invalid_field(KIND_DISK, "", "spec.mountPath", e.to_string())
+        }),
+        None => {
+            let own = super::own_mount_root(d);
+            MountTarget::beneath(&own, &own.join(id).join("mnt")).map_err(internal)
+        }
+    }
+}
 
 pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
     let plan = select::plan(d, &req)?;
@@ -15,7 +35,8 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
     let mountpoint = req
         .mountpoint
         .clone()
-        .map(|p| p.unwrap_or_else(|| d.inner.config.root.join("disks").join(&id).join("mnt")));
+        .map(|given| mount_target(d, &id, given))
+        .transpose()?;
     // The reference is taken before cloning, so a concurrent delete of the cache cannot
     // remove the snapshot file from under the clone.
     let held = plan

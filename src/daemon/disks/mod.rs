@@ -36,6 +36,17 @@ pub fn image_path(d: &Daemon, id: &str) -> PathBuf {
     d.inner.config.root.join("disks").join(format!("{id}.img"))
 }
 
+/// Where the daemon mounts the disks it names itself (`<root>/disks/<id>/mnt`).
+fn own_mount_root(d: &Daemon) -> PathBuf {
+    d.inner.config.root.join("disks")
+}
+
+/// The roots a recorded mountpoint may lie beneath, to be mounted there again: the
+/// caller's `disk_mount_root` and the daemon's own directory.
+fn mount_roots(d: &Daemon) -> [PathBuf; 2] {
+    [d.inner.config.disk_mount_root(), own_mount_root(d)]
+}
+
 fn internal(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::internal(e)
 }
@@ -106,10 +117,9 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
         Err(e) => return Err(internal(e)),
     }
     crate::fault::point("disk.delete");
-    // The default mountpoint's directory is ours; a caller-given one is left alone.
-    let own_dir = d.inner.config.root.join("disks").join(id);
-    let _ = std::fs::remove_dir(own_dir.join("mnt"));
-    let _ = std::fs::remove_dir(&own_dir);
+    // The default mountpoint's directory is ours; a caller-given one is left alone. Removed
+    // without following symlinks: one planted at `<id>` must not make us rmdir elsewhere.
+    let _ = crate::sys::fsops::remove_empty_dirs_beneath(&own_mount_root(d), &[id, "mnt"]);
     d.inner.store.delete_disk(id).map_err(internal)?;
     d.unrecorded()
         .forget(&super::owner::Owner::Disk(id.to_owned()));

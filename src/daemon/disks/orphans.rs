@@ -27,7 +27,9 @@ pub fn remove_orphans(d: &Daemon) -> Result<usize, DaemonError> {
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
         .map(|name| name.strip_suffix(".img").unwrap_or(&name).to_owned())
-        .filter(|id| !known.contains(id))
+        // `disks/` is also where callers' mount paths go by default (`disk_mount_root`):
+        // only what has the shape of a disk id can be a disk the daemon made.
+        .filter(|id| crate::daemon::ids::is_disk_id(id) && !known.contains(id))
         .collect();
     ids.sort();
     ids.dedup();
@@ -48,17 +50,12 @@ fn remove_one(d: &Daemon, dir: &Path, id: &str) -> Result<(), DaemonError> {
     // Without a device, delete finds the loop devices bound to the file itself.
     crate::disk::delete(d.inner.sys.as_ref(), &image, None, Some(&mountpoint))
         .map_err(|e| DaemonError::Setup(format!("cannot remove unrecorded disk {id}: {e}")))?;
-    for path in [&mountpoint, &own_dir] {
-        match std::fs::remove_dir(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(DaemonError::Setup(format!(
-                    "cannot remove {} of unrecorded disk {id}: {e}",
-                    path.display()
-                )))
-            }
-        }
+    // Without following symlinks: one planted at `<id>` must not make us rmdir elsewhere.
+    match crate::sys::fsops::remove_empty_dirs_beneath(dir, &[id, "mnt"]) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(DaemonError::Setup(format!(
+            "cannot remove {} of unrecorded disk {id}: {e}",
+            own_dir.display()
+        ))),
     }
-    Ok(())
 }

@@ -28,6 +28,30 @@ fn bind(source: &Path, read_only: bool) -> MountSpec {
     }
 }
 
+/// A directory that cannot be named in an overlay option string as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{path:?} cannot be given to overlayfs: it contains {found:?}, which its option string \
+     would read as a separator or escape (the state root and disk mount paths are checked \
+     for this at start and at create, so this path came some other way: report it)"
+)]
+pub struct UnsafeOverlayPath {
+    pub path: PathBuf,
+    pub found: char,
+}
+
+/// `path` as it goes into `upperdir=`, `workdir=` or `lowerdir=`: refused rather than let
+/// a `,` add an option or a `:` add a lower layer.
+fn option_path(path: &Path) -> Result<String, UnsafeOverlayPath> {
+    match crate::mount_path::unsafe_char(path) {
+        Some(found) => Err(UnsafeOverlayPath {
+            path: path.to_owned(),
+            found,
+        }),
+        None => Ok(path.display().to_string()),
+    }
+}
+
 /// The mounts of a snapshot.
 ///
 /// - `lowers`: the parents' directories, nearest parent first (overlayfs's order).
@@ -36,18 +60,25 @@ fn bind(source: &Path, read_only: bool) -> MountSpec {
 ///
 /// `index=off`: overlayfs would otherwise record each upper's lowers and refuse to mount a
 /// lower layer under a second upper that shares it, which every container of an image does.
-pub fn for_snapshot(lowers: &[PathBuf], upper: Option<&Upper>, own: &Path) -> Vec<MountSpec> {
-    match (lowers, upper) {
+pub fn for_snapshot(
+    lowers: &[PathBuf],
+    upper: Option<&Upper>,
+    own: &Path,
+) -> Result<Vec<MountSpec>, UnsafeOverlayPath> {
+    Ok(match (lowers, upper) {
         ([], Some(u)) => vec![bind(&u.upper, false)],
         ([], None) => vec![bind(own, true)],
         ([only], None) => vec![bind(only, true)],
         _ => {
             let mut options = vec!["index=off".to_owned()];
             if let Some(u) = upper {
-                options.push(format!("workdir={}", u.work.display()));
-                options.push(format!("upperdir={}", u.upper.display()));
+                options.push(format!("workdir={}", option_path(&u.work)?));
+                options.push(format!("upperdir={}", option_path(&u.upper)?));
             }
-            let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+            let lowers: Vec<String> = lowers
+                .iter()
+                .map(|p| option_path(p))
+                .collect::<Result<_, _>>()?;
             options.push(format!("lowerdir={}", lowers.join(":")));
             vec![MountSpec {
                 kind: "overlay".into(),
@@ -55,7 +86,7 @@ pub fn for_snapshot(lowers: &[PathBuf], upper: Option<&Upper>, own: &Path) -> Ve
                 options,
             }]
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -75,7 +106,7 @@ mod tests {
         let own = p("/s/3/fs");
         // An active base layer: its own directory, writable.
         assert_eq!(
-            for_snapshot(&[], Some(&up), &own),
+            for_snapshot(&[], Some(&up), &own).unwrap(),
             vec![MountSpec {
                 kind: "bind".into(),
                 source: "/s/3/fs".into(),
@@ -84,16 +115,16 @@ mod tests {
         );
         // A view of nothing: its own empty directory, read-only.
         assert_eq!(
-            for_snapshot(&[], None, &own)[0].options,
+            for_snapshot(&[], None, &own).unwrap()[0].options,
             vec!["ro", "rbind"]
         );
         // A view of one layer: that layer, read-only, no overlay.
-        let one = for_snapshot(&[p("/s/1/fs")], None, &own);
+        let one = for_snapshot(&[p("/s/1/fs")], None, &own).unwrap();
         assert_eq!(one[0].kind, "bind");
         assert_eq!(one[0].source, "/s/1/fs");
         assert_eq!(one[0].options, vec!["ro", "rbind"]);
         // An active snapshot over two layers.
-        let active = for_snapshot(&[p("/s/2/fs"), p("/s/1/fs")], Some(&up), &own);
+        let active = for_snapshot(&[p("/s/2/fs"), p("/s/1/fs")], Some(&up), &own).unwrap();
         assert_eq!(
             active,
             vec![MountSpec {
@@ -108,10 +139,25 @@ mod tests {
             }]
         );
         // A view of two layers: lowers only.
-        let view = for_snapshot(&[p("/s/2/fs"), p("/s/1/fs")], None, &own);
+        let view = for_snapshot(&[p("/s/2/fs"), p("/s/1/fs")], None, &own).unwrap();
         assert_eq!(
             view[0].options,
             vec!["index=off", "lowerdir=/s/2/fs:/s/1/fs"]
         );
+    }
+
+    #[test]
+    fn separators_never_reach_an_overlay_option() {
+        let own = p("/s/3/fs");
+        let evil = Upper {
+            upper: p("/d/x,upperdir=/"),
+            work: p("/s/3/work"),
+        };
+        let err = for_snapshot(&[p("/s/2/fs"), p("/s/1/fs")], Some(&evil), &own).unwrap_err();
+        assert_eq!(err.found, ',');
+        for lower in ["/d/a:/etc", "/d/a b", "/d/a\nb"] {
+            let err = for_snapshot(&[p(lower), p("/s/1/fs")], None, &own).unwrap_err();
+            assert_eq!(err.path, p(lower), "{err}");
+        }
     }
 }

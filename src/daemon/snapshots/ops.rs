@@ -481,11 +481,8 @@ fn mounts_of(d: &Daemon, r: &SnapshotRecord) -> Result<Vec<MountSpec>> {
     } else {
         lowers
     };
-    Ok(mounts::for_snapshot(
-        &lowers,
-        upper.as_ref(),
-        &paths::fs_dir(root, r.id),
-    ))
+    mounts::for_snapshot(&lowers, upper.as_ref(), &paths::fs_dir(root, r.id))
+        .map_err(|e| SnapshotError::Internal(e.to_string()))
 }
 
 fn commit(d: &Daemon, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
