@@ -11,36 +11,36 @@ use tracing::warn;
 use super::{Daemon, Result, SnapshotError, LABEL_DISK, LABEL_DISK_TOKEN};
 use crate::daemon::disks::token;
 
-/// Why a container may not bind a disk.
+/// What was wrong with the token a container gave for a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
-    NoToken,
-    WrongToken,
+    Missing,
+    Wrong,
     /// The disk was made before disks had tokens: nothing can prove a container is its pod's.
-    DiskWithoutToken,
+    NeverIssued,
 }
 
 impl Refusal {
     fn as_str(self) -> &'static str {
         match self {
-            Refusal::NoToken => "no token",
-            Refusal::WrongToken => "wrong token",
-            Refusal::DiskWithoutToken => "disk has no token",
+            Refusal::Missing => "no token",
+            Refusal::Wrong => "wrong token",
+            Refusal::NeverIssued => "disk has no token",
         }
     }
 
     fn message(self, disk_id: &str) -> String {
         match self {
-            Refusal::NoToken => format!(
+            Refusal::Missing => format!(
                 "disk {disk_id} refused: the container gives no bind token; add the annotation \
                  {LABEL_DISK_TOKEN} with the status.bindToken that the disk's create returned"
             ),
-            Refusal::WrongToken => format!(
+            Refusal::Wrong => format!(
                 "disk {disk_id} refused: the container's {LABEL_DISK_TOKEN} annotation is not \
                  this disk's bind token; give the status.bindToken that the disk's create \
                  returned (a disk runs only the containers of the pod it was made for)"
             ),
-            Refusal::DiskWithoutToken => format!(
+            Refusal::NeverIssued => format!(
                 "disk {disk_id} refused: it was created before disks had bind tokens, so no \
                  container can show it is the disk's; delete the disk, create it again, and \
                  give the status.bindToken that create returns in the {LABEL_DISK_TOKEN} \
@@ -56,15 +56,15 @@ pub(super) fn authorize(d: &Daemon, key: &str, disk_id: &str, given: Option<&str
     let stored = d.inner.store.disk_bind_sha256(disk_id)?;
     let refusal = match (stored, given) {
         (Some(stored), Some(given)) if token::matches(&stored, given) => return Ok(()),
-        (Some(_), Some(_)) => Refusal::WrongToken,
-        (Some(_), None) => Refusal::NoToken,
+        (Some(_), Some(_)) => Refusal::Wrong,
+        (Some(_), None) => Refusal::Missing,
         (None, _) => {
             if d.inner.store.get_disk(disk_id)?.is_none() {
                 return Err(SnapshotError::NotFound(format!(
                     "disk {disk_id:?} (named by the container's {LABEL_DISK} annotation)"
                 )));
             }
-            Refusal::DiskWithoutToken
+            Refusal::NeverIssued
         }
     };
     warn!(disk = %disk_id, snapshot = %key, reason = refusal.as_str(), "refused to bind a container to a disk");
