@@ -17,8 +17,9 @@
 //!   too, so each PullImage is a real pull through the snapshotter; no layer blob may be
 //!   fetched (checked).
 //! - (c) `disk`: as (b), and the container is bound to a per-pod disk cloned from that cache
-//!   (annotation `containerd.io/snapshot/imagecache.io/disk`); the disk's create through the
-//!   daemon's API is inside the time, before RunPodSandbox.
+//!   (annotations `containerd.io/snapshot/imagecache.io/disk` and `…/disk-token`, the
+//!   disk's bind token); the disk's create through the daemon's API is inside the time,
+//!   before RunPodSandbox.
 //!
 //! The page cache is dropped before each timed run (after containerd has started), as in
 //! scripts/bench-vs-containerd.sh; `--keep-page-cache` skips that.
@@ -58,6 +59,7 @@ use support::scratch::{assert_no_leaks, ScratchXfs};
 
 const DISKS: &str = "/apis/imagecache.io/v1/disks";
 const DISK_LABEL: &str = "containerd.io/snapshot/imagecache.io/disk";
+const DISK_TOKEN_LABEL: &str = "containerd.io/snapshot/imagecache.io/disk-token";
 /// What the container prints first; its arrival in the CRI log ends the timed part.
 const FIRST_LINE: &str = "ready";
 /// A pod that has not printed by then is broken, not slow.
@@ -294,7 +296,10 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     cri.pull_image(&env.app_ref);
     let t = lap(t, &mut s.pull);
     let annotations: Vec<(&str, &str)> = match &disk {
-        Some((id, _)) => vec![(DISK_LABEL, id.as_str())],
+        Some(disk) => vec![
+            (DISK_LABEL, disk.id.as_str()),
+            (DISK_TOKEN_LABEL, disk.bind_token.as_str()),
+        ],
         None => vec![],
     };
     let id = cri.create_container(
@@ -343,7 +348,7 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
             snapshot_names(&containerd).is_empty()
         });
     }
-    if let Some((id, root)) = disk {
+    if let Some(BenchDisk { id, root, .. }) = disk {
         wait_for(
             "the container's directory on the disk to go",
             GC_TIMEOUT,
@@ -370,10 +375,17 @@ fn lap(since: Instant, into: &mut Duration) -> Instant {
     now
 }
 
+/// A disk the bench made, and what its pod needs to run on it.
+struct BenchDisk {
+    id: String,
+    root: PathBuf,
+    bind_token: String,
+}
+
 /// A disk for the app image from whichever cache holds it, through the daemon's API (what a
-/// node agent calls before the pod starts): its id and mountpoint, and the daemon's own
-/// clone / grow / attach / mount milliseconds.
-fn create_disk(env: &Env) -> ((String, PathBuf), [f64; 4]) {
+/// node agent calls before the pod starts), and the daemon's own clone / grow / attach /
+/// mount milliseconds.
+fn create_disk(env: &Env) -> (BenchDisk, [f64; 4]) {
     let disk = Disk {
         api_version: API_VERSION.into(),
         kind: KIND_DISK.into(),
@@ -400,10 +412,15 @@ fn create_disk(env: &Env) -> ((String, PathBuf), [f64; 4]) {
     );
     let t = &status.timings;
     (
-        (
-            created.metadata.name,
-            PathBuf::from(status.mountpoint.expect("a mounted disk")),
-        ),
+        BenchDisk {
+            id: created.metadata.name,
+            root: PathBuf::from(status.mountpoint.clone().expect("a mounted disk")),
+            bind_token: status
+                .bind_token
+                .clone()
+                .expect("a disk's create answers its bind token")
+                .0,
+        },
         [t.clone_ms, t.grow_ms, t.attach_ms, t.mount_ms],
     )
 }

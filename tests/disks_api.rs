@@ -281,6 +281,12 @@ fn an_explicit_cache_lacking_an_image_is_cloned_and_the_image_pulled_into_the_di
     let disk = f.create_from_pod(&pod, &[]);
     let s = status(&disk);
     assert_eq!(s["phase"], "Ready", "the CLI waits for the pull: {disk:#}");
+    // The gets it waited with lack the bind token; the create's is kept.
+    assert_eq!(
+        s["bindToken"].as_str().map(str::len),
+        Some(64),
+        "the CLI lost the create's bind token while waiting: {disk:#}"
+    );
     assert_eq!(s["cacheId"], f.cache_id.as_str());
     let mut matched = strings(&s["matchedImages"]);
     matched.sort();
@@ -662,7 +668,20 @@ fn no_mount_attaches_only_and_get_prints_what_the_api_returned() {
         format!("{}\n", String::from_utf8(api_one.clone()).unwrap())
     );
     let parsed: Value = serde_json::from_slice(&api_one).unwrap();
-    assert_eq!(parsed, disk, "create -o json and get -o json agree");
+    // They agree but for the bind token, which the create's answer alone carries.
+    let mut created = disk.clone();
+    let token = created["status"]
+        .as_object_mut()
+        .unwrap()
+        .remove("bindToken");
+    assert!(
+        token.is_some(),
+        "no status.bindToken in the create: {disk:#}"
+    );
+    assert_eq!(
+        parsed, created,
+        "create -o json and get -o json agree but for the bind token"
+    );
     let list = f.daemon.cli_ok(&["disk", "get", "-o", "json"]);
     let api_list = api_get(&f.daemon.socket, "/apis/imagecache.io/v1/disks");
     assert_eq!(list, format!("{}\n", String::from_utf8(api_list).unwrap()));

@@ -1,7 +1,10 @@
-//! A container bound to a per-pod disk through the CRI annotation
-//! `containerd.io/snapshot/imagecache.io/disk`: containerd 1.6 passes it to the snapshotter
-//! as a label, the container's layers come from the disk and its writes land on the disk,
-//! bounded by the disk's size; the disk cannot be deleted while the container runs.
+//! A container bound to a per-pod disk through the CRI annotations
+//! `containerd.io/snapshot/imagecache.io/disk` and `…/disk-token`: containerd 1.6 passes them
+//! to the snapshotter as labels, the container's layers come from the disk and its writes
+//! land on the disk, bounded by the disk's size; the disk cannot be deleted while the
+//! container runs. Only a container that gives the bind token the disk's create returned
+//! binds it; any other is refused before it leaves a trace on the disk, and the token is
+//! shown by nothing but that create's answer.
 
 mod snapshotter_util;
 mod support;
@@ -13,6 +16,41 @@ use snapshotter_util::*;
 use support::daemon::cache_yaml;
 
 const DISK_LABEL: &str = "containerd.io/snapshot/imagecache.io/disk";
+const DISK_TOKEN_LABEL: &str = "containerd.io/snapshot/imagecache.io/disk-token";
+
+/// A disk as its create answered it.
+struct CreatedDisk {
+    id: String,
+    root: PathBuf,
+    bind_token: String,
+}
+
+impl CreatedDisk {
+    /// The annotations that bind a container to this disk.
+    fn annotations(&self) -> [(&str, &str); 2] {
+        [
+            (DISK_LABEL, self.id.as_str()),
+            (DISK_TOKEN_LABEL, self.bind_token.as_str()),
+        ]
+    }
+}
+
+/// `imagecache disk create ... -o json`, as an operator runs it.
+fn create_disk(node: &Node, args: &[&str]) -> CreatedDisk {
+    let mut argv = vec!["disk", "create"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["-o", "json"]);
+    let disk: serde_json::Value = serde_json::from_str(&node.daemon.cli_ok(&argv)).unwrap();
+    let bind_token = disk["status"]["bindToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the create's answer has no status.bindToken: {disk}"))
+        .to_owned();
+    CreatedDisk {
+        id: disk["metadata"]["name"].as_str().unwrap().to_owned(),
+        root: PathBuf::from(disk["status"]["mountpoint"].as_str().unwrap()),
+        bind_token,
+    }
+}
 
 /// Files called `name` under `dir/*/fs/`.
 fn written_under(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
@@ -32,14 +70,8 @@ fn a_disk_bound_container_runs_from_the_disk_and_its_writes_stay_there() {
     let node = node_with_cache(&[("layered", &image)]);
     let image_ref = node.image_ref("layered");
     let state = node.scratch.path().join("state");
-    let disk: serde_json::Value = serde_json::from_str(
-        &node
-            .daemon
-            .cli_ok(&["disk", "create", "--image", &image_ref, "-o", "json"]),
-    )
-    .unwrap();
-    let disk_id = disk["metadata"]["name"].as_str().unwrap().to_owned();
-    let disk_root = PathBuf::from(disk["status"]["mountpoint"].as_str().unwrap());
+    let disk = create_disk(&node, &["--image", &image_ref]);
+    let (disk_id, disk_root) = (disk.id.clone(), disk.root.clone());
     {
         let containerd = node.containerd();
         let cri = containerd.cri();
@@ -65,7 +97,7 @@ fn a_disk_bound_container_runs_from_the_disk_and_its_writes_stay_there() {
              echo kept > /on-disk-file && echo wrote; \
              fallocate -l 40G /too-big 2>&1 | grep -q 'No space left' && echo enospc; \
              rm -f /too-big; echo after > /after-enospc && echo still-writable",
-            &[(DISK_LABEL, disk_id.as_str())],
+            &disk.annotations(),
         );
         assert_eq!(
             lines,
@@ -110,7 +142,7 @@ fn a_disk_bound_container_runs_from_the_disk_and_its_writes_stay_there() {
             &image_ref,
             &["/bin/sh", "-c", "echo up; exec sleep 600"],
             &[],
-            &[(DISK_LABEL, disk_id.as_str())],
+            &disk.annotations(),
             log_path,
         );
         cri.start_container(&sleeper);
@@ -179,11 +211,8 @@ fn a_disk_that_lacks_the_image_is_refused_with_the_reason() {
         .as_str()
         .unwrap()
         .to_owned();
-    let disk: serde_json::Value = serde_json::from_str(&node.daemon.cli_ok(&[
-        "disk", "create", "--image", &pause_ref, "--cache", &cache_id, "-o", "json",
-    ]))
-    .unwrap();
-    let disk_id = disk["metadata"]["name"].as_str().unwrap().to_owned();
+    let disk = create_disk(&node, &["--image", &pause_ref, "--cache", &cache_id]);
+    let disk_id = disk.id.clone();
     {
         let containerd = node.containerd();
         let cri = containerd.cri();
@@ -198,7 +227,7 @@ fn a_disk_that_lacks_the_image_is_refused_with_the_reason() {
                 &node.image_ref("layered"),
                 &["/bin/true"],
                 &[],
-                &[(DISK_LABEL, disk_id.as_str())],
+                &disk.annotations(),
                 "refused/0.log",
             )
             .expect_err("a disk without the image's layers must be refused");
@@ -214,5 +243,188 @@ fn a_disk_that_lacks_the_image_is_refused_with_the_reason() {
         );
     }
     node.daemon.cli_ok(&["disk", "delete", &disk_id]);
+    assert_node_clean(node);
+}
+
+/// Everything below `dir` (empty when it does not exist).
+fn tree(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                todo.push(entry.path());
+            }
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether `needle` is anywhere in the state database's files (the WAL included).
+fn in_state_db(state: &std::path::Path, needle: &str) -> bool {
+    ["state.db", "state.db-wal"].iter().any(|name| {
+        let bytes = std::fs::read(state.join(name)).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
+fn scrape_metrics(socket: &std::path::Path) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "30", "--unix-socket"])
+        .arg(socket)
+        .arg("http://localhost/metrics")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn only_the_disks_own_token_binds_it_and_the_token_is_shown_once() {
+    let image = layered_image();
+    let mut node = node_with_cache(&[("layered", &image)]);
+    let image_ref = node.image_ref("layered");
+    let state = node.scratch.path().join("state");
+    // Every level the daemon and its libraries (tonic, h2, hyper) log at, for the check below
+    // that the token is in none of it.
+    const EVERYTHING: &[(&str, &str)] = &[("IMAGECACHE_LOG", "trace")];
+    node.daemon.stop();
+    assert!(node.daemon.spawn_with_env(EVERYTHING));
+    let mine = create_disk(&node, &["--image", &image_ref]);
+    let other = create_disk(&node, &["--image", &image_ref]);
+    assert_ne!(mine.bind_token, other.bind_token);
+    assert_eq!(mine.bind_token.len(), 64, "256 bits in hex");
+
+    // Shown by the create alone: not by a get, a list (JSON or YAML) or an event.
+    let shown = [
+        node.daemon.cli_ok(&["disk", "get", &mine.id, "-o", "json"]),
+        node.daemon.cli_ok(&["disk", "get", &mine.id, "-o", "yaml"]),
+        node.daemon.cli_ok(&["disk", "get", "-o", "json"]),
+        node.daemon.cli_ok(&["disk", "get"]),
+    ];
+    for text in &shown {
+        for token in [&mine.bind_token, &other.bind_token] {
+            assert!(!text.contains(token.as_str()), "token shown: {text}");
+        }
+        assert!(!text.contains("bindToken"), "{text}");
+    }
+    // Kept as its digest only.
+    assert!(!in_state_db(&state, &mine.bind_token));
+
+    // A restart keeps the tokens (their digests are in the store).
+    node.daemon.stop();
+    assert!(node.daemon.spawn_with_env(EVERYTHING));
+    {
+        let containerd = node.containerd();
+        let cri = containerd.cri();
+        let pod_config = cri.pod_config("token", "uid-token", "default");
+        let pod = cri.run_pod_sandbox_with(&pod_config);
+        cri.pull_image(&image_ref);
+        let on_disk_before = tree(&mine.root.join("containers"));
+        let refused: [(&str, Vec<(&str, &str)>); 3] = [
+            ("no token", vec![(DISK_LABEL, mine.id.as_str())]),
+            (
+                "a wrong token",
+                vec![
+                    (DISK_LABEL, mine.id.as_str()),
+                    (DISK_TOKEN_LABEL, "00000000000000000000000000000000"),
+                ],
+            ),
+            (
+                "another disk's token",
+                vec![
+                    (DISK_LABEL, mine.id.as_str()),
+                    (DISK_TOKEN_LABEL, other.bind_token.as_str()),
+                ],
+            ),
+        ];
+        for (n, (what, annotations)) in refused.iter().enumerate() {
+            let name = format!("refused-{n}");
+            let err = cri
+                .try_create_container(
+                    &pod,
+                    &pod_config,
+                    &name,
+                    &image_ref,
+                    &["/bin/sh", "-c", "echo ran > /trespass"],
+                    &[],
+                    annotations,
+                    &format!("{name}/0.log"),
+                )
+                .expect_err(&format!("a container with {what} bound the disk"));
+            let said = err.message();
+            assert!(
+                said.contains(&mine.id) && said.contains(DISK_TOKEN_LABEL),
+                "{what}: the refusal does not name the disk and the annotation: {err:?}"
+            );
+            assert!(!said.contains(&other.bind_token), "{what}: {said}");
+            assert_eq!(
+                tree(&mine.root.join("containers")),
+                on_disk_before,
+                "{what}: the refused container left something on the disk"
+            );
+        }
+
+        let lines = run(
+            &cri,
+            &pod,
+            &pod_config,
+            "owner",
+            &image_ref,
+            "cat /etc/greeting; echo mine > /owner-file && echo wrote",
+            &mine.annotations(),
+        );
+        assert_eq!(lines, vec!["hello from layer 2", "wrote"]);
+        let written = written_under(&mine.root.join("containers"), "owner-file");
+        assert_eq!(written.len(), 1, "{written:?}");
+        // The other disk binds with its own token, and nothing of the first went there.
+        let lines = run(
+            &cri,
+            &pod,
+            &pod_config,
+            "other",
+            &image_ref,
+            "echo ok",
+            &other.annotations(),
+        );
+        assert_eq!(lines, vec!["ok"]);
+        assert!(written_under(&other.root.join("containers"), "owner-file").is_empty());
+
+        // After the binds, still nowhere but in the create's answer.
+        let disk = node.daemon.cli_ok(&["disk", "get", &mine.id, "-o", "json"]);
+        let metrics = scrape_metrics(&node.daemon.socket);
+        let log = node.daemon.log();
+        for token in [&mine.bind_token, &other.bind_token] {
+            assert!(!disk.contains(token.as_str()), "{disk}");
+            assert!(!metrics.contains(token.as_str()), "token in the metrics");
+            assert!(!in_state_db(&state, token), "token in state.db");
+            assert!(!log.contains(token.as_str()), "token in the daemon's log");
+        }
+        // The log did run at every level, and tells the operator of each refusal.
+        assert!(log.contains("TRACE"), "the daemon did not log at trace");
+        let refusals = log.matches("refused to bind a container to a disk").count();
+        assert!(refusals >= 3, "{refusals} refusals logged");
+
+        remove_pod_and_images(
+            &containerd,
+            &cri,
+            &pod,
+            &[image_ref.clone(), node.image_ref("pause")],
+        );
+    }
+    for disk in [&mine, &other] {
+        wait_for(
+            "the containers' directories on the disk to go",
+            Duration::from_secs(30),
+            || tree(&disk.root.join("containers")).is_empty(),
+        );
+        node.daemon.cli_ok(&["disk", "delete", &disk.id]);
+    }
     assert_node_clean(node);
 }

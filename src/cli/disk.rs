@@ -122,13 +122,25 @@ async fn create(client: &Client, a: CreateArgs) -> Result<()> {
     let mut created: Disk = answer.json()?;
     let id = created.metadata.name.clone();
     let mut body = answer.body;
+    // Only the create's answer carries the bind token: the gets below do not.
+    let bind_token = created.status.as_ref().and_then(|s| s.bind_token.clone());
     if !a.no_wait {
         // Missing images are pulled in the background; a pod needs them, so wait.
+        let mut waited = false;
         while created.status.as_ref().map(|s| s.phase) == Some(DiskPhase::Pulling) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let answer = client.get(&format!("{DISKS}/{id}")).await?;
             created = answer.json()?;
             body = answer.body;
+            waited = true;
+        }
+        if waited {
+            // The disk as it is now, with the token its create answered: printed without
+            // it, the token would be lost and no container could bind the disk.
+            if let Some(status) = created.status.as_mut() {
+                status.bind_token = bind_token;
+            }
+            body = serde_json::to_vec(&created)?;
         }
     }
     match a.output {

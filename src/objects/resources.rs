@@ -299,6 +299,23 @@ pub struct DiskStatus {
     pub creation_time: String,
     #[serde(default)]
     pub events: Vec<Event>,
+    /// The secret a container gives (annotation `containerd.io/snapshot/imagecache.io/disk-token`)
+    /// to run on this disk. Only the create's answer carries it: the daemon keeps its sha256
+    /// alone, so no get, list or event can show it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_token: Option<BindToken>,
+}
+
+/// A disk's bind token. Its Debug shows nothing of it, so a status printed into a log by
+/// accident does not give it away.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BindToken(pub String);
+
+impl std::fmt::Debug for BindToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BindToken(<redacted>)")
+    }
 }
 
 /// Milliseconds each step took.

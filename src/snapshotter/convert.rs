@@ -20,6 +20,7 @@ pub fn status(e: DaemonError) -> tonic::Status {
             SnapshotError::AlreadyExists(_) => Code::AlreadyExists,
             SnapshotError::FailedPrecondition(_) => Code::FailedPrecondition,
             SnapshotError::InvalidArgument(_) => Code::InvalidArgument,
+            SnapshotError::PermissionDenied(_) => Code::PermissionDenied,
             SnapshotError::Internal(_) => Code::Internal,
         },
         DaemonError::NotFound { .. } => Code::NotFound,
@@ -109,6 +110,10 @@ mod tests {
         assert_eq!(
             code(SnapshotError::InvalidArgument("x".into())),
             tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(SnapshotError::PermissionDenied("x".into())),
+            tonic::Code::PermissionDenied
         );
         assert_eq!(
             code(SnapshotError::Internal("x".into())),

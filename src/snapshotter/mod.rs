@@ -123,8 +123,8 @@ pub fn containerd_config(socket: &Path) -> String {
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "imagecache"
-  # Pass the container annotation containerd.io/snapshot/imagecache.io/disk (and CRI's
-  # layer annotations) to the snapshotter as labels.
+  # Pass the container annotations containerd.io/snapshot/imagecache.io/disk and
+  # .../disk-token (and CRI's layer annotations) to the snapshotter as labels.
   disable_snapshot_annotations = false
 "#,
         toml::Value::String(socket.display().to_string())

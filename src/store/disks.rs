@@ -23,15 +23,41 @@ fn columns(disk: &Disk) -> Result<(String, Option<String>, String)> {
 }
 
 impl Store {
-    pub fn insert_disk(&self, disk: &Disk) -> Result<()> {
+    /// Records a new disk with the sha256 of its bind token, in one transaction: a disk is
+    /// never stored without the digest that lets its pod bind it.
+    pub fn insert_disk(&self, disk: &Disk, bind_sha256: &[u8; 32]) -> Result<()> {
         let (phase, digest, json) = columns(disk)?;
-        let conn = self.conn();
-        conn.prepare_cached(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
             "INSERT INTO disks (id, phase, snapshot_digest, object) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![disk.metadata.name, phase, digest, json])?;
+        tx.prepare_cached("INSERT INTO disk_bind_tokens (disk_id, sha256) VALUES (?1, ?2)")?
+            .execute(params![disk.metadata.name, &bind_sha256[..]])?;
+        tx.commit()?;
         self.disks.insert(&disk.metadata.name, disk.clone());
         Ok(())
+    }
+
+    /// The sha256 of disk `id`'s bind token; None for a disk made before disks had tokens
+    /// (or no disk at all).
+    pub fn disk_bind_sha256(&self, id: &str) -> Result<Option<[u8; 32]>> {
+        let stored: Option<Vec<u8>> = self
+            .conn()
+            .prepare_cached("SELECT sha256 FROM disk_bind_tokens WHERE disk_id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        stored
+            .map(|bytes| {
+                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "disk {id}'s bind token digest is {} bytes, not 32",
+                        bytes.len()
+                    ))
+                })
+            })
+            .transpose()
     }
 
     pub fn get_disk(&self, id: &str) -> Result<Option<Disk>> {
@@ -64,11 +90,15 @@ impl Store {
     }
 
     pub fn delete_disk(&self, id: &str) -> Result<bool> {
-        let conn = self.conn();
-        let deleted = conn
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let deleted = tx
             .prepare_cached("DELETE FROM disks WHERE id = ?1")?
             .execute([id])?
             > 0;
+        tx.prepare_cached("DELETE FROM disk_bind_tokens WHERE disk_id = ?1")?
+            .execute([id])?;
+        tx.commit()?;
         self.disks.remove(id);
         Ok(deleted)
     }

@@ -69,6 +69,14 @@ const MIGRATIONS: &[&str] = &[
         digest TEXT PRIMARY KEY
     );
 "#,
+    // Each disk's bind token, as its sha256 only (the token itself is answered once, by the
+    // create, and kept nowhere). Disks made before this have no row: they bind no container.
+    r#"
+    CREATE TABLE disk_bind_tokens (
+        disk_id TEXT PRIMARY KEY,
+        sha256 BLOB NOT NULL
+    );
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -126,7 +126,7 @@ fn reads_see_every_committed_write_and_a_reopened_file_reads_the_same() {
                 .unwrap();
         }
         for id in ["d2", "d1", "d3"] {
-            s.insert_disk(&disk(id)).unwrap();
+            s.insert_disk(&disk(id), &[1; 32]).unwrap();
         }
         s.update_cache("a", |c| c.status.as_mut().unwrap().phase = Phase::Ready)
             .unwrap();
@@ -138,7 +138,7 @@ fn reads_see_every_committed_write_and_a_reopened_file_reads_the_same() {
         assert!(s.delete_disk("d3").unwrap());
         // A failed insert changes nothing that reads see.
         assert!(s.insert_cache(&cache("a", "imc-other")).is_err());
-        assert!(s.insert_disk(&disk("d2")).is_err());
+        assert!(s.insert_disk(&disk("d2"), &[2; 32]).is_err());
         assert_eq!(s.get_cache("c").unwrap(), None);
         assert_eq!(s.get_disk("d3").unwrap(), None);
         assert_eq!(
@@ -176,8 +176,8 @@ fn a_stored_record_that_does_not_parse_is_reported_by_the_reads_that_reach_it() 
     let path = dir.path().join("state.db");
     {
         let s = Store::open(&path).unwrap();
-        s.insert_disk(&disk("good")).unwrap();
-        s.insert_disk(&disk("bad")).unwrap();
+        s.insert_disk(&disk("good"), &[1; 32]).unwrap();
+        s.insert_disk(&disk("bad"), &[1; 32]).unwrap();
     }
     let corrupt = |table: &str, key: &str, name: &str| {
         Connection::open(&path)
@@ -209,4 +209,30 @@ fn a_stored_record_that_does_not_parse_is_reported_by_the_reads_that_reach_it() 
         err.contains("does not parse") && err.contains("ImageCache"),
         "{err}"
     );
+}
+
+#[test]
+fn a_disks_bind_digest_is_kept_across_a_reopen_and_goes_with_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.insert_disk(&disk("d1"), &[7; 32]).unwrap();
+        s.insert_disk(&disk("d2"), &[8; 32]).unwrap();
+        // A second insert of the same disk changes neither its object nor its digest.
+        assert!(s.insert_disk(&disk("d1"), &[9; 32]).is_err());
+        assert_eq!(s.disk_bind_sha256("d1").unwrap(), Some([7; 32]));
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.disk_bind_sha256("d1").unwrap(), Some([7; 32]));
+    assert_eq!(s.disk_bind_sha256("d2").unwrap(), Some([8; 32]));
+    assert_eq!(s.disk_bind_sha256("none").unwrap(), None);
+    assert!(s.delete_disk("d1").unwrap());
+    assert_eq!(s.disk_bind_sha256("d1").unwrap(), None);
+    // A disk of the same id made again starts with its own digest.
+    s.insert_disk(&disk("d1"), &[3; 32]).unwrap();
+    assert_eq!(s.disk_bind_sha256("d1").unwrap(), Some([3; 32]));
+    // The digest is kept nowhere in the disk's served object.
+    let served = serde_json::to_string(&s.get_disk("d1").unwrap().unwrap()).unwrap();
+    assert!(!served.contains("bindToken"), "{served}");
 }

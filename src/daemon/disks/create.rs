@@ -5,7 +5,7 @@ use tracing::{error, info};
 use super::clone::{clone_disk, hold_snapshot};
 use super::object::{disk_object, Made};
 use super::pull::PullJob;
-use super::{auto_cache, internal, pull, select};
+use super::{auto_cache, internal, pull, select, token};
 use crate::daemon::{clock, ids, Daemon, DaemonError, Reply};
 use crate::mount_path::MountTarget;
 use crate::objects::{ValidDisk, KIND_DISK};
@@ -65,7 +65,8 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
         },
     );
     auto_cache::add_notes(&mut object, notes, &now);
-    if let Err(e) = d.inner.store.insert_disk(&object) {
+    let (bind_token, bind_sha256) = token::issue();
+    if let Err(e) = d.inner.store.insert_disk(&object, &bind_sha256) {
         error!(disk = %id, device = %created.device.display(), error = %e, "could not record a created disk: it stays attached until removed by hand");
         return Err(internal(e));
     }
@@ -82,6 +83,10 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
                 mountpoint: created.mountpoint,
             },
         );
+    }
+    // Stored without it: this answer is the only place the token ever appears.
+    if let Some(status) = object.status.as_mut() {
+        status.bind_token = Some(bind_token);
     }
     Ok(Reply::Disk(Box::new(object)))
 }

@@ -1,6 +1,7 @@
 //! Per-pod disks: pick a cache (matching.rs), clone its snapshot into a disk of the pod's
 //! own, and pull what the cache lacked into the disk in the background. A create runs in
-//! steps, a module each: select, clone, auto-create a cache, build the object, persist, pull.
+//! steps, a module each: select, clone, auto-create a cache, build the object, persist (with
+//! the digest of the disk's bind token, token.rs), pull.
 
 mod adopt;
 mod auto_budget;
@@ -12,6 +13,7 @@ mod object;
 mod orphans;
 mod pull;
 mod select;
+pub mod token;
 
 use std::path::PathBuf;
 

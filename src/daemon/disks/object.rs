@@ -65,6 +65,8 @@ pub(super) fn disk_object(d: &Daemon, made: Made<'_>) -> Disk {
             auto_created_cache: auto_created,
             message: None,
             creation_time: now.to_owned(),
+            // Added to the create's answer only, after the object is stored (create.rs).
+            bind_token: None,
         }),
     }
 }

@@ -8,10 +8,11 @@
 //! | request | what happens |
 //! |---|---|
 //! | Prepare with `containerd.io/snapshot.ref=<chainID>` held by a Ready cache | a committed snapshot named `<chainID>` backed by the cache's layer directory (the frozen image mounted read-only once); answers AlreadyExists so containerd fetches nothing |
-//! | Prepare with `containerd.io/snapshot/imagecache.io/disk=<disk id>` | lowers from the disk's own layer directories, upper and work on the disk |
+//! | Prepare with `containerd.io/snapshot/imagecache.io/disk=<disk id>` and `…/disk-token=<the disk's bindToken>` | lowers from the disk's own layer directories, upper and work on the disk; without the right token, refused before anything is recorded or made (bind.rs) |
 //! | any other Prepare | an active snapshot on node storage, an overlay of its parents' directories, as containerd's overlayfs snapshotter makes it |
 //! | Remove | refused while children exist; the last snapshot on a cache unmounts its image |
 
+mod bind;
 mod cachemount;
 mod filter;
 mod mounts;
@@ -35,6 +36,10 @@ pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
 /// The label (passed by CRI from the container annotation of the same key) that binds a
 /// container's root filesystem to a per-pod disk.
 pub const LABEL_DISK: &str = "containerd.io/snapshot/imagecache.io/disk";
+/// The label (from the container annotation of the same key) that carries the bind token the
+/// disk's create returned: the proof that the container is the disk's pod's. A secret: it is
+/// checked and dropped, never recorded with the snapshot nor logged.
+pub const LABEL_DISK_TOKEN: &str = "containerd.io/snapshot/imagecache.io/disk-token";
 
 /// A snapshot as containerd sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +130,9 @@ pub enum SnapshotError {
     FailedPrecondition(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// The caller may not have what it asked for (a disk without its bind token).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Internal(String),
 }

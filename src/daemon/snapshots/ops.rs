@@ -8,9 +8,9 @@ use tracing::{debug, info, warn};
 
 use super::filter::Filters;
 use super::mounts::{self, MountSpec, Upper};
-use super::{cachemount, paths, usage};
+use super::{bind, cachemount, paths, usage};
 use super::{Daemon, Result, SnapshotError, SnapshotInfo, SnapshotReply, SnapshotRequest};
-use super::{Usage, LABEL_DISK, LABEL_TARGET};
+use super::{Usage, LABEL_DISK, LABEL_DISK_TOKEN, LABEL_TARGET};
 use crate::access;
 use crate::store::{Backing, NewSnapshot, SnapshotKind, SnapshotRecord};
 
@@ -26,10 +26,10 @@ pub fn handle(d: &Daemon, request: SnapshotRequest) -> Result<SnapshotReply> {
             key,
             parent,
             labels,
-        } => view(d, &key, &parent, labels).map(SnapshotReply::Mounts),
+        } => view(d, &key, &parent, bind::without_token(labels)).map(SnapshotReply::Mounts),
         R::Mounts { key } => mounts_of(d, &existing(d, &key)?).map(SnapshotReply::Mounts),
         R::Commit { name, key, labels } => {
-            commit(d, &name, &key, labels).map(|()| SnapshotReply::Done)
+            commit(d, &name, &key, bind::without_token(labels)).map(|()| SnapshotReply::Done)
         }
         R::Remove { key } => remove(d, &key).map(|()| SnapshotReply::Done),
         R::Stat { key } => Ok(SnapshotReply::Info(info_of(existing(d, &key)?))),
@@ -37,7 +37,7 @@ pub fn handle(d: &Daemon, request: SnapshotRequest) -> Result<SnapshotReply> {
             name,
             labels,
             fields,
-        } => update(d, &name, labels, &fields).map(SnapshotReply::Info),
+        } => update(d, &name, bind::without_token(labels), &fields).map(SnapshotReply::Info),
         R::List { filters } => list(d, &filters).map(SnapshotReply::List),
         R::Usage { key } => usage_of(d, &existing(d, &key)?).map(SnapshotReply::Usage),
         R::Cleanup => cleanup(d).map(|()| SnapshotReply::Done),
@@ -125,9 +125,15 @@ fn prepare(
     d: &Daemon,
     key: &str,
     parent: &str,
-    labels: BTreeMap<String, String>,
+    mut labels: BTreeMap<String, String>,
 ) -> Result<Vec<MountSpec>> {
     require_key(key)?;
+    // A secret: checked here, then gone, so no record, Stat or List can show it.
+    let token = labels.remove(LABEL_DISK_TOKEN);
+    // Before anything is recorded or made: a container refused leaves nothing behind.
+    if let Some(disk_id) = labels.get(LABEL_DISK) {
+        bind::authorize(d, key, disk_id, token.as_deref())?;
+    }
     if d.inner.store.get_ctr_snapshot(key)?.is_some() {
         return Err(SnapshotError::AlreadyExists(format!("snapshot {key:?}")));
     }

@@ -328,3 +328,213 @@ fn a_cached_layer_is_offered_only_over_the_chain_its_cache_recorded() {
     write_snapshots(dir.path(), &recorded).unwrap();
     assert!(over(&c2, Some(&c1)).unwrap_err().contains("make chainID"));
 }
+
+/// A disk as a create leaves it (stored with its token's digest, mounted at `<dir>/mnt`);
+/// returns its token and its mountpoint.
+fn mounted_disk(f: &Fixture, sys: &FakeSys, id: &str) -> (String, std::path::PathBuf) {
+    let mnt = f._dir.path().join(id).join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let disk: crate::objects::Disk = serde_json::from_value(serde_json::json!({
+        "apiVersion": crate::objects::API_VERSION, "kind": "Disk",
+        "metadata": {"name": id},
+        "spec": {"images": ["example.com/app:v1"]},
+        "status": {
+            "phase": "Ready", "matchedImages": [], "missingImages": [], "pulledImages": [],
+            "sizeGiB": 1, "creationTime": "2026-01-01T00:00:00Z", "mountpoint": mnt,
+            "timings": {"cloneMs": 0.0, "growMs": 0.0, "attachMs": 0.0, "mountMs": 0.0, "pullMs": 0.0}
+        }
+    }))
+    .unwrap();
+    let (token, digest) = crate::daemon::disks::token::issue();
+    f.d.inner.store.insert_disk(&disk, &digest).unwrap();
+    use crate::sys::{MountOptions, Sys};
+    sys.mount(
+        &f._dir.path().join(format!("{id}.img")),
+        &mnt,
+        "ext4",
+        MountOptions::default(),
+        "",
+    )
+    .unwrap();
+    (token.0, mnt)
+}
+
+fn daemon_over(sys: Arc<FakeSys>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        root: dir.path().join("state"),
+        ..Config::default()
+    };
+    let d = Daemon::start(config, sys).unwrap();
+    Fixture { _dir: dir, d }
+}
+
+fn prepare_with(d: &Daemon, key: &str, pairs: &[(&str, &str)]) -> Result<Vec<MountSpec>> {
+    match ask(
+        d,
+        SnapshotRequest::Prepare {
+            key: key.into(),
+            parent: String::new(),
+            labels: labels(pairs),
+        },
+    )? {
+        SnapshotReply::Mounts(m) => Ok(m),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Everything under the snapshotter's directory and the disk's `containers/`: what a
+/// refused Prepare must not change.
+fn traces(f: &Fixture, disk_root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            out.push(entry.path());
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&paths::snapshots_dir(&f.d.inner.config.root), &mut out);
+    walk(&disk_root.join("containers"), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_disk_binds_only_the_container_that_gives_its_token_and_a_refusal_leaves_nothing() {
+    let sys = Arc::new(FakeSys::new());
+    let f = daemon_over(sys.clone());
+    let d = &f.d;
+    let (token, disk_root) = mounted_disk(&f, &sys, "disk-mine");
+    let (other_token, _) = mounted_disk(&f, &sys, "disk-other");
+    let before = traces(&f, &disk_root);
+    let counts = d.snapshot_counts().unwrap();
+
+    let refused = [
+        ("none", vec![(LABEL_DISK, "disk-mine")]),
+        (
+            "wrong",
+            vec![
+                (LABEL_DISK, "disk-mine"),
+                (LABEL_DISK_TOKEN, "0123456789abcdef"),
+            ],
+        ),
+        (
+            "empty",
+            vec![(LABEL_DISK, "disk-mine"), (LABEL_DISK_TOKEN, "")],
+        ),
+        (
+            "another disk's",
+            vec![
+                (LABEL_DISK, "disk-mine"),
+                (LABEL_DISK_TOKEN, other_token.as_str()),
+            ],
+        ),
+    ];
+    for (what, pairs) in refused {
+        match prepare_with(d, "ctr", &pairs) {
+            Err(SnapshotError::PermissionDenied(message)) => {
+                assert!(message.contains("disk-mine"), "{what}: {message}");
+                assert!(message.contains(LABEL_DISK_TOKEN), "{what}: {message}");
+                assert!(message.contains("status.bindToken"), "{what}: {message}");
+                assert!(!message.contains(&other_token), "{what}: {message}");
+            }
+            other => panic!("{what} token: not refused: {other:?}"),
+        }
+        assert!(
+            matches!(stat(d, "ctr"), Err(SnapshotError::NotFound(_))),
+            "{what}: recorded"
+        );
+        assert_eq!(traces(&f, &disk_root), before, "{what}: left directories");
+        assert_eq!(d.snapshot_counts().unwrap(), counts, "{what}");
+    }
+    // A disk nobody made is not found, token or not.
+    assert!(matches!(
+        prepare_with(
+            d,
+            "ctr",
+            &[(LABEL_DISK, "disk-nope"), (LABEL_DISK_TOKEN, &token)]
+        ),
+        Err(SnapshotError::NotFound(_))
+    ));
+
+    let mounts = prepare_with(
+        d,
+        "ctr",
+        &[
+            (LABEL_DISK, "disk-mine"),
+            (LABEL_DISK_TOKEN, &token),
+            ("a", "1"),
+        ],
+    )
+    .unwrap();
+    assert!(
+        mounts[0]
+            .source
+            .starts_with(&disk_root.to_string_lossy().into_owned()),
+        "{mounts:?}"
+    );
+    assert_eq!(entries_of(&disk_root.join("containers")).len(), 1);
+    // The token is checked and dropped: the record keeps every other label.
+    assert_eq!(
+        stat(d, "ctr").unwrap().labels,
+        labels(&[(LABEL_DISK, "disk-mine"), ("a", "1")])
+    );
+    // Another disk's container binds with that disk's token.
+    prepare_with(
+        d,
+        "ctr2",
+        &[(LABEL_DISK, "disk-other"), (LABEL_DISK_TOKEN, &other_token)],
+    )
+    .unwrap();
+    // A token given with no disk named binds nothing and is not kept either.
+    prepare_with(d, "plain", &[(LABEL_DISK_TOKEN, &token)]).unwrap();
+    assert!(stat(d, "plain").unwrap().labels.is_empty());
+    // Nor by a label update (`ctr snapshots label` passes it on).
+    ask(
+        d,
+        SnapshotRequest::Update {
+            name: "plain".into(),
+            labels: labels(&[(LABEL_DISK_TOKEN, &token), ("b", "2")]),
+            fields: vec![format!("labels.{LABEL_DISK_TOKEN}"), "labels.b".into()],
+        },
+    )
+    .unwrap();
+    assert_eq!(stat(d, "plain").unwrap().labels, labels(&[("b", "2")]));
+}
+
+#[test]
+fn a_disk_made_before_tokens_is_refused_with_the_advice_to_recreate_it() {
+    let sys = Arc::new(FakeSys::new());
+    let f = daemon_over(sys.clone());
+    let (token, disk_root) = mounted_disk(&f, &sys, "disk-old");
+    // What a state.db from before bind tokens holds: the disk, and no digest for it.
+    rusqlite::Connection::open(f.d.inner.config.root.join("state.db"))
+        .unwrap()
+        .execute("DELETE FROM disk_bind_tokens", [])
+        .unwrap();
+    let before = traces(&f, &disk_root);
+    for given in [None, Some(token.as_str())] {
+        let mut pairs = vec![(LABEL_DISK, "disk-old")];
+        pairs.extend(given.map(|t| (LABEL_DISK_TOKEN, t)));
+        match prepare_with(&f.d, "ctr", &pairs) {
+            Err(SnapshotError::PermissionDenied(message)) => {
+                assert!(
+                    message.contains("disk-old") && message.contains("create it again"),
+                    "{message}"
+                );
+            }
+            other => panic!("a disk without a token bound a container: {other:?}"),
+        }
+    }
+    assert_eq!(traces(&f, &disk_root), before);
+}
+
+fn entries_of(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
