@@ -492,7 +492,12 @@ fn the_service_keeps_the_hardening_that_needs_no_mount_namespace() {
     allowed.sort_unstable();
     assert_eq!(
         allowed,
-        ["/dev/loop-control rw", "block-* m", "block-loop rw", "char-* m"]
+        [
+            "/dev/loop-control rw",
+            "block-* m",
+            "block-loop rw",
+            "char-* m"
+        ]
     );
     assert_eq!(values("RestrictNamespaces"), ["yes"]);
     assert_eq!(values("NoNewPrivileges"), ["yes"]);
