@@ -945,7 +945,14 @@ fn disk_calls(calls: &[Call], root: &Path) -> Vec<String> {
         .filter_map(|c| match c {
             Call::Reflink { src, dst } => Some(format!("reflink {} -> {}", rel(src), rel(dst))),
             Call::AttachLoop { file, .. } => Some(format!("attach {}", rel(file))),
+            // Disks are mounted beneath their mount root without following symlinks.
             Call::Mount {
+                source,
+                target,
+                fstype,
+                ..
+            }
+            | Call::MountBeneath {
                 source,
                 target,
                 fstype,
