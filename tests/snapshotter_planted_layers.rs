@@ -31,22 +31,11 @@ fn a_pod_annotated_with_a_cached_chain_id_plants_nothing() {
         sandbox_image: node.image_ref("pause"),
         proxy_snapshotter: None,
     };
-    let (expected, expected_links) = {
-        let containerd = TestContainerd::start(&node.scratch.path().join("ctrd-ref"), &overlayfs);
-        let cri = containerd.cri();
-        let pod_config = cri.pod_config("reference", "uid-reference", "default");
-        let pod = cri.run_pod_sandbox_with(&pod_config);
-        cri.pull_image(&victim_ref);
-        let seen = sleeper_rootfs(&containerd, &cri, &pod, &pod_config, &victim_ref);
-        cri.stop_pod_sandbox(&pod);
-        cri.remove_pod_sandbox(&pod);
-        for image in cri.list_images() {
-            for tag in image.repo_tags {
-                cri.remove_image(&tag);
-            }
-        }
-        seen
-    };
+    let (expected, expected_links) = container_rootfs(
+        &node.scratch.path().join("ctrd-ref"),
+        &overlayfs,
+        &victim_ref,
+    );
     assert!(
         expected.contains_key("etc/greeting"),
         "the reference run has the victim's middle layer"

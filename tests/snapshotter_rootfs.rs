@@ -6,39 +6,13 @@
 mod snapshotter_util;
 mod support;
 
-use std::collections::BTreeSet;
-use std::path::Path;
-
 use snapshotter_util::*;
 use support::busybox::{busybox_layer, image_with_cmd};
-use support::containerd::{ContainerdOptions, TestContainerd};
+use support::containerd::ContainerdOptions;
 use support::gen::features::feature_set;
 use support::oci::Image;
 use support::scratch::assert_no_leaks;
-use support::tree::{self, Tree};
-
-/// Runs a container of `image` that sleeps, on containerd with `opts`, and returns what its
-/// root filesystem holds.
-fn container_rootfs(
-    dir: &Path,
-    opts: &ContainerdOptions,
-    image: &str,
-) -> (Tree, BTreeSet<BTreeSet<String>>) {
-    let containerd = TestContainerd::start(dir, opts);
-    let cri = containerd.cri();
-    let pod_config = cri.pod_config("rootfs", "uid-rootfs", "default");
-    let pod = cri.run_pod_sandbox_with(&pod_config);
-    cri.pull_image(image);
-    let seen = sleeper_rootfs(&containerd, &cri, &pod, &pod_config, image);
-    cri.stop_pod_sandbox(&pod);
-    cri.remove_pod_sandbox(&pod);
-    for image in cri.list_images() {
-        for tag in image.repo_tags {
-            cri.remove_image(&tag);
-        }
-    }
-    seen
-}
+use support::tree;
 
 /// Every feature the test kit's generator covers (whiteouts, opaque dirs, hardlinks, devices,
 /// xattrs, long names, ...) under a layer of busybox, so a container can run in it.

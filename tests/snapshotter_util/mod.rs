@@ -271,3 +271,26 @@ pub fn task_pid(containerd: &TestContainerd, id: &str) -> u32 {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no task for {id}: {tasks}"))
 }
+
+/// Runs a container of `image` that sleeps, on containerd with `opts`, and returns what its
+/// root filesystem holds.
+pub fn container_rootfs(
+    dir: &Path,
+    opts: &ContainerdOptions,
+    image: &str,
+) -> (Tree, BTreeSet<BTreeSet<String>>) {
+    let containerd = TestContainerd::start(dir, opts);
+    let cri = containerd.cri();
+    let pod_config = cri.pod_config("rootfs", "uid-rootfs", "default");
+    let pod = cri.run_pod_sandbox_with(&pod_config);
+    cri.pull_image(image);
+    let seen = sleeper_rootfs(&containerd, &cri, &pod, &pod_config, image);
+    cri.stop_pod_sandbox(&pod);
+    cri.remove_pod_sandbox(&pod);
+    for image in cri.list_images() {
+        for tag in image.repo_tags {
+            cri.remove_image(&tag);
+        }
+    }
+    seen
+}
