@@ -15,12 +15,21 @@ use crate::sys::Sys;
 /// daemon's directories become 0700, the database and its journal 0600, frozen snapshot
 /// files 0400 (a mode is not content: no snapshot digest changes).
 pub fn make_private(root: &Path) -> Result<(), DaemonError> {
-    use crate::access::{set_mode, FROZEN_FILE, PRIVATE_DIR, PRIVATE_FILE};
+    use crate::access::{FROZEN_FILE, PRIVATE_DIR, PRIVATE_FILE};
     let failed = |path: &Path, e: std::io::Error| {
         DaemonError::Setup(format!(
             "cannot make {} reachable by root only: {e}",
             path.display()
         ))
+    };
+    // Only what is not private yet is changed: after the first start with this version, a
+    // start reads modes and writes nothing.
+    let set_mode = |path: &Path, mode: u32| -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(path)?.permissions().mode() & 0o7777 == mode {
+            return Ok(());
+        }
+        crate::access::set_mode(path, mode)
     };
     let mut dirs = vec![root.to_owned()];
     for sub in [

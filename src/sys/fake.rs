@@ -354,7 +354,7 @@ impl Sys for FakeSys {
                 Err(_) => {
                     use std::os::unix::fs::DirBuilderExt;
                     std::fs::DirBuilder::new()
-                        .mode(0o700)
+                        .mode(crate::access::PRIVATE_DIR)
                         .create(&dir)
                         .map_err(|e| undo(&made, SysError::io("create mountpoint", &dir, e)))?;
                     made.push(dir.clone());

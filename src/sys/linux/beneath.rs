@@ -24,7 +24,7 @@ use crate::sys::{MountOptions, Result, SysError};
 
 /// Mode of the directories made on the way to a mount point: a disk's mount point holds a
 /// pod's files, setuid binaries included, which no other user of the node may reach.
-const DIR_MODE: u32 = 0o700;
+const DIR_MODE: u32 = crate::access::PRIVATE_DIR;
 
 fn errno(op: &'static str, path: &Path, e: Errno) -> SysError {
     SysError::io(op, path, std::io::Error::from(e))
