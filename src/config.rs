@@ -64,6 +64,10 @@ pub struct Config {
     /// Where a Disk's `mountPath` may point: only beneath this directory (`<root>/disks` when
     /// unset). Disks the daemon names itself always go to `<root>/disks/<id>/mnt`.
     pub disk_mount_root: Option<PathBuf>,
+    /// How long a registry's answer that a request's credentials may read an image that
+    /// needed credentials is trusted before it is asked again (seconds; 0 asks every time).
+    /// A revoked credential keeps being served cached images that long.
+    pub credential_check_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             auto_cache_retry_after_secs: 600,
             registry_timeout_secs: crate::registry::DEFAULT_REGISTRY_TIMEOUT.as_secs(),
             disk_mount_root: None,
+            credential_check_ttl_secs: 300,
         }
     }
 }
@@ -193,6 +198,12 @@ impl Config {
             return Err(format!(
                 "registry_timeout_secs = {} is out of range: use 1 to 3600",
                 self.registry_timeout_secs
+            ));
+        }
+        if self.credential_check_ttl_secs > 86400 {
+            return Err(format!(
+                "credential_check_ttl_secs = {} is out of range: use 0 to 86400 (a day); a revoked credential is served cached images that long",
+                self.credential_check_ttl_secs
             ));
         }
         // Both reach mount targets and, through the snapshotter's layer paths, overlayfs

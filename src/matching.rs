@@ -682,6 +682,7 @@ mod tests {
                     resolved_digest: resolved.map(str::to_string),
                     chain_ids: Vec::new(),
                     size_bytes: 1,
+                    credentials_required: false,
                 })
                 .collect(),
             size_gib,

@@ -922,6 +922,7 @@ fn cache_object(cache: &Seed, snapshot_digest: Option<String>) -> Result<ImageCa
                 resolved_digest: h.index.map(str::to_owned),
                 chain_ids: Vec::new(),
                 size_bytes: 1,
+                credentials_required: false,
             })
             .collect(),
         events: Vec::new(),

@@ -89,6 +89,7 @@ fn candidate(c: Cache) -> Candidate {
                 resolved_digest: i.resolved_digest,
                 chain_ids: Vec::new(),
                 size_bytes: 0,
+                credentials_required: false,
             })
             .collect(),
         size_gib: c.size_gib,

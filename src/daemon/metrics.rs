@@ -39,6 +39,7 @@ pub struct Metrics {
     registry: Registry,
     pub pulled_bytes: Counter,
     pub layers_unpacked: Counter,
+    pub credentials_refused: Counter,
     pub build_seconds: Histogram,
     pub disk_ready_seconds: Histogram,
     pub errors: Family<KindLabel, Counter>,
@@ -57,6 +58,7 @@ impl Default for Metrics {
             registry: Registry::with_prefix("imagecache"),
             pulled_bytes: Counter::default(),
             layers_unpacked: Counter::default(),
+            credentials_refused: Counter::default(),
             // 0.25 s to ~68 min: builds take seconds to tens of minutes.
             build_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 15)),
             // 0.5 ms to ~16 s: a clone is milliseconds, a first grow or a busy node more.
@@ -78,6 +80,11 @@ impl Default for Metrics {
             "layers_unpacked",
             "Layers unpacked into caches and disks",
             m.layers_unpacked.clone(),
+        );
+        m.registry.register(
+            "credentials_refused",
+            "Cached images not served (disk clones, snapshotter layers) because the request's credentials could not read them",
+            m.credentials_refused.clone(),
         );
         m.registry.register(
             "build_duration_seconds",

@@ -10,6 +10,7 @@ pub mod events;
 pub mod gc;
 mod handlers;
 pub mod ids;
+pub(crate) mod image_access;
 mod info;
 pub mod metrics;
 mod owner;
@@ -67,6 +68,8 @@ struct Inner {
     metrics: metrics::Metrics,
     /// Store writes that failed, shown on their objects (record.rs).
     unrecorded: record::Unrecorded,
+    /// Registry answers that a request's credentials may read a cached image.
+    grants: image_access::Grants,
     /// The runtime that carries out changes (creates, deletes, builds, pulls): the one the
     /// daemon was started on. Reads are answered on the caller's runtime, so the API can
     /// serve them from a runtime of its own whose workers never wait in a mount, a loop
@@ -135,6 +138,7 @@ impl Daemon {
             snapshotter: snapshots::State::default(),
             metrics: metrics::Metrics::default(),
             unrecorded: record::Unrecorded::default(),
+            grants: image_access::Grants::default(),
             work: tokio::runtime::Handle::try_current().ok(),
         };
         let daemon = Daemon {

@@ -158,6 +158,16 @@ pub struct CachedImage {
     pub chain_ids: Vec<String>,
     /// Compressed bytes of its layers.
     pub size_bytes: u64,
+    /// Whether its registry refused to serve its manifest without credentials when it was
+    /// cached: such an image is served from the cache only to a request whose own credentials
+    /// can read it (daemon/image_access.rs). Rows written before this was recorded read as
+    /// `true`, so nothing private is served on a guess.
+    #[serde(default = "credentials_required_unless_recorded")]
+    pub credentials_required: bool,
+}
+
+fn credentials_required_unless_recorded() -> bool {
+    true
 }
 
 /// A Kubernetes Event, as the `events` of an object's status carry them.

@@ -131,6 +131,16 @@ impl Keyring {
         Ok(self)
     }
 
+    /// The pull secret (`namespace/name`) that gives the credentials for `registry`, if one
+    /// does: what [`Keyring::credentials_for`] would use first.
+    pub fn secret_for(&self, registry: &str) -> Option<&str> {
+        let host = normalize_registry_host(registry);
+        self.secrets
+            .iter()
+            .find(|s| s.auths.iter().any(|(h, _)| *h == host))
+            .map(|s| s.name.as_str())
+    }
+
     /// Credentials for `registry` (a host as in [`super::ImageReference::registry`]).
     pub fn credentials_for(&self, registry: &str) -> Credentials {
         let host = normalize_registry_host(registry);

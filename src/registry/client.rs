@@ -219,6 +219,52 @@ impl RegistryClient {
         .await
     }
 
+    /// Whether `creds` may read the manifest `pinned` (a reference pinned to a digest) from
+    /// its registry itself, never a mirror: a mirror may serve anyone what its own
+    /// credentials fetched, which says nothing about what the registry lets `creds` read.
+    /// `Ok(false)` when the registry refuses (401, 403, or 404 as registries answer for
+    /// repositories a caller may not see); any other failure is an error, for the caller to
+    /// treat as a refusal or not.
+    pub async fn can_read_manifest(
+        &self,
+        pinned: &ImageReference,
+        creds: &Credentials,
+    ) -> Result<bool, RegistryError> {
+        let Some(digest) = pinned.digest() else {
+            return Err(RegistryError::Invalid {
+                image: pinned.to_string(),
+                what: "reference",
+                reason: "a manifest's readability is checked at a digest".into(),
+            });
+        };
+        let what = format!("checking access to `{pinned}`");
+        self.within_deadline(pinned, what, async {
+            let endpoint = Endpoint {
+                host: pinned.registry().to_string(),
+                mirror: false,
+                creds: creds.clone(),
+                retries: self.config.max_retries,
+            };
+            let fetched = with_retries(endpoint.retries, "check manifest access", || {
+                self.fetch_manifest(&endpoint, pinned)
+            })
+            .await;
+            match fetched {
+                Ok((_, bytes)) => {
+                    manifest::verify("manifest", &bytes, digest, None)?;
+                    Ok(true)
+                }
+                Err(
+                    RegistryError::AuthenticationRequired { .. }
+                    | RegistryError::CredentialsRefused { .. }
+                    | RegistryError::NotFound { .. },
+                ) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
     /// `work` bounded by [`RegistryConfig::timeout`]: per-read timeouts alone let a registry
     /// that trickles, or a stall times the retries, hold a build for many minutes.
     async fn within_deadline<T>(

@@ -42,13 +42,23 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// An anonymous registry: anyone can push and pull.
     pub fn start() -> TestRegistry {
-        Self::launch(None)
+        Self::launch(Vec::new())
     }
 
     /// A registry that refuses anonymous access and accepts `user`/`pass` (HTTP basic auth,
     /// bcrypt htpasswd file, the only hash distribution 2.x accepts).
     pub fn start_with_htpasswd(user: &str, pass: &str) -> TestRegistry {
-        Self::launch(Some((user.to_string(), pass.to_string())))
+        Self::start_with_users(&[(user, pass)])
+    }
+
+    /// Like [`TestRegistry::start_with_htpasswd`], accepting each of `users`;
+    /// [`TestRegistry::credentials`] gives the first.
+    pub fn start_with_users(users: &[(&str, &str)]) -> TestRegistry {
+        let users = users
+            .iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
+        Self::launch(users)
     }
 
     /// "127.0.0.1:PORT", the form image references and `insecure_registries` use.
@@ -147,15 +157,27 @@ impl TestRegistry {
             .collect()
     }
 
-    fn launch(credentials: Option<(String, String)>) -> TestRegistry {
+    /// The access log's lines for manifests (any repository, any answer) since `mark`.
+    pub fn manifest_requests_since(&self, mark: LogMark) -> Vec<String> {
+        let log = fs::read(self.log_path()).unwrap_or_default();
+        let start = usize::try_from(mark.0).unwrap().min(log.len());
+        String::from_utf8_lossy(&log[start..])
+            .lines()
+            .filter(|l| l.contains(" /v2/") && l.contains("/manifests/"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn launch(users: Vec<(String, String)>) -> TestRegistry {
+        let credentials = users.first().cloned();
         let dir = tempfile::Builder::new()
             .prefix("imagecache-registry-")
             .tempdir()
             .expect("temp dir for registry");
         fs::create_dir_all(dir.path().join("storage")).unwrap();
-        let htpasswd = credentials.as_ref().map(|(u, p)| {
+        let htpasswd = (!users.is_empty()).then(|| {
             let path = dir.path().join("htpasswd");
-            write_htpasswd(&path, u, p);
+            write_htpasswd(&path, &users);
             path
         });
 
@@ -229,18 +251,23 @@ impl Drop for TestRegistry {
     }
 }
 
-/// Writes a bcrypt htpasswd file with `htpasswd -Bbn` (apache2-utils).
-fn write_htpasswd(path: &Path, user: &str, pass: &str) {
-    let out = Command::new("htpasswd")
-        .args(["-Bbn", user, pass])
-        .output()
-        .expect("run htpasswd (apache2-utils)");
-    assert!(
-        out.status.success(),
-        "htpasswd failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::write(path, &out.stdout).unwrap();
+/// Writes a bcrypt htpasswd file of `users` with `htpasswd -Bbn` (apache2-utils).
+fn write_htpasswd(path: &Path, users: &[(String, String)]) {
+    let mut lines = Vec::new();
+    for (user, pass) in users {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, pass])
+            .output()
+            .expect("run htpasswd (apache2-utils)");
+        assert!(
+            out.status.success(),
+            "htpasswd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Each answer ends in an empty line; the file wants one user per line.
+        lines.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+    }
+    fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
 fn config_yaml(dir: &Path, port: u16, htpasswd: Option<&Path>) -> String {

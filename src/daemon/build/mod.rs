@@ -197,6 +197,8 @@ async fn build(
     made.await
         .map_err(|e| BuildError::Internal(e.to_string()))??;
     let resolved = resolved?;
+    let needed_credentials =
+        crate::daemon::image_access::needed_credentials(d, &resolved, &keyring).await;
 
     // Attaching and mounting can take 100+ ms while other builds write: not on a worker.
     let mounted = tokio::task::block_in_place(|| work.mount(d))?;
@@ -217,7 +219,7 @@ async fn build(
     )
     .await?;
     let t_layers = started.elapsed();
-    status::record_images(d, &spec.name, &filled)?;
+    status::record_images(d, &spec.name, &filled, &needed_credentials)?;
     status::set_phase(d, &spec.name, Phase::Freezing, Some("100%".into()))?;
     // syncfs writes back what the layers left dirty, then unmount and detach.
     crate::fault::point("build.sync");

@@ -52,6 +52,14 @@ pub fn parent(d: &Daemon, spec: &BuildSpec) -> Option<Parent> {
         .iter()
         .filter(|c| c.metadata.name != spec.name)
         .filter(|c| c.spec.image_cache_size.unwrap_or(u32::MAX) <= spec.size_gib)
+        // The new snapshot holds all of its parent's files, while its status lists only its
+        // own images, which is what decides who may be served it (image_access.rs): a parent
+        // holding an image that needed credentials would hand that image to anyone.
+        .filter(|c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.images.iter().all(|i| !i.credentials_required))
+        })
         .filter_map(Candidate::from_cache)
         .collect();
     let annotations = Default::default();

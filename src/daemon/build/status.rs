@@ -31,7 +31,13 @@ pub(super) fn set_phase(
 }
 
 /// The images the cache now holds, with their digests and layer chain IDs.
-pub(super) fn record_images(d: &Daemon, name: &str, plan: &Plan) -> Result<(), BuildError> {
+/// `needed_credentials` by reference, as `image_access::needed_credentials` found it.
+pub(super) fn record_images(
+    d: &Daemon,
+    name: &str,
+    plan: &Plan,
+    needed_credentials: &std::collections::HashMap<String, bool>,
+) -> Result<(), BuildError> {
     d.inner.store.update_cache(name, |c| {
         if let Some(s) = c.status.as_mut() {
             s.images = plan
@@ -43,6 +49,10 @@ pub(super) fn record_images(d: &Daemon, name: &str, plan: &Plan) -> Result<(), B
                     resolved_digest: i.resolved.index.as_ref().map(|x| x.digest.clone()),
                     chain_ids: i.chain_ids.clone(),
                     size_bytes: i.size_bytes,
+                    credentials_required: needed_credentials
+                        .get(&i.resolved.reference.to_string())
+                        .copied()
+                        .unwrap_or(true),
                 })
                 .collect();
         }

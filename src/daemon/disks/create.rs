@@ -30,7 +30,7 @@ fn mount_target(
 }
 
 pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
-    let plan = select::plan(d, &req)?;
+    let plan = select::check_credentials(d, &req, select::plan(d, &req)?).await;
     let id = ids::new_disk_id();
     let mountpoint = req
         .mountpoint

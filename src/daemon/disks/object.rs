@@ -80,6 +80,15 @@ fn creation_events(
     now: &str,
 ) -> Vec<Event> {
     let mut list = Vec::new();
+    if let Some(why) = &plan.refused {
+        events::record(
+            &mut list,
+            WARNING,
+            "CredentialsRequired",
+            format!("Not served from a cache: {why}; pulling every image with this pod's own credentials"),
+            now,
+        );
+    }
     match &plan.cache {
         Some(cache) => events::record(
             &mut list,

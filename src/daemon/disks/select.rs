@@ -2,6 +2,7 @@
 
 use super::internal;
 use crate::daemon::build::is_auto_created;
+use crate::daemon::image_access::{self, CacheAccess};
 use crate::daemon::{Daemon, DaemonError};
 use crate::matching::{self, Candidate, DiskRequest, MatchError, Selection};
 use crate::objects::{ValidDisk, KIND_DISK, KIND_IMAGE_CACHE};
@@ -12,6 +13,8 @@ use crate::registry::ImageReference;
 pub(super) struct ChosenCache {
     pub id: String,
     pub snapshot_digest: String,
+    /// What it holds and was built with, for the credentials check (image_access.rs).
+    pub access: CacheAccess,
 }
 
 /// What the disk starts from once the selection is made.
@@ -26,11 +29,41 @@ pub(super) struct Plan {
     pub auto_create: bool,
     /// Why this cache (or none), for the disk's first event.
     pub reason: String,
+    /// Why the cache that matched was not served: its images need credentials this
+    /// request's do not give (a `CredentialsRequired` event).
+    pub refused: Option<String>,
 }
 
 impl Plan {
     pub fn pull_needed(&self) -> bool {
         !self.missing.is_empty()
+    }
+
+    /// The plan of a request that may not be served the cache it matched: what an uncached
+    /// pull would give it, every image pulled with its own credentials into an empty disk of
+    /// the size it asked for. No cache is auto-created for it: one of its images exists.
+    fn refused(self, req: &ValidDisk, default_gib: u32, why: String) -> Plan {
+        Plan {
+            cache: None,
+            matched: Vec::new(),
+            missing: req.images.clone(),
+            size_gib: req.size_gib.unwrap_or(default_gib),
+            auto_create: false,
+            reason: format!("no cache this pod's credentials may be served ({why})"),
+            refused: Some(why),
+        }
+    }
+}
+
+/// `plan`, unless the cache it clones holds images that need credentials the request's own
+/// do not give: then the plan an uncached pull would have.
+pub(super) async fn check_credentials(d: &Daemon, req: &ValidDisk, plan: Plan) -> Plan {
+    let Some(cache) = &plan.cache else {
+        return plan;
+    };
+    match image_access::refusal(d, &cache.access, &req.pull_secrets).await {
+        None => plan,
+        Some(why) => plan.refused(req, d.inner.config.default_cache_size_gib, why),
     }
 }
 
@@ -95,6 +128,7 @@ pub(super) fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, DaemonError> {
                     missing: req.images.clone(),
                     size_gib,
                     auto_create: false,
+                    refused: None,
                     reason: format!(
                         "auto-created cache {} ({cache_id}) holds these images but is {cache_size} GiB, larger than the {size_gib} GiB disk asked for (a disk is never smaller than its cache)",
                         cache.metadata.name
@@ -115,12 +149,22 @@ pub(super) fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, DaemonError> {
                 cache: Some(ChosenCache {
                     id: cache_id,
                     snapshot_digest: digest,
+                    access: CacheAccess {
+                        name: cache.metadata.name.clone(),
+                        images: cache
+                            .status
+                            .as_ref()
+                            .map(|s| s.images.clone())
+                            .unwrap_or_default(),
+                        pull_secrets: cache.spec.image_pull_secrets.clone(),
+                    },
                 }),
                 matched,
                 missing,
                 size_gib,
                 auto_create: false,
                 reason,
+                refused: None,
             })
         }
         Selection::Cold {
@@ -135,6 +179,7 @@ pub(super) fn plan(d: &Daemon, req: &ValidDisk) -> Result<Plan, DaemonError> {
                 .unwrap_or(d.inner.config.default_cache_size_gib),
             auto_create,
             reason,
+            refused: None,
         }),
     }
 }

@@ -12,6 +12,7 @@ use super::{bind, cachemount, paths, usage};
 use super::{Daemon, Result, SnapshotError, SnapshotInfo, SnapshotReply, SnapshotRequest};
 use super::{Usage, LABEL_DISK, LABEL_DISK_TOKEN, LABEL_TARGET};
 use crate::access;
+use crate::daemon::image_access;
 use crate::store::{Backing, NewSnapshot, SnapshotKind, SnapshotRecord};
 
 pub fn handle(d: &Daemon, request: SnapshotRequest) -> Result<SnapshotReply> {
@@ -238,6 +239,18 @@ fn offer_cached_layer(
         },
     };
     for layer in d.inner.store.caches_with_layer(target)? {
+        let images = d
+            .inner
+            .store
+            .cache_by_id(&layer.cache_id)?
+            .and_then(|c| c.status)
+            .map(|s| s.images)
+            .unwrap_or_default();
+        if !image_access::layer_offer_allowed(&images, target, labels) {
+            info!(layer = %target, cache = %layer.cache_id, "cached layer not offered: only images that needed credentials hold it, and this pull is not for one of them; containerd fetches it");
+            d.metrics().credentials_refused.inc();
+            continue;
+        }
         let mountpoint = match cachemount::ensure_mounted(d, &layer.digest) {
             Ok(m) => m,
             Err(e) => {
