@@ -146,12 +146,25 @@ impl Cri {
     }
 
     pub fn try_pull_image(&self, image: &str) -> Result<String, tonic::Status> {
+        self.try_pull_image_as(image, None)
+    }
+
+    /// PullImage with the registry credentials `(user, password)` a pod's pull secret gives.
+    pub fn try_pull_image_as(
+        &self,
+        image: &str,
+        user: Option<(&str, &str)>,
+    ) -> Result<String, tonic::Status> {
         let mut c = self.images.clone();
         Ok(self
             .rt
             .block_on(c.pull_image(PullImageRequest {
                 image: Some(image_spec(image)),
-                auth: None,
+                auth: user.map(|(username, password)| k8s_cri::v1::AuthConfig {
+                    username: username.into(),
+                    password: password.into(),
+                    ..Default::default()
+                }),
                 sandbox_config: None,
             }))?
             .into_inner()
