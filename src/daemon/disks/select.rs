@@ -49,7 +49,10 @@ impl Plan {
             missing: req.images.clone(),
             size_gib: req.size_gib.unwrap_or(default_gib),
             auto_create: false,
-            reason: format!("no cache this pod's credentials may be served ({why})"),
+            reason: format!(
+                "cache {} matched, but holds images this pod's credentials may not be served (the CredentialsRequired event says which)",
+                self.cache.as_ref().map_or("", |c| c.access.name.as_str())
+            ),
             refused: Some(why),
         }
     }
