@@ -138,6 +138,15 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// " (line N: `the line`)" for the byte offset `at` of `text`: a wrong value's message from
+/// the TOML parser says what was expected but not for which key.
+fn where_in(text: &str, at: usize) -> String {
+    let before = text.get(..at).unwrap_or(text);
+    let number = before.matches('\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or_default().trim();
+    format!(" (line {number}: `{line}`)")
+}
+
 impl Config {
     /// The snapshotter's socket, or `None` when the config turns the snapshotter off.
     pub fn snapshotter(&self) -> Option<&Path> {
@@ -175,7 +184,7 @@ impl Config {
             path: path.to_owned(),
             message: e.message().to_owned()
                 + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
+                    .map(|s| where_in(text, s.start))
                     .unwrap_or_default(),
         })?;
         config.validate().map_err(|message| ConfigError::Invalid {
@@ -327,16 +336,30 @@ mod tests {
     #[test]
     fn resource_bounds_of_zero_or_too_much_are_refused_naming_the_key_and_range() {
         for (bad, says) in [
-            ("max_concurrent_builds = 0", "max_concurrent_builds = 0 is out of range: use 1 to 64"),
+            (
+                "max_concurrent_builds = 0",
+                "max_concurrent_builds = 0 is out of range: use 1 to 64",
+            ),
             ("max_concurrent_builds = 65", "use 1 to 64"),
-            ("max_queued_builds = 0", "max_queued_builds = 0 is out of range: use 1 to 4096"),
-            ("max_loop_devices = 0", "max_loop_devices = 0 is out of range: use 1 to 65536"),
-            ("max_cache_space_percent = 0", "max_cache_space_percent = 0 is out of range: use 1 to 100"),
+            (
+                "max_queued_builds = 0",
+                "max_queued_builds = 0 is out of range: use 1 to 4096",
+            ),
+            (
+                "max_loop_devices = 0",
+                "max_loop_devices = 0 is out of range: use 1 to 65536",
+            ),
+            (
+                "max_cache_space_percent = 0",
+                "max_cache_space_percent = 0 is out of range: use 1 to 100",
+            ),
             ("max_cache_space_percent = 101", "use 1 to 100"),
             ("max_loop_devices = -1", "max_loop_devices"),
             ("max_queued_builds = \"many\"", "max_queued_builds"),
         ] {
-            let err = Config::parse(bad, Path::new("c.toml")).unwrap_err().to_string();
+            let err = Config::parse(bad, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
     }

@@ -99,10 +99,13 @@ mod tests {
         let sys = FakeSys::new();
         let budget = LoopBudget::new(3, PathBuf::from("/state"));
         let opts = LoopOptions::default();
-        sys.attach_loop(Path::new("/state/disks/d-1.img"), opts).unwrap();
-        sys.attach_loop(Path::new("/elsewhere/x.img"), opts).unwrap();
+        sys.attach_loop(Path::new("/state/disks/d-1.img"), opts)
+            .unwrap();
+        sys.attach_loop(Path::new("/elsewhere/x.img"), opts)
+            .unwrap();
         // A build's work image: its build's lease counts it.
-        sys.attach_loop(Path::new("/state/work/b-1/disk.img"), opts).unwrap();
+        sys.attach_loop(Path::new("/state/work/b-1/disk.img"), opts)
+            .unwrap();
         let first = budget.lease(&sys).unwrap().expect("1 held + 0 leased < 3");
         let second = budget.lease(&sys).unwrap().expect("1 held + 1 leased < 3");
         assert_eq!(
@@ -110,10 +113,15 @@ mod tests {
             AtCeiling { held: 3, max: 3 }
         );
         drop(first);
-        let third = budget.lease(&sys).unwrap().expect("a returned lease is free again");
+        let third = budget
+            .lease(&sys)
+            .unwrap()
+            .expect("a returned lease is free again");
         drop((second, third));
-        sys.attach_loop(Path::new("/state/disks/d-2.img"), opts).unwrap();
-        sys.attach_loop(Path::new("/state/snapshots/sha256/a/disk.img"), opts).unwrap();
+        sys.attach_loop(Path::new("/state/disks/d-2.img"), opts)
+            .unwrap();
+        sys.attach_loop(Path::new("/state/snapshots/sha256/a/disk.img"), opts)
+            .unwrap();
         assert_eq!(
             budget.lease(&sys).unwrap().unwrap_err(),
             AtCeiling { held: 3, max: 3 }

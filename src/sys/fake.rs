@@ -13,7 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use rustix::io::Errno;
 
 use super::{
-    FsSpace, FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, MountTarget, Result, Sys, SysError,
+    FsSpace, FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, MountTarget, Result, Sys,
+    SysError,
 };
 
 /// One call made through the fake, with its arguments.

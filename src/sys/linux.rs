@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
-use super::{FsSpace, FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
+use super::{
+    FsSpace, FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError,
+};
 
 pub use mountinfo::{parse_mountinfo, unescape_mountinfo_field};
 pub use peergroups::peer_groups;

@@ -304,5 +304,116 @@ pub(super) fn left_queue(d: &Daemon, name: &str) {
             &now,
         );
     });
-    record::or_log(d, written, &Owner::Cache(name.to_owned()), "leaving the build queue");
+    record::or_log(
+        d,
+        written,
+        &Owner::Cache(name.to_owned()),
+        "leaving the build queue",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::daemon::{Action, Reply};
+    use crate::objects::{ImageCache, ImageCacheSpec, ObjectMeta, ValidImageCache};
+    use crate::sys::FakeSys;
+
+    fn create(name: &str, registry: &str) -> Action {
+        let image = format!("{registry}/held/app:v1");
+        Action::CreateImageCache(Box::new(ValidImageCache {
+            object: ImageCache {
+                api_version: "imagecache.io/v1".into(),
+                kind: "ImageCache".into(),
+                metadata: ObjectMeta {
+                    name: name.into(),
+                    ..Default::default()
+                },
+                spec: ImageCacheSpec {
+                    images: vec![image.clone()],
+                    ..Default::default()
+                },
+                status: None,
+            },
+            images: vec![image.parse().unwrap()],
+            size_gib: 20,
+        }))
+    }
+
+    fn phase(reply: Result<Reply, DaemonError>) -> Phase {
+        match reply {
+            Ok(Reply::ImageCache(c)) => c.status.unwrap().phase,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builds_beyond_the_limit_queue_and_a_full_queue_records_nothing() {
+        // A registry that accepts and never answers holds the first build in Pulling.
+        let registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = registry.local_addr().unwrap().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            root: dir.path().join("state"),
+            insecure_registries: vec![addr.clone()],
+            max_concurrent_builds: 1,
+            max_queued_builds: 1,
+            ..Config::default()
+        };
+        let d = Daemon::start(config, Arc::new(FakeSys::new())).unwrap();
+        assert_eq!(
+            phase(d.dispatch(create("first", &addr)).await),
+            Phase::Pending
+        );
+        let second = d.dispatch(create("second", &addr)).await;
+        let Ok(Reply::ImageCache(second)) = second else {
+            panic!("{second:?}")
+        };
+        let status = second.status.unwrap();
+        assert_eq!(status.phase, Phase::Queued);
+        let queued = status.events.iter().find(|e| e.reason == "Queued").unwrap();
+        assert!(
+            queued.message.contains("number 1 in the build queue")
+                && queued.message.contains("max_concurrent_builds = 1"),
+            "{}",
+            queued.message
+        );
+        match d.dispatch(create("third", &addr)).await {
+            Err(DaemonError::QueueFull {
+                message,
+                retry_after_secs,
+            }) => {
+                assert!(message.contains("max_queued_builds = 1"), "{message}");
+                assert_eq!(retry_after_secs, QUEUE_FULL_RETRY_AFTER_SECS);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(d.store().get_cache("third").unwrap().is_none());
+        assert_eq!(d.inner.queue.counts(), (1, 1));
+        // A queued cache's delete takes it out of the queue, which then has room again.
+        d.dispatch(Action::DeleteImageCache("second".into()))
+            .await
+            .unwrap();
+        assert_eq!(d.inner.queue.counts(), (1, 0));
+        assert_eq!(
+            phase(d.dispatch(create("third", &addr)).await),
+            Phase::Queued
+        );
+        d.shutdown().await;
+        // Stopping leaves no cache Queued: it could never start in this process.
+        let third = d.store().get_cache("third").unwrap().unwrap();
+        let status = third.status.unwrap();
+        assert_eq!(status.phase, Phase::Failed);
+        assert!(
+            status
+                .message
+                .unwrap()
+                .contains("waited in the build queue"),
+            "{:?}",
+            status.events
+        );
+    }
 }

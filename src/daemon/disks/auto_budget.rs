@@ -195,8 +195,12 @@ pub(crate) async fn enforce(d: &Daemon, keep: Option<&str>) -> Vec<Note> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use std::sync::Arc;
+
     use super::*;
+    use crate::config::Config;
     use crate::objects::{ImageCacheSpec, ImageCacheStatus, ObjectMeta};
+    use crate::sys::{FakeSys, FsSpace};
 
     fn cache(name: &str, auto: bool, phase: Phase, expire: &str, bytes: u64) -> ImageCache {
         let annotations = match auto {
@@ -240,6 +244,53 @@ mod tests {
 
     fn names(chosen: &[Held]) -> Vec<&str> {
         chosen.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    fn daemon_on(dir: &tempfile::TempDir, total: u64, config: Config) -> Daemon {
+        let sys = FakeSys::new();
+        sys.set_fs_space(FsSpace {
+            total,
+            available: total / 3,
+        });
+        let config = Config {
+            root: dir.path().join("state"),
+            ..config
+        };
+        Daemon::start(config, Arc::new(sys)).unwrap()
+    }
+
+    #[test]
+    fn without_max_cache_space_gib_the_budget_is_half_the_state_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon_on(&dir, 1000 << 20, Config::default());
+        let b = budget(&d).expect("the fake filesystem is measured");
+        assert_eq!(b.bytes, 500 << 20);
+        assert!(
+            b.source.contains("max_cache_space_percent = 50")
+                && b.source.contains("1000.0 MiB")
+                && b.source.contains("max_cache_space_gib"),
+            "{}",
+            b.source
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let quarter = Config {
+            max_cache_space_percent: 25,
+            ..Config::default()
+        };
+        assert_eq!(budget(&daemon_on(&dir, 1000, quarter)).unwrap().bytes, 250);
+    }
+
+    #[test]
+    fn an_explicit_max_cache_space_gib_wins_over_the_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            max_cache_space_gib: Some(1.5),
+            max_cache_space_percent: 10,
+            ..Config::default()
+        };
+        let b = budget(&daemon_on(&dir, 1 << 40, config)).unwrap();
+        assert_eq!(b.bytes, 3 << 29);
+        assert_eq!(b.source, "max_cache_space_gib = 1.5");
     }
 
     #[test]
