@@ -214,7 +214,8 @@ fn builds_beyond_the_limit_wait_queued_in_order_and_a_full_queue_answers_429() {
     let third = create_cache(&daemon, "third", features[1]).json();
     assert_eq!(phase(&third), "Queued", "{third:#}");
     assert!(
-        events(&third, "Queued")[0].contains("number 2 in the build queue"),
+        events(&third, "Queued")[0].contains("number 2 in the build queue")
+            && events(&third, "Queued")[0].contains("max_concurrent_builds = 1"),
         "{third:#}"
     );
 

@@ -119,16 +119,23 @@ impl BuildQueue {
 
 /// Why a build cannot start now.
 enum Blocked {
-    Builds { max: usize },
+    Builds {
+        max: usize,
+    },
     Loops(AtCeiling),
     Unreadable(String),
-    Behind(usize),
+    /// Others wait first; why the first of them waits, when it still does.
+    Behind(usize, Option<Box<Blocked>>),
 }
 
 impl Blocked {
     /// Freed by a device going, not by a build ending: worth looking again on a timer.
     fn waits_for_loops(&self) -> bool {
-        matches!(self, Blocked::Loops(_) | Blocked::Unreadable(_))
+        match self {
+            Blocked::Loops(_) | Blocked::Unreadable(_) => true,
+            Blocked::Behind(_, Some(why)) => why.waits_for_loops(),
+            Blocked::Builds { .. } | Blocked::Behind(_, None) => false,
+        }
     }
 }
 
@@ -141,7 +148,8 @@ impl std::fmt::Display for Blocked {
                 "the daemon holds {held} loop devices, max_loop_devices = {max}: the build starts once disks or caches are deleted"
             ),
             Blocked::Unreadable(e) => write!(f, "the loop devices in use cannot be read ({e})"),
-            Blocked::Behind(n) => write!(f, "{n} build(s) wait before it"),
+            Blocked::Behind(n, None) => write!(f, "{n} build(s) wait before it"),
+            Blocked::Behind(n, Some(why)) => write!(f, "{n} build(s) wait before it, as {why}"),
         }
     }
 }
@@ -170,8 +178,9 @@ pub(crate) fn submit(
     let mut st = d.inner.queue.lock();
     let start = match st.waiting.len() {
         0 => can_start(d, &st),
-        // Waiting builds go first, whatever is free.
-        n => Err(Blocked::Behind(n)),
+        // Waiting builds go first, whatever is free (a lease taken to learn why is given
+        // back at once).
+        n => Err(Blocked::Behind(n, can_start(d, &st).err().map(Box::new))),
     };
     let admission = match &start {
         Ok(_) => Admission::Start,
