@@ -187,6 +187,7 @@ pub(crate) fn submit(
         Err(why) => {
             let max = d.inner.config.max_queued_builds;
             if st.waiting.len() >= max {
+                d.metrics().error("build_queue_full");
                 return Err(DaemonError::QueueFull {
                     message: format!(
                         "ImageCache {:?} was not created: the build queue is full (max_queued_builds = {max} caches wait, and {why}); nothing was recorded: create it again later, or raise max_queued_builds or max_concurrent_builds",
