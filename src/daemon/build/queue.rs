@@ -56,7 +56,7 @@ pub(crate) enum Admission {
 }
 
 impl Admission {
-    /// The phase the cache is recorded with, and the event that says so.
+    /// The phase the cache is recorded with.
     pub fn phase(&self) -> Phase {
         match self {
             Admission::Start => Phase::Pending,
@@ -64,6 +64,7 @@ impl Admission {
         }
     }
 
+    /// The event (reason, message) that says why it waits, when it does.
     pub fn event(&self) -> Option<(&'static str, String)> {
         match self {
             Admission::Start => None,
@@ -129,6 +130,14 @@ enum Blocked {
 }
 
 impl Blocked {
+    /// Why the first build in line waits.
+    fn front(&self) -> String {
+        match self {
+            Blocked::Behind(_, Some(why)) => format!("the first of them as {why}"),
+            other => other.to_string(),
+        }
+    }
+
     /// Freed by a device going, not by a build ending: worth looking again on a timer.
     fn waits_for_loops(&self) -> bool {
         match self {
@@ -190,8 +199,9 @@ pub(crate) fn submit(
                 d.metrics().error("build_queue_full");
                 return Err(DaemonError::QueueFull {
                     message: format!(
-                        "ImageCache {:?} was not created: the build queue is full (max_queued_builds = {max} caches wait, and {why}); nothing was recorded: create it again later, or raise max_queued_builds or max_concurrent_builds",
-                        spec.name
+                        "ImageCache {:?} was not created: the build queue is full, max_queued_builds = {max} caches wait already ({}); nothing was recorded: create it again later, or raise max_queued_builds or max_concurrent_builds in the daemon's config",
+                        spec.name,
+                        why.front()
                     ),
                     retry_after_secs: QUEUE_FULL_RETRY_AFTER_SECS,
                 });
