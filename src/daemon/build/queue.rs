@@ -436,4 +436,55 @@ mod tests {
             status.events
         );
     }
+
+    #[test]
+    fn a_cache_queued_when_the_daemon_died_is_failed_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            root: dir.path().join("state"),
+            ..Config::default()
+        };
+        {
+            let d = Daemon::start(config.clone(), Arc::new(FakeSys::new())).unwrap();
+            let Action::CreateImageCache(valid) = create("waiting", "127.0.0.1:9") else {
+                unreachable!()
+            };
+            let mut object = valid.object;
+            object.status = Some(crate::objects::ImageCacheStatus {
+                phase: Phase::Queued,
+                progress: "0%".into(),
+                image_cache_id: "imc-0123456789abcdef".into(),
+                snapshot_digest: None,
+                start_time: None,
+                last_updated_time: clock::now_string(),
+                expire_date_time: None,
+                data_size_bytes: None,
+                data_size: None,
+                message: None,
+                images: Vec::new(),
+                events: Vec::new(),
+            });
+            // As a daemon killed while the cache waited left it: recorded, never started.
+            d.store().insert_cache(&object).unwrap();
+        }
+        let d = Daemon::start(config, Arc::new(FakeSys::new())).unwrap();
+        let status = d
+            .store()
+            .get_cache("waiting")
+            .unwrap()
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(status.phase, Phase::Failed);
+        assert!(
+            status
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("waited in the build queue"),
+            "{status:?}"
+        );
+        assert!(status.events.iter().any(|e| e.reason == "BuildInterrupted"));
+        assert_eq!(d.inner.queue.counts(), (0, 0));
+    }
 }
