@@ -8,6 +8,19 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imagecache/config.toml";
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/imagecache/snapshotter.sock";
+/// Half the state root's filesystem for auto-created caches (see `max_cache_space_percent`).
+pub const DEFAULT_MAX_CACHE_SPACE_PERCENT: u32 = 50;
+/// Two builds at once: on a 2-core node the unpacking of two builds already keeps both cores
+/// busy; more at once only share the same cores while each holds a loop device, its work
+/// image's space and its downloads' buffers.
+pub const DEFAULT_MAX_CONCURRENT_BUILDS: usize = 2;
+/// A queue deep enough for a burst of new workloads (each distinct image set of a pod is one
+/// auto-created cache), small enough that its caches' records stay a few hundred KB.
+pub const DEFAULT_MAX_QUEUED_BUILDS: usize = 64;
+/// Each pod's disk holds one loop device: kubelet's default of 110 pods per node, with the
+/// builds and the caches mounted for containerd, stays well within it, while a runaway
+/// creator of disks stops long before the node's device numbers or memory run out.
+pub const DEFAULT_MAX_LOOP_DEVICES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,8 +65,23 @@ pub struct Config {
     /// cloned from it renews that much time.
     pub auto_cache_retention_days: u32,
     /// The space auto-created Ready caches may hold together (GiB, fractions allowed); beyond
-    /// it the least recently used are deleted. `None`: no limit.
+    /// it the least recently used are deleted. `None`: `max_cache_space_percent` decides.
     pub max_cache_space_gib: Option<f64>,
+    /// Without `max_cache_space_gib`: the share of the state root's filesystem (its size, in
+    /// percent) auto-created Ready caches may hold together. Half by default: pods' disks,
+    /// builds in progress and users' caches need the other half of the same filesystem.
+    pub max_cache_space_percent: u32,
+    /// Builds that run at once; more wait in a queue, their caches `Queued`. Each build takes
+    /// a loop device, a share of the downloads and unpacking threads at nice 10: on a small
+    /// node two at once already use both cores.
+    pub max_concurrent_builds: usize,
+    /// Builds that may wait in the queue; a cache create beyond it is refused (429) and
+    /// records nothing.
+    pub max_queued_builds: usize,
+    /// Loop devices the daemon may hold attached at once (its disks, its builds, the caches it
+    /// mounts for containerd; other programs' devices are not counted). A disk create at the
+    /// ceiling is refused (503), a build waits in the queue.
+    pub max_loop_devices: usize,
     /// How old an auto-created cache's failure must be before the next pod that wants it
     /// builds it again (seconds; 10 minutes by default).
     pub auto_cache_retry_after_secs: u64,
@@ -89,6 +117,10 @@ impl Default for Config {
             sandbox_image: None,
             auto_cache_retention_days: 7,
             max_cache_space_gib: None,
+            max_cache_space_percent: DEFAULT_MAX_CACHE_SPACE_PERCENT,
+            max_concurrent_builds: DEFAULT_MAX_CONCURRENT_BUILDS,
+            max_queued_builds: DEFAULT_MAX_QUEUED_BUILDS,
+            max_loop_devices: DEFAULT_MAX_LOOP_DEVICES,
             auto_cache_retry_after_secs: 600,
             registry_timeout_secs: crate::registry::DEFAULT_REGISTRY_TIMEOUT.as_secs(),
             disk_mount_root: None,
@@ -109,6 +141,15 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+}
+
+/// " (line N: `the line`)" for the byte offset `at` of `text`: a wrong value's message from
+/// the TOML parser says what was expected but not for which key.
+fn where_in(text: &str, at: usize) -> String {
+    let before = text.get(..at).unwrap_or(text);
+    let number = before.matches('\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or_default().trim();
+    format!(" (line {number}: `{line}`)")
 }
 
 impl Config {
@@ -148,7 +189,7 @@ impl Config {
             path: path.to_owned(),
             message: e.message().to_owned()
                 + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
+                    .map(|s| where_in(text, s.start))
                     .unwrap_or_default(),
         })?;
         config.validate().map_err(|message| ConfigError::Invalid {
@@ -191,6 +232,24 @@ impl Config {
             if !gib.is_finite() || gib < 0.0 {
                 return Err(format!(
                     "max_cache_space_gib = {gib} must be a number of GiB, 0 or more"
+                ));
+            }
+        }
+        let ranges: [(&str, usize, usize, usize); 4] = [
+            (
+                "max_cache_space_percent",
+                self.max_cache_space_percent as usize,
+                1,
+                100,
+            ),
+            ("max_concurrent_builds", self.max_concurrent_builds, 1, 64),
+            ("max_queued_builds", self.max_queued_builds, 1, 4096),
+            ("max_loop_devices", self.max_loop_devices, 1, 65536),
+        ];
+        for (key, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(format!(
+                    "{key} = {value} is out of range: use {low} to {high}"
                 ));
             }
         }
@@ -247,7 +306,11 @@ mod tests {
             sandbox_image = "registry.k8s.io/pause:3.9"
             auto_cache_retention_days = 3
             max_cache_space_gib = 500.5
+            max_cache_space_percent = 30
             auto_cache_retry_after_secs = 60
+            max_concurrent_builds = 3
+            max_queued_builds = 10
+            max_loop_devices = 40
         "#;
         let c = Config::parse(text, Path::new("c.toml")).unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/ic"));
@@ -266,13 +329,58 @@ mod tests {
         assert_eq!(c.auto_cache_retention_days, 3);
         assert_eq!(c.max_cache_space_gib, Some(500.5));
         assert_eq!(c.auto_cache_retry_after_secs, 60);
+        assert_eq!(c.max_cache_space_percent, 30);
+        assert_eq!(c.max_concurrent_builds, 3);
+        assert_eq!(c.max_queued_builds, 10);
+        assert_eq!(c.max_loop_devices, 40);
     }
 
     #[test]
-    fn auto_cache_bounds_default_to_a_week_no_limit_and_ten_minutes() {
+    fn resource_bounds_are_on_by_default() {
+        let c = Config::default();
+        assert_eq!(c.max_concurrent_builds, 2);
+        assert_eq!(c.max_queued_builds, 64);
+        assert_eq!(c.max_loop_devices, 256);
+        assert_eq!(c.max_cache_space_percent, 50);
+    }
+
+    #[test]
+    fn resource_bounds_of_zero_or_too_much_are_refused_naming_the_key_and_range() {
+        for (bad, says) in [
+            (
+                "max_concurrent_builds = 0",
+                "max_concurrent_builds = 0 is out of range: use 1 to 64",
+            ),
+            ("max_concurrent_builds = 65", "use 1 to 64"),
+            (
+                "max_queued_builds = 0",
+                "max_queued_builds = 0 is out of range: use 1 to 4096",
+            ),
+            (
+                "max_loop_devices = 0",
+                "max_loop_devices = 0 is out of range: use 1 to 65536",
+            ),
+            (
+                "max_cache_space_percent = 0",
+                "max_cache_space_percent = 0 is out of range: use 1 to 100",
+            ),
+            ("max_cache_space_percent = 101", "use 1 to 100"),
+            ("max_loop_devices = -1", "max_loop_devices"),
+            ("max_queued_builds = \"many\"", "max_queued_builds"),
+        ] {
+            let err = Config::parse(bad, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn auto_cache_bounds_default_to_a_week_half_the_filesystem_and_ten_minutes() {
         let c = Config::default();
         assert_eq!(c.auto_cache_retention_days, 7);
         assert_eq!(c.max_cache_space_gib, None);
+        assert_eq!(c.max_cache_space_percent, 50);
         assert_eq!(c.auto_cache_retry_after_secs, 600);
         let whole = Config::parse("max_cache_space_gib = 100", Path::new("c.toml")).unwrap();
         assert_eq!(whole.max_cache_space_gib, Some(100.0));

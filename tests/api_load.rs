@@ -218,7 +218,16 @@ fn reads_answer_within_25ms_p99_under_four_builds_and_32_disk_creates() {
         t.elapsed().as_secs_f64()
     );
     let root = scratch.path().join("state");
-    let daemon = TestDaemon::start(&root, &[&addr]);
+    let mut daemon = TestDaemon::start(&root, &[&addr]);
+    // Four builds at once is the load measured, above the default of two.
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    daemon.stop();
+    std::fs::write(
+        &daemon.config_path,
+        format!("{config}max_concurrent_builds = {BUILDS}\n"),
+    )
+    .unwrap();
+    daemon.spawn();
     let out = daemon.create(
         &cache_yaml(
             "base",

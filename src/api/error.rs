@@ -39,9 +39,20 @@ pub enum ApiError {
     #[error("internal error: {0}")]
     Internal(String),
     /// The node lacks a resource the request needs now (503): the same request can succeed
-    /// later, as for a Kubernetes API server's ServiceUnavailable.
-    #[error("{0}")]
-    Unavailable(String),
+    /// later, as for a Kubernetes API server's ServiceUnavailable. With `retry_after_secs`, the
+    /// answer carries a `Retry-After` header.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
+    /// Too much work waits already (429), as a Kubernetes API server answers an overload:
+    /// nothing was recorded; send the same request again after `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
 }
 
 /// Every field error is a `FieldValueInvalid` cause, the reason kubectl shows for a bad value.
@@ -64,7 +75,24 @@ impl From<DaemonError> for ApiError {
                     .collect(),
             },
             DaemonError::Internal(message) => ApiError::Internal(message),
-            DaemonError::Unavailable(message) => ApiError::Unavailable(message),
+            DaemonError::Unavailable(message) => ApiError::Unavailable {
+                message,
+                retry_after_secs: None,
+            },
+            DaemonError::AtLimit {
+                message,
+                retry_after_secs,
+            } => ApiError::Unavailable {
+                message,
+                retry_after_secs: Some(retry_after_secs),
+            },
+            DaemonError::QueueFull {
+                message,
+                retry_after_secs,
+            } => ApiError::TooManyRequests {
+                message,
+                retry_after_secs,
+            },
             e @ (DaemonError::Setup(_)
             | DaemonError::Store(_)
             | DaemonError::Sys(_)
@@ -82,7 +110,8 @@ impl ApiError {
             ApiError::AlreadyExists { .. } | ApiError::Conflict(_) => 409,
             ApiError::Forbidden(_) => 403,
             ApiError::Internal(_) => 500,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable { .. } => 503,
+            ApiError::TooManyRequests { .. } => 429,
         }
     }
 
@@ -95,7 +124,21 @@ impl ApiError {
             ApiError::Conflict(_) => "Conflict",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::Internal(_) => "InternalError",
-            ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::Unavailable { .. } => "ServiceUnavailable",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
+        }
+    }
+
+    /// Seconds for the `Retry-After` header, when the answer is "not now" with a hint.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 

@@ -33,8 +33,22 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
     line("Reflink", &v["reflink"]);
     line("Clone mode", &v["cloneMode"]);
     line("Backing image", &v["backingImage"]);
-    line("Loop devices (ours)", &v["loopDevicesInUse"]);
+    let of = |held: &serde_json::Value, max: &serde_json::Value| {
+        serde_json::Value::String(format!("{held} of {max}"))
+    };
+    line(
+        "Loop devices (ours)",
+        &of(&v["loopDevicesInUse"], &v["maxLoopDevices"]),
+    );
     line("Loop devices (node)", &v["loopDevicesOnNode"]);
+    line(
+        "Builds running",
+        &of(&v["buildsRunning"], &v["maxConcurrentBuilds"]),
+    );
+    line(
+        "Builds queued",
+        &of(&v["buildsQueued"], &v["maxQueuedBuilds"]),
+    );
     line("Caches", &v["caches"]);
     line("Ready caches", &v["readyCaches"]);
     line("Snapshots", &v["snapshots"]);

@@ -36,6 +36,21 @@ pub enum DaemonError {
     /// the same request can succeed once it is freed; the message says what to free.
     #[error("{0}")]
     Unavailable(String),
+    /// A bound of the node's config is reached (`max_loop_devices`): the request changed
+    /// nothing and may succeed once the daemon holds less; the message names the bound and
+    /// what frees it. `retry_after_secs` is a hint for when to try again.
+    #[error("{message}")]
+    AtLimit {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// Too much work waits already (the build queue holds `max_queued_builds`): the request
+    /// recorded nothing; the same request may be sent again after `retry_after_secs`.
+    #[error("{message}")]
+    QueueFull {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The daemon could not start.
     #[error("{0}")]
     Setup(String),

@@ -1,7 +1,7 @@
 //! Retention: caches past their `expireDateTime` (retentionDays after creation; a Failed
 //! cache 24 h after failing) are deleted the way `DELETE` deletes them. Disks cloned from an
 //! expired cache are not touched: they hold their snapshot until they go. Each pass also keeps
-//! auto-created caches within `max_cache_space_gib` (disks/auto_budget.rs).
+//! auto-created caches within their budget (disks/auto_budget.rs).
 
 use std::time::Duration;
 
@@ -61,5 +61,8 @@ pub async fn collect(d: &Daemon, now: OffsetDateTime) -> Vec<String> {
     }
     // Auto-created caches beyond the node's budget go too (each deletion logged).
     super::disks::enforce_cache_budget(d).await;
+    // A safety net under the queue's own triggers (a build's end, a disk's delete, a timer
+    // while builds wait for loop devices): nothing waits longer than a pass.
+    super::build::queue::pump(d);
     deleted
 }

@@ -96,7 +96,7 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
         image_cache_id: cache_id,
         snapshot_digest: None,
         start_time: None,
-        last_updated_time: now_s,
+        last_updated_time: now_s.clone(),
         expire_date_time: object
             .spec
             .retention_days
@@ -107,33 +107,44 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
         images: Vec::new(),
         events,
     });
-    match d.inner.store.insert_cache(&object) {
-        Ok(()) => {}
-        Err(StoreError::AlreadyExists(_)) => {
-            return Err(DaemonError::AlreadyExists {
-                kind: KIND_IMAGE_CACHE.into(),
-                name: object.metadata.name,
-            })
+    let spec = BuildSpec {
+        name: object.metadata.name.clone(),
+        images,
+        pull_secrets: object.spec.image_pull_secrets.clone(),
+        size_gib,
+        reuse,
+        size_from_images: super::build::is_auto_created(&object.metadata.annotations),
+    };
+    let image_count = spec.images.len();
+    // Recorded under the queue's lock, with the phase the queue decides: a full queue
+    // refuses the create before anything is written.
+    build::queue::submit(d, spec, |admission| {
+        if let Some(status) = object.status.as_mut() {
+            status.phase = admission.phase();
+            if let Some((reason, message)) = admission.event() {
+                super::events::record(&mut status.events, NORMAL, reason, message, &now_s);
+            }
         }
-        Err(e) => return Err(internal(e)),
-    }
-    info!(cache = %object.metadata.name, images = images.len(), size_gib, "image cache created");
-    build::spawn(
-        d,
-        BuildSpec {
-            name: object.metadata.name.clone(),
-            images,
-            pull_secrets: object.spec.image_pull_secrets.clone(),
-            size_gib,
-            reuse,
-            size_from_images: super::build::is_auto_created(&object.metadata.annotations),
-        },
-    );
+        match d.inner.store.insert_cache(&object) {
+            Ok(()) => Ok(()),
+            Err(StoreError::AlreadyExists(_)) => Err(DaemonError::AlreadyExists {
+                kind: KIND_IMAGE_CACHE.into(),
+                name: object.metadata.name.clone(),
+            }),
+            Err(e) => Err(internal(e)),
+        }
+    })?;
+    info!(cache = %object.metadata.name, images = image_count, size_gib, "image cache created");
     Ok(Reply::ImageCache(Box::new(object)))
 }
 
 pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, DaemonError> {
     let cache = get(d, name)?;
+    // A queued build is taken out of the queue first: one not found there has started and is
+    // in the running builds, which the cancel below finds.
+    if d.inner.queue.remove(name) {
+        info!(cache = %name, "queued build dropped: its cache is being deleted");
+    }
     // The build cleans its loop device, mount and work files; the record goes after that.
     super::stop_wait::cancel_and_wait(
         d,

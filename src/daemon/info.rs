@@ -14,6 +14,7 @@ pub fn info(d: &Daemon) -> Result<serde_json::Value, Box<dyn std::error::Error>>
     let caches = d.inner.store.list_caches()?;
     let disks = d.inner.store.list_disks()?;
     let reflink = d.inner.clone_mode == CloneMode::Reflink;
+    let (building, queued) = d.inner.queue.counts();
     Ok(serde_json::json!({
         "apiVersion": crate::objects::API_VERSION,
         "kind": "Info",
@@ -24,6 +25,11 @@ pub fn info(d: &Daemon) -> Result<serde_json::Value, Box<dyn std::error::Error>>
         "cloneMode": if reflink { "reflink" } else { "sparse-copy (slow: set backing_image or use XFS)" },
         "backingImage": cfg.backing_image,
         "loopDevicesInUse": ours.len(),
+        "maxLoopDevices": cfg.max_loop_devices,
+        "buildsRunning": building,
+        "buildsQueued": queued,
+        "maxConcurrentBuilds": cfg.max_concurrent_builds,
+        "maxQueuedBuilds": cfg.max_queued_builds,
         "loopDevices": ours,
         "loopDevicesOnNode": loops.len(),
         "caches": caches.len(),

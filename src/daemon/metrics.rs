@@ -147,6 +147,7 @@ pub fn render(d: &Daemon) -> String {
         Ok(caches) => {
             for phase in [
                 Phase::Pending,
+                Phase::Queued,
                 Phase::Pulling,
                 Phase::Freezing,
                 Phase::Ready,

@@ -12,6 +12,7 @@ mod handlers;
 pub mod ids;
 pub(crate) mod image_access;
 mod info;
+mod loop_budget;
 pub mod metrics;
 mod owner;
 mod pipe;
@@ -61,6 +62,10 @@ struct Inner {
     downloads: Arc<Semaphore>,
     /// Running builds by cache name, to cancel one when its cache is deleted.
     builds: Mutex<HashMap<String, CancellationToken>>,
+    /// Builds waiting for a slot (`max_concurrent_builds`) or a loop device.
+    queue: build::queue::BuildQueue,
+    /// The ceiling on loop devices the daemon holds (`max_loop_devices`).
+    loops: loop_budget::LoopBudget,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     /// The containerd snapshotter's request serialisation.
@@ -125,6 +130,8 @@ impl Daemon {
         let snapshots = SnapshotStore::new(config.root.join("snapshots"));
         let inner = Inner {
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads)),
+            loops: loop_budget::LoopBudget::new(config.max_loop_devices, config.root.clone()),
+            queue: build::queue::BuildQueue::default(),
             config,
             store,
             sys,
@@ -205,6 +212,7 @@ impl Daemon {
     /// Stops every build (each cleans up its loop device, mount and work files) and waits.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        build::queue::fail_waiting(self);
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }

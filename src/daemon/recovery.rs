@@ -1,5 +1,5 @@
-//! Start-up recovery: builds a previous run left unfinished are marked Failed (with an event
-//! saying why) and their work files, loop devices and mounts removed, so nothing leaks across
+//! Start-up recovery: builds a previous run left unfinished (or queued) are marked Failed
+//! (with an event saying why) and their work files, loop devices and mounts removed, so nothing leaks across
 //! a crash or a kill -9.
 
 use tracing::{info, warn};
@@ -31,19 +31,24 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
             continue;
         }
         warn!(cache = %cache.metadata.name, phase = %status.phase, "build interrupted by a restart: marking it Failed");
+        // A queued build never started: its cache says it waited, with the same remedy.
+        let why = match status.phase {
+            crate::objects::Phase::Queued => BuildError::InterruptedInQueue,
+            _ => BuildError::Interrupted,
+        };
         let now = clock::now();
         let now_s = clock::format(now);
         store.update_cache(&cache.metadata.name, |c| {
             if let Some(s) = c.status.as_mut() {
                 s.phase = crate::objects::Phase::Failed;
-                s.message = Some(BuildError::Interrupted.to_string());
+                s.message = Some(why.to_string());
                 s.expire_date_time = Some(clock::format(now + time::Duration::hours(24)));
                 s.last_updated_time = now_s.clone();
                 super::events::record(
                     &mut s.events,
                     WARNING,
-                    "BuildInterrupted",
-                    BuildError::Interrupted.to_string(),
+                    why.reason(),
+                    why.to_string(),
                     &now_s,
                 );
             }

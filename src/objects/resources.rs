@@ -84,6 +84,9 @@ pub struct ImageCacheSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     Pending,
+    /// Waiting in the build queue: `max_concurrent_builds` builds run already, or the daemon
+    /// holds `max_loop_devices`; a `Queued` event says which.
+    Queued,
     Pulling,
     Freezing,
     Ready,
@@ -99,6 +102,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "Pending",
+            Phase::Queued => "Queued",
             Phase::Pulling => "Pulling",
             Phase::Freezing => "Freezing",
             Phase::Ready => "Ready",

@@ -27,7 +27,8 @@ pub fn status(e: DaemonError) -> tonic::Status {
         DaemonError::AlreadyExists { .. } => Code::AlreadyExists,
         DaemonError::Conflict(_) => Code::FailedPrecondition,
         DaemonError::Invalid { .. } => Code::InvalidArgument,
-        DaemonError::Unavailable(_) => Code::Unavailable,
+        DaemonError::Unavailable(_) | DaemonError::AtLimit { .. } => Code::Unavailable,
+        DaemonError::QueueFull { .. } => Code::ResourceExhausted,
         _ => Code::Internal,
     };
     tonic::Status::new(code, e.to_string())

@@ -13,7 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use rustix::io::Errno;
 
 use super::{
-    FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, MountTarget, Result, Sys, SysError,
+    FsSpace, FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, MountTarget, Result, Sys,
+    SysError,
 };
 
 /// One call made through the fake, with its arguments.
@@ -68,6 +69,9 @@ pub enum Call {
     FsType {
         path: PathBuf,
     },
+    FsSpace {
+        path: PathBuf,
+    },
     SparseCopy {
         src: PathBuf,
         dst: PathBuf,
@@ -102,6 +106,7 @@ pub enum Op {
     Fsync,
     MountSource,
     FsType,
+    FsSpace,
     SparseCopy,
     DetachLoopOf,
     ExtentCount,
@@ -132,6 +137,8 @@ struct State {
     fs_types: Vec<(PathBuf, FsType)>,
     /// Answers for the next `extent_count` calls, before it falls back to counting data runs.
     extent_counts: VecDeque<u64>,
+    /// What `fs_space` answers for every path; `None`: a roomy 1 TiB, all of it free.
+    fs_space: Option<FsSpace>,
 }
 
 /// Records every call, simulates loop and mount tables, and pretends the rest succeeded.
@@ -176,6 +183,11 @@ impl FakeSys {
         self.state().fs_types.push((prefix.into(), fs));
     }
 
+    /// Make `fs_space` answer `space` from now on (for every path).
+    pub fn set_fs_space(&self, space: FsSpace) {
+        self.state().fs_space = Some(space);
+    }
+
     /// Make the next `extent_count` call answer `n`: a file fragmented on disk, which no
     /// filesystem-neutral count can show.
     pub fn report_extents(&self, n: u64) {
@@ -212,6 +224,7 @@ fn op_name(op: Op) -> &'static str {
         Op::Fsync => "fsync",
         Op::MountSource => "read mount table",
         Op::FsType => "statfs",
+        Op::FsSpace => "statvfs",
         Op::SparseCopy => "sparse copy",
         Op::DetachLoopOf => "detach loop",
         Op::ExtentCount => "map extents",
@@ -454,6 +467,17 @@ impl Sys for FakeSys {
             .filter(|(prefix, _)| path.starts_with(prefix))
             .max_by_key(|(prefix, _)| prefix.components().count())
             .map_or(FsType::XFS, |(_, fs)| *fs))
+    }
+
+    fn fs_space(&self, path: &Path) -> Result<FsSpace> {
+        let call = Call::FsSpace {
+            path: path.to_owned(),
+        };
+        let st = self.enter(Op::FsSpace, call, path)?;
+        Ok(st.fs_space.unwrap_or(FsSpace {
+            total: 1 << 40,
+            available: 1 << 40,
+        }))
     }
 
     fn sparse_copy(&self, src: &Path, dst: &Path) -> Result<u64> {

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
-use super::{FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError};
+use super::{
+    FsSpace, FsType, LoopDevice, LoopInfo, LoopOptions, MountOptions, Result, Sys, SysError,
+};
 
 pub use mountinfo::{parse_mountinfo, unescape_mountinfo_field};
 pub use peergroups::peer_groups;
@@ -143,6 +145,14 @@ impl Sys for LinuxSys {
         let stat = rustix::fs::statfs(path).map_err(|e| SysError::io("statfs", path, e))?;
         // f_type is signed on some architectures; the magic is its 32-bit pattern.
         Ok(FsType(u64::from(stat.f_type as u32)))
+    }
+
+    fn fs_space(&self, path: &Path) -> Result<FsSpace> {
+        let st = rustix::fs::statvfs(path).map_err(|e| SysError::io("statvfs", path, e))?;
+        Ok(FsSpace {
+            total: st.f_blocks.saturating_mul(st.f_frsize),
+            available: st.f_bavail.saturating_mul(st.f_frsize),
+        })
     }
 
     fn sparse_copy(&self, src: &Path, dst: &Path) -> Result<u64> {

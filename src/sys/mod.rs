@@ -185,6 +185,14 @@ impl PartialEq for LoopDevice {
 
 impl Eq for LoopDevice {}
 
+/// The size of a filesystem and what of it is left, in bytes (statvfs(2): blocks times the
+/// fragment size; `available` is what an unprivileged writer could still use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSpace {
+    pub total: u64,
+    pub available: u64,
+}
+
 /// A loop device in use on this machine and the file behind it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoopInfo {
@@ -251,6 +259,8 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     fn mount_source(&self, target: &Path) -> Result<Option<PathBuf>>;
     /// The type of the filesystem holding `path` (statfs(2) `f_type`).
     fn fs_type(&self, path: &Path) -> Result<FsType>;
+    /// The size and free space of the filesystem holding `path` (statvfs(2)).
+    fn fs_space(&self, path: &Path) -> Result<FsSpace>;
     /// Copy `src` into a new file `dst` (which must not exist; it gets `src`'s mode), data
     /// extents only (SEEK_DATA/SEEK_HOLE + copy_file_range): holes stay holes. The slow
     /// stand-in for `reflink` where the filesystem cannot share extents. Returns the bytes

@@ -68,6 +68,8 @@ pub enum BuildError {
     Cancelled,
     #[error("the daemon stopped while this cache was being built; delete the cache and create it again to rebuild it")]
     Interrupted,
+    #[error("the daemon stopped while this cache waited in the build queue; delete the cache and create it again to build it")]
+    InterruptedInQueue,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -126,7 +128,7 @@ impl BuildError {
             BuildError::HostFull { .. } => "HostFilesystemFull",
             BuildError::Image(e) if e.is_loop_shortage() => "NoLoopDevice",
             BuildError::Image(_) | BuildError::Snapshot(_) => "FailedFreeze",
-            BuildError::Interrupted => "BuildInterrupted",
+            BuildError::Interrupted | BuildError::InterruptedInQueue => "BuildInterrupted",
             _ => "Failed",
         }
     }

@@ -10,6 +10,7 @@ mod host_space;
 mod keyring;
 mod layers;
 pub(crate) mod plan;
+pub(crate) mod queue;
 mod reuse;
 mod status;
 mod workdir;
@@ -79,9 +80,10 @@ pub fn reuse_asked(
     }
 }
 
-/// Starts the build of `spec` in the background. Its token cancels it (cache deleted, daemon
-/// stopping); the build then cleans up and leaves the record alone.
-pub fn spawn(daemon: &Daemon, spec: BuildSpec) {
+/// Starts the build of `spec` in the background, in the queue's `slot` (given back when the
+/// build ends, however it ends). Its token cancels it (cache deleted, daemon stopping); the
+/// build then cleans up and leaves the record alone.
+fn spawn(daemon: &Daemon, spec: BuildSpec, slot: queue::Slot) {
     let cancel = daemon.inner.shutdown.child_token();
     daemon
         .inner
@@ -91,12 +93,15 @@ pub fn spawn(daemon: &Daemon, spec: BuildSpec) {
         .insert(spec.name.clone(), cancel.clone());
     let d = daemon.clone();
     daemon.inner.tasks.spawn(async move {
+        queue::left_queue(&d, &spec.name);
         run(&d, &spec, &cancel).await;
         d.inner
             .builds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&spec.name);
+        // After the build is out of the running map: the next one may start at once.
+        drop(slot);
     });
 }
 

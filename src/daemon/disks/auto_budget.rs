@@ -1,5 +1,8 @@
 //! Use and space of auto-created caches: each disk cloned from one renews its expiry, and
-//! together they stay within `max_cache_space_gib`, the least recently used deleted first.
+//! together they stay within the node's budget, the least recently used deleted first. The
+//! budget is `max_cache_space_gib` when set, else `max_cache_space_percent` of the size of
+//! the filesystem holding the state root (so a node that never set either still keeps its
+//! state root from filling up with caches built for pods).
 //!
 //! A Ready cache's space is its frozen data (`status.dataSizeBytes`): the blocks its snapshot
 //! holds on the state root, which is what deleting it can give back (disks cloned from it
@@ -105,14 +108,55 @@ fn choose(mut auto: Vec<Held>, budget: u64, keep: Option<&str>) -> Vec<Held> {
     chosen
 }
 
-/// Deletes least recently used auto-created Ready caches until those left fit in
-/// `max_cache_space_gib`; `keep` (the cache a disk was just cloned from) is never chosen.
-/// Each deletion is logged and returned as a note for the disk that triggered it.
+/// The bytes auto-created caches may hold, and the words that say where that comes from.
+struct Budget {
+    bytes: u64,
+    source: String,
+}
+
+/// `max_cache_space_gib` when set; else the share of the state root's filesystem, measured
+/// now (a grown backing image or a resized volume counts at once). `None` when the filesystem
+/// cannot be measured: nothing is deleted on a guess.
+fn budget(d: &Daemon) -> Option<Budget> {
+    let config = &d.inner.config;
+    if let Some(gib) = config.max_cache_space_gib {
+        return Some(Budget {
+            bytes: (gib * f64::from(1u32 << 30)) as u64,
+            source: format!("max_cache_space_gib = {gib}"),
+        });
+    }
+    let percent = config.max_cache_space_percent;
+    match d.inner.sys.fs_space(&config.root) {
+        Ok(space) => Some(Budget {
+            bytes: share(space.total, percent),
+            source: format!(
+                "max_cache_space_percent = {percent} of the state root's {} filesystem; max_cache_space_gib sets another size",
+                clock::human_bytes(space.total),
+            ),
+        }),
+        Err(e) => {
+            warn!(error = %e, "cannot measure the state root's filesystem: auto-created caches are not kept within max_cache_space_percent this time");
+            None
+        }
+    }
+}
+
+/// `percent` of `total`, rounded down, without overflowing for any filesystem size.
+fn share(total: u64, percent: u32) -> u64 {
+    (u128::from(total) * u128::from(percent) / 100) as u64
+}
+
+/// Deletes least recently used auto-created Ready caches until those left fit in the budget
+/// (`budget`); `keep` (the cache a disk was just cloned from) is never chosen. Each deletion
+/// is logged and returned as a note for the disk that triggered it.
 pub(crate) async fn enforce(d: &Daemon, keep: Option<&str>) -> Vec<Note> {
-    let Some(budget_gib) = d.inner.config.max_cache_space_gib else {
+    let Some(Budget {
+        bytes: budget,
+        source,
+    }) = budget(d)
+    else {
         return Vec::new();
     };
-    let budget = (budget_gib * f64::from(1u32 << 30)) as u64;
     let _deciding = DECIDING.lock().await;
     let Ok(caches) = d.inner.store.list_caches() else {
         return Vec::new();
@@ -122,11 +166,12 @@ pub(crate) async fn enforce(d: &Daemon, keep: Option<&str>) -> Vec<Note> {
     let mut notes = Vec::new();
     for h in choose(auto, budget, keep) {
         let message = format!(
-            "Deleted auto-created image cache {} ({} of frozen data, last used {}): auto-created caches held {}, over max_cache_space_gib = {budget_gib}; disks cloned from it keep their data",
+            "Deleted auto-created image cache {} ({} of frozen data, last used {}): auto-created caches held {}, over {} ({source}); disks cloned from it keep their data",
             h.name,
             clock::human_bytes(h.bytes),
             clock::format(h.last_used),
-            clock::human_bytes(total)
+            clock::human_bytes(total),
+            clock::human_bytes(budget),
         );
         match handlers::delete_cache(d, &h.name).await {
             Ok(_) => {
@@ -139,7 +184,7 @@ pub(crate) async fn enforce(d: &Daemon, keep: Option<&str>) -> Vec<Note> {
                 });
             }
             Err(e) => {
-                warn!(cache = %h.name, error = %e, "could not delete an auto-created cache over max_cache_space_gib")
+                warn!(cache = %h.name, error = %e, budget = %source, "could not delete an auto-created cache over the budget of auto-created caches")
             }
         }
     }
@@ -150,8 +195,12 @@ pub(crate) async fn enforce(d: &Daemon, keep: Option<&str>) -> Vec<Note> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use std::sync::Arc;
+
     use super::*;
+    use crate::config::Config;
     use crate::objects::{ImageCacheSpec, ImageCacheStatus, ObjectMeta};
+    use crate::sys::{FakeSys, FsSpace};
 
     fn cache(name: &str, auto: bool, phase: Phase, expire: &str, bytes: u64) -> ImageCache {
         let annotations = match auto {
@@ -195,6 +244,61 @@ mod tests {
 
     fn names(chosen: &[Held]) -> Vec<&str> {
         chosen.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    fn daemon_on(dir: &tempfile::TempDir, total: u64, config: Config) -> Daemon {
+        let sys = FakeSys::new();
+        sys.set_fs_space(FsSpace {
+            total,
+            available: total / 3,
+        });
+        let config = Config {
+            root: dir.path().join("state"),
+            ..config
+        };
+        Daemon::start(config, Arc::new(sys)).unwrap()
+    }
+
+    #[test]
+    fn without_max_cache_space_gib_the_budget_is_half_the_state_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon_on(&dir, 1000 << 20, Config::default());
+        let b = budget(&d).expect("the fake filesystem is measured");
+        assert_eq!(b.bytes, 500 << 20);
+        assert!(
+            b.source.contains("max_cache_space_percent = 50")
+                && b.source.contains("1000.0 MiB")
+                && b.source.contains("max_cache_space_gib"),
+            "{}",
+            b.source
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let quarter = Config {
+            max_cache_space_percent: 25,
+            ..Config::default()
+        };
+        assert_eq!(budget(&daemon_on(&dir, 1000, quarter)).unwrap().bytes, 250);
+    }
+
+    #[test]
+    fn an_explicit_max_cache_space_gib_wins_over_the_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            max_cache_space_gib: Some(1.5),
+            max_cache_space_percent: 10,
+            ..Config::default()
+        };
+        let b = budget(&daemon_on(&dir, 1 << 40, config)).unwrap();
+        assert_eq!(b.bytes, 3 << 29);
+        assert_eq!(b.source, "max_cache_space_gib = 1.5");
+    }
+
+    #[test]
+    fn a_percentage_share_never_overflows_and_rounds_down() {
+        assert_eq!(share(1000, 50), 500);
+        assert_eq!(share(999, 50), 499);
+        assert_eq!(share(u64::MAX, 100), u64::MAX);
+        assert_eq!(share(u64::MAX, 1), u64::MAX / 100);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Step 3 of a disk create that matched no cache: a cache of the disk's images, built in the
 //! background, so the next pod with them gets a clone. Bounded: sized from its images (the
 //! build raises the floor set here, build/auto_size.rs), expiring `auto_cache_retention_days`
-//! after its last use, and counted against `max_cache_space_gib` (auto_budget.rs). A Failed one
+//! after its last use, and counted against the node's budget of them (auto_budget.rs). A Failed one
 //! is built again by the first pod that wants it once the failure is
 //! `auto_cache_retry_after_secs` old; until then pods go without, and their events say why.
 
@@ -158,8 +158,14 @@ async fn ensure_cache_of(
     match handlers::create_cache(d, valid) {
         Ok(_) => Some(name),
         Err(DaemonError::AlreadyExists { .. }) => Some(name),
+        // A full build queue among them: the pod goes without, as while a cache builds.
         Err(e) => {
             warn!(error = %e, "could not auto-create a cache");
+            notes.push(Note {
+                type_: WARNING,
+                reason: "AutoCacheFailed",
+                message: format!("No image cache of these images is built this time: {e}"),
+            });
             None
         }
     }

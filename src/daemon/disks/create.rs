@@ -6,6 +6,7 @@ use super::clone::{clone_disk, hold_snapshot};
 use super::object::{disk_object, Made};
 use super::pull::PullJob;
 use super::{auto_cache, internal, pull, select, token};
+use crate::daemon::loop_budget::{AtCeiling, LoopLease};
 use crate::daemon::{clock, ids, Daemon, DaemonError, Reply};
 use crate::mount_path::MountTarget;
 use crate::objects::{ValidDisk, KIND_DISK};
@@ -29,6 +30,29 @@ fn mount_target(
     }
 }
 
+/// The `Retry-After` of a disk create refused at `max_loop_devices`: pods come and go within
+/// seconds on a busy node, and the kubelet side retries anyway.
+const LOOP_CEILING_RETRY_AFTER_SECS: u64 = 10;
+
+/// A lease on the loop device the disk will take, or 503 at the daemon's ceiling.
+fn loop_lease(d: &Daemon) -> Result<LoopLease, DaemonError> {
+    match d.inner.loops.lease(d.inner.sys.as_ref()) {
+        Ok(Ok(lease)) => Ok(lease),
+        Ok(Err(AtCeiling { held, max })) => {
+            d.metrics().error("loop_ceiling");
+            Err(DaemonError::AtLimit {
+                message: format!(
+                    "no disk was created: the daemon holds {held} loop devices, its ceiling (max_loop_devices = {max}); delete disks that are no longer used (`imagecache disk get` lists them), or raise max_loop_devices in the daemon's config if the node can take more, then retry"
+                ),
+                retry_after_secs: LOOP_CEILING_RETRY_AFTER_SECS,
+            })
+        }
+        Err(e) => Err(internal(format!(
+            "cannot count the loop devices the daemon holds (max_loop_devices): {e}"
+        ))),
+    }
+}
+
 pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
     let plan = select::check_credentials(d, &req, select::plan(d, &req)?).await;
     let id = ids::new_disk_id();
@@ -37,6 +61,9 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
         .clone()
         .map(|given| mount_target(d, &id, given))
         .transpose()?;
+    // Before anything is made: at the ceiling the create leaves nothing behind. Held until
+    // the disk's device is attached (and counted from the kernel's table).
+    let lease = loop_lease(d)?;
     // The reference is taken before cloning, so a concurrent delete of the cache cannot
     // remove the snapshot file from under the clone.
     let held = plan
@@ -47,6 +74,7 @@ pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
     let created = clone_disk(d, &id, mountpoint, &plan, held.as_ref())
         .await
         .inspect_err(|_| d.metrics().error("disk_create"))?;
+    drop(lease);
     crate::fault::point("disk.mount");
     d.metrics()
         .disk_ready_seconds

@@ -27,7 +27,7 @@ use super::{Daemon, DaemonError, Reply};
 use crate::disk;
 use crate::objects::*;
 
-/// Keeps auto-created caches within `max_cache_space_gib` (the retention pass calls it, so a
+/// Keeps auto-created caches within their budget (the retention pass calls it, so a
 /// cache that turned Ready over the budget goes within a minute); returns how many went.
 pub async fn enforce_cache_budget(d: &Daemon) -> usize {
     auto_budget::enforce(d, None).await.len()
@@ -129,5 +129,7 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
         super::handlers::release_snapshot(d, &digest).map_err(internal)?;
     }
     info!(disk = %id, "disk deleted");
+    // Its loop device is free: a build waiting for one may start.
+    crate::daemon::build::queue::pump(d);
     Ok(Reply::Deleted(format!("Disk {id:?} deleted")))
 }
