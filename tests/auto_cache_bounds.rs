@@ -24,10 +24,9 @@ use support::registry::TestRegistry;
 use support::scratch::{assert_no_leaks, ScratchXfs};
 
 fn disk(daemon: &TestDaemon, image: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["disk", "create", "--image", image, "-o", "json"];
+    let mut args = vec!["--image", image];
     args.extend_from_slice(extra);
-    let out = daemon.cli_ok(&args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("disk create -o json: {e}: {out}"))
+    daemon.disk_create(&args)
 }
 
 fn disk_get(daemon: &TestDaemon, id: &str) -> Value {

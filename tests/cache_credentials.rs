@@ -57,19 +57,11 @@ fn pod_file(dir: &Path, name: &str, namespace: &str, secrets: &[&str], image: &s
 }
 
 fn disk_for(daemon: &TestDaemon, pod: &Path, wait: bool) -> Value {
-    let mut args = vec![
-        "disk",
-        "create",
-        "--pod",
-        pod.to_str().unwrap(),
-        "-o",
-        "json",
-    ];
-    if !wait {
-        args.push("--no-wait");
+    let pod = pod.to_str().unwrap();
+    match wait {
+        true => daemon.disk_create(&["--pod", pod]),
+        false => daemon.disk_create(&["--pod", pod, "--no-wait"]),
     }
-    let out = daemon.cli_ok(&args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("disk create -o json: {e}: {out}"))
 }
 
 fn disk_get(daemon: &TestDaemon, id: &str) -> Value {

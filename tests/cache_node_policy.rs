@@ -88,15 +88,7 @@ fn pod_file(dir: &Path, name: &str, annotations: &[(&str, &str)], image: &str) -
 }
 
 fn create_disk(daemon: &TestDaemon, pod: &Path) -> Value {
-    let out = daemon.cli_ok(&[
-        "disk",
-        "create",
-        "--pod",
-        pod.to_str().unwrap(),
-        "-o",
-        "json",
-    ]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("disk create -o json: {e}: {out}"))
+    daemon.disk_create(&["--pod", pod.to_str().unwrap()])
 }
 
 #[test]

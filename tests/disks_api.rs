@@ -91,11 +91,7 @@ impl Fixture {
 
     /// `disk create ARGS -o json` (which waits for pulls), parsed.
     fn create_disk(&self, args: &[&str]) -> Value {
-        let mut all = vec!["disk", "create"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["-o", "json"]);
-        let out = self.daemon.cli_ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("disk create -o json: {e}: {out}"))
+        self.daemon.disk_create(args)
     }
 
     fn create_from_pod(&self, pod: &Path, extra: &[&str]) -> Value {

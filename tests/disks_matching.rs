@@ -54,10 +54,7 @@ fn build(daemon: &TestDaemon, name: &str, images: &[String], size: u32) -> Strin
 
 /// Creates a disk with `args`, returns it, and deletes it.
 fn disk_for(daemon: &TestDaemon, args: &[&str]) -> Value {
-    let mut all = vec!["disk", "create"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["-o", "json"]);
-    let disk: Value = serde_json::from_str(&daemon.cli_ok(&all)).unwrap();
+    let disk = daemon.disk_create(args);
     assert_eq!(disk["status"]["phase"], "Ready", "{disk:#}");
     daemon.cli_ok(&["disk", "delete", disk["metadata"]["name"].as_str().unwrap()]);
     disk

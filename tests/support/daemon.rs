@@ -184,6 +184,15 @@ impl TestDaemon {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `disk create ARGS -o json` (which waits for pulls unless ARGS hold `--no-wait`), parsed.
+    pub fn disk_create(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["disk", "create"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = self.cli_ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("disk create -o json: {e}: {out}"))
+    }
+
     /// `get NAME -o json` as a JSON value.
     pub fn get_json(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.cli_ok(&["get", name, "-o", "json"])).unwrap()
