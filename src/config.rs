@@ -96,6 +96,10 @@ pub struct Config {
     /// needed credentials is trusted before it is asked again (seconds; 0 asks every time).
     /// A revoked credential keeps being served cached images that long.
     pub credential_check_ttl_secs: u64,
+    /// `host[:port]/repository` where Ready caches' frozen snapshots are pushed as OCI
+    /// artifacts and looked up before a build (src/share); empty: sharing off. Credentials
+    /// come from `docker_config`; `insecure_registries` and `registry_mirrors` apply.
+    pub share_registry: String,
 }
 
 impl Default for Config {
@@ -125,6 +129,7 @@ impl Default for Config {
             registry_timeout_secs: crate::registry::DEFAULT_REGISTRY_TIMEOUT.as_secs(),
             disk_mount_root: None,
             credential_check_ttl_secs: 300,
+            share_registry: String::new(),
         }
     }
 }
@@ -264,6 +269,10 @@ impl Config {
                 "credential_check_ttl_secs = {} is out of range: use 0 to 86400 (a day); a revoked credential is served cached images that long",
                 self.credential_check_ttl_secs
             ));
+        }
+        if !self.share_registry.is_empty() {
+            crate::share::ShareTarget::parse(&self.share_registry)
+                .map_err(|e| format!("share_registry = {:?}: {e}", self.share_registry))?;
         }
         // Both reach mount targets and, through the snapshotter's layer paths, overlayfs
         // option strings.

@@ -19,6 +19,7 @@ pub mod matching;
 pub mod mount_path;
 pub mod objects;
 pub mod registry;
+pub mod share;
 pub mod snapshot;
 pub mod snapshotter;
 pub mod store;

@@ -1395,6 +1395,8 @@ mod tests {
                 data_size_bytes: None,
                 data_size: None,
                 message: None,
+                source: None,
+                shared_as: None,
                 images: Vec::new(),
                 events: Vec::new(),
             }),

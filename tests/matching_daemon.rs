@@ -913,6 +913,8 @@ fn cache_object(cache: &Seed, snapshot_digest: Option<String>) -> Result<ImageCa
         data_size_bytes: None,
         data_size: None,
         message: None,
+        source: None,
+        shared_as: None,
         images: cache
             .holds
             .iter()

@@ -104,6 +104,8 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
         data_size_bytes: None,
         data_size: None,
         message: None,
+        source: None,
+        shared_as: None,
         images: Vec::new(),
         events,
     });

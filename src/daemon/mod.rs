@@ -19,6 +19,7 @@ mod pipe;
 mod progress;
 mod record;
 mod recovery;
+mod share;
 pub mod snapshots;
 mod stop_wait;
 mod storage;
@@ -75,6 +76,8 @@ struct Inner {
     unrecorded: record::Unrecorded,
     /// Registry answers that a request's credentials may read a cached image.
     grants: image_access::Grants,
+    /// `share_registry`, when sharing is on.
+    share: Option<Arc<crate::share::ShareRemote>>,
     /// The runtime that carries out changes (creates, deletes, builds, pulls): the one the
     /// daemon was started on. Reads are answered on the caller's runtime, so the API can
     /// serve them from a runtime of its own whose workers never wait in a mount, a loop
@@ -128,6 +131,7 @@ impl Daemon {
             ..RegistryConfig::default()
         });
         let snapshots = SnapshotStore::new(config.root.join("snapshots"));
+        let share = share::remote(&config).map(Arc::new);
         let inner = Inner {
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads)),
             loops: loop_budget::LoopBudget::new(config.max_loop_devices, config.root.clone()),
@@ -146,6 +150,7 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             unrecorded: record::Unrecorded::default(),
             grants: image_access::Grants::default(),
+            share,
             work: tokio::runtime::Handle::try_current().ok(),
         };
         let daemon = Daemon {

@@ -143,6 +143,13 @@ pub struct ImageCacheStatus {
     /// The resolved images, once pulled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<CachedImage>,
+    /// How its snapshot came to be, once Ready: `built` here, or `imported` from
+    /// `share_registry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Where its snapshot is shared, once pushed: `<registry>/<repository>@<digest>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_as: Option<String>,
     #[serde(default)]
     pub events: Vec<Event>,
 }

@@ -26,11 +26,13 @@ pub use error::BuildError;
 pub(crate) use keyring::keyring_for;
 pub(crate) use workdir::clean_work_dir;
 
-use super::events::NORMAL;
+use super::events::{NORMAL, WARNING};
 use super::owner::Owner;
+use super::share::{self, Shareable};
 use super::{ids, record, Daemon};
 use crate::objects::Phase;
 use crate::registry::ImageReference;
+use crate::share::ShareError;
 use crate::snapshot::Snapshot;
 use crate::store::BuildRecord;
 use workimage::WorkImage;
@@ -135,6 +137,10 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
             let secs = started.elapsed().as_secs_f64();
             d.inner.metrics.build_seconds.observe(secs);
             info!(cache = %spec.name, digest = %built.snapshot.digest, secs, "cache ready");
+            // After Ready is recorded: a push never delays it, nor fails the cache.
+            if let Some(shareable) = built.share {
+                share::push::spawn(d, &spec.name, built.snapshot, shareable);
+            }
         }
         Err(BuildError::Cancelled) if d.inner.shutdown.is_cancelled() => {
             info!(cache = %spec.name, "build interrupted: the daemon is stopping");
@@ -151,6 +157,57 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
 /// The result of a successful build.
 struct Built {
     snapshot: Snapshot,
+    /// What to push it as, when it was built here and sharing is on.
+    share: Option<Shareable>,
+}
+
+/// The cache from a snapshot another node shared, when `share_registry` has one for it;
+/// `None` (after an `ImportFailed` event when one was found but could not be used) to build.
+#[allow(clippy::too_many_arguments)]
+async fn import_shared(
+    d: &Daemon,
+    spec: &BuildSpec,
+    remote: &crate::share::ShareRemote,
+    shareable: &Shareable,
+    resolved: &[crate::registry::ResolvedImage],
+    keyring: &crate::registry::Keyring,
+    work_dir: &std::path::Path,
+    cancel: &CancellationToken,
+) -> Result<Option<Built>, BuildError> {
+    let owner = Owner::Cache(spec.name.clone());
+    match share::import::import(d, remote, shareable, work_dir, cancel).await {
+        Ok(None) => {
+            info!(cache = %spec.name, key = %shareable.key, share = %remote.target, "no shared snapshot of this cache: building it");
+            Ok(None)
+        }
+        Ok(Some(imported)) => {
+            let needed =
+                crate::daemon::image_access::needed_credentials(d, resolved, keyring).await;
+            let plan = plan::Plan::new(resolved.to_vec(), Default::default())?;
+            status::record_images(d, &spec.name, &plan, &needed)?;
+            let data_bytes = freeze::adopt(d, &imported.snapshot)?;
+            status::mark_imported(d, spec, &imported, data_bytes)?;
+            info!(cache = %spec.name, digest = %imported.snapshot.digest, from = %imported.from, secs = imported.secs, "cache imported");
+            Ok(Some(Built {
+                snapshot: imported.snapshot,
+                share: None,
+            }))
+        }
+        Err(ShareError::Cancelled) => Err(BuildError::Cancelled),
+        Err(e) => {
+            warn!(cache = %spec.name, error = %e, "shared snapshot not imported: building instead");
+            d.inner.metrics.error("import");
+            owner.event(
+                d,
+                WARNING,
+                "ImportFailed",
+                format!("Could not import the shared snapshot of this cache from {}: {e}; building it instead", remote.target),
+            );
+            clean_work_dir(d.inner.sys.as_ref(), work_dir)
+                .map_err(|e| BuildError::Internal(format!("cleaning a failed import: {e}")))?;
+            Ok(None)
+        }
+    }
 }
 
 /// The steps of a build, each handing the next what it needs.
@@ -170,12 +227,16 @@ async fn build(
     } else {
         None
     };
-    // An auto-created cache's size comes from its manifests, so they resolve before mkfs.
-    let sized = match spec.size_from_images {
+    // An auto-created cache's size comes from its manifests, and a shared snapshot is found
+    // by them, so then they resolve before mkfs.
+    let sized = match spec.size_from_images || d.inner.share.is_some() {
         true => {
             let resolved =
                 cancellable(cancel, plan::resolve_all(d, &spec.images, &keyring)).await?;
-            let size_gib = auto_size::record(d, &spec.name, &resolved, spec.size_gib)?;
+            let size_gib = match spec.size_from_images {
+                true => auto_size::record(d, &spec.name, &resolved, spec.size_gib)?,
+                false => spec.size_gib,
+            };
             Some((resolved, size_gib))
         }
         false => None,
@@ -191,6 +252,20 @@ async fn build(
         }
         None => spec,
     };
+    if let (Some(remote), Some((resolved, _))) = (d.inner.share.as_deref(), &sized) {
+        let shareable = Shareable::of(
+            &d.inner.registry.platform().to_string(),
+            spec.size_gib,
+            resolved,
+        );
+        if let Some(built) = import_shared(
+            d, spec, remote, &shareable, resolved, &keyring, work_dir, cancel,
+        )
+        .await?
+        {
+            return Ok(built);
+        }
+    }
     let (work, made) = WorkImage::start(d, work_dir, spec.size_gib, parent.as_ref())?;
     let owner = Owner::Cache(spec.name.clone());
     announce(d, &owner, spec, parent.as_ref());
@@ -204,6 +279,13 @@ async fn build(
     let resolved = resolved?;
     let needed_credentials =
         crate::daemon::image_access::needed_credentials(d, &resolved, &keyring).await;
+    let share = d.inner.share.is_some().then(|| {
+        Shareable::of(
+            &d.inner.registry.platform().to_string(),
+            spec.size_gib,
+            &resolved,
+        )
+    });
 
     // Attaching and mounting can take 100+ ms while other builds write: not on a worker.
     let mounted = tokio::task::block_in_place(|| work.mount(d))?;
@@ -255,7 +337,7 @@ async fn build(
         data_bytes,
         started.elapsed().as_secs_f64(),
     )?;
-    Ok(Built { snapshot })
+    Ok(Built { snapshot, share })
 }
 
 /// The Reusing and Pulling events that open a build.

@@ -4,6 +4,7 @@ use super::plan::Plan;
 use super::{BuildError, BuildSpec};
 use crate::daemon::events::{self, NORMAL, WARNING};
 use crate::daemon::owner::Owner;
+use crate::daemon::share::import::Imported;
 use crate::daemon::{clock, record, Daemon};
 use crate::objects::{CachedImage, Phase};
 use crate::snapshot::Snapshot;
@@ -68,7 +69,6 @@ pub(super) fn mark_ready(
     data_bytes: u64,
     secs: f64,
 ) -> Result<(), BuildError> {
-    let now = clock::now_string();
     let message = format!(
         "Froze snapshot {} ({} of {} GiB) in {:.1}s",
         snapshot.digest,
@@ -76,6 +76,53 @@ pub(super) fn mark_ready(
         spec.size_gib,
         secs
     );
+    record_ready(
+        d,
+        spec,
+        snapshot,
+        data_bytes,
+        SOURCE_BUILT,
+        ("Frozen", message),
+    )
+}
+
+/// Ready with a snapshot imported from `share_registry` (daemon/share/import.rs).
+pub(super) fn mark_imported(
+    d: &Daemon,
+    spec: &BuildSpec,
+    imported: &Imported,
+    data_bytes: u64,
+) -> Result<(), BuildError> {
+    let message = format!(
+        "Imported snapshot {} from {} in {:.1}s: {} chunk(s), {} fetched",
+        imported.snapshot.digest,
+        imported.from,
+        imported.secs,
+        imported.chunks,
+        clock::human_bytes(imported.fetched_bytes)
+    );
+    record_ready(
+        d,
+        spec,
+        &imported.snapshot,
+        data_bytes,
+        SOURCE_IMPORTED,
+        ("Imported", message),
+    )
+}
+
+pub(super) const SOURCE_BUILT: &str = "built";
+pub(super) const SOURCE_IMPORTED: &str = "imported";
+
+fn record_ready(
+    d: &Daemon,
+    spec: &BuildSpec,
+    snapshot: &Snapshot,
+    data_bytes: u64,
+    source: &str,
+    (reason, message): (&str, String),
+) -> Result<(), BuildError> {
+    let now = clock::now_string();
     d.inner.store.update_cache(&spec.name, |c| {
         if let Some(s) = c.status.as_mut() {
             s.phase = Phase::Ready;
@@ -83,8 +130,9 @@ pub(super) fn mark_ready(
             s.snapshot_digest = Some(snapshot.digest.clone());
             s.data_size_bytes = Some(data_bytes);
             s.data_size = Some(clock::human_bytes(data_bytes));
+            s.source = Some(source.to_owned());
             s.last_updated_time = now.clone();
-            events::record(&mut s.events, NORMAL, "Frozen", message, &now);
+            events::record(&mut s.events, NORMAL, reason, message, &now);
         }
     })?;
     Ok(())

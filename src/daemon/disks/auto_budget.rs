@@ -236,6 +236,8 @@ mod tests {
                 data_size_bytes: Some(bytes),
                 data_size: None,
                 message: None,
+                source: None,
+                shared_as: None,
                 images: Vec::new(),
                 events: Vec::new(),
             }),

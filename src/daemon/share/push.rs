@@ -1,0 +1,166 @@
+//! Pushing a Ready cache's snapshot to `share_registry`, in the background: Ready is recorded
+//! before a push starts, and a push that fails leaves the cache as it is (a `PushFailed`
+//! event says why). Blobs the registry already holds are not uploaded again.
+
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{stream, StreamExt as _, TryStreamExt as _};
+use sha2::{Digest as _, Sha256};
+use tracing::{info, warn};
+
+use super::Shareable;
+use crate::daemon::events::{NORMAL, WARNING};
+use crate::daemon::owner::Owner;
+use crate::daemon::{record, Daemon};
+use crate::share::{tag_for_key, ChunkBlob, ShareConfig, ShareError, ShareRemote, FORMAT_VERSION};
+use crate::snapshot::{Chunk, Snapshot};
+
+/// zstd's default level: chunks compress fast enough to keep up with an upload, and the
+/// same bytes always give the same blob, so nodes pushing the same chunk make one blob.
+const ZSTD_LEVEL: i32 = 3;
+
+/// What one push did.
+#[derive(Debug, Default)]
+struct Pushed {
+    uploaded_bytes: u64,
+    uploaded: usize,
+    present: usize,
+}
+
+/// Pushes `snapshot` of cache `name` in the background; its outcome is an event.
+pub(crate) fn spawn(d: &Daemon, name: &str, snapshot: Snapshot, shareable: Shareable) {
+    let Some(remote) = d.inner.share.clone() else {
+        return;
+    };
+    let d2 = d.clone();
+    let name = name.to_owned();
+    let stop = d.inner.shutdown.clone();
+    d.inner.tasks.spawn(async move {
+        let started = Instant::now();
+        let owner = Owner::Cache(name.clone());
+        let result = tokio::select! {
+            r = push(&d2, &remote, &snapshot, &shareable) => r,
+            () = stop.cancelled() => Err(ShareError::Cancelled),
+        };
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Ok((shared_as, done)) => {
+                info!(cache = %name, %shared_as, uploaded = done.uploaded, present = done.present, bytes = done.uploaded_bytes, secs, "snapshot pushed");
+                let written = d2.inner.store.update_cache(&name, |c| {
+                    if let Some(s) = c.status.as_mut() {
+                        s.shared_as = Some(shared_as.clone());
+                    }
+                });
+                record::or_log(&d2, written, &owner, "where the snapshot is shared");
+                owner.event(
+                    &d2,
+                    NORMAL,
+                    "Pushed",
+                    format!(
+                        "Pushed snapshot {} as {shared_as} in {secs:.1}s: {} chunk(s) uploaded ({} bytes compressed), {} already there",
+                        snapshot.digest, done.uploaded, done.uploaded_bytes, done.present
+                    ),
+                );
+            }
+            Err(e) => {
+                warn!(cache = %name, error = %e, "snapshot push failed");
+                owner.event(
+                    &d2,
+                    WARNING,
+                    "PushFailed",
+                    format!("Could not push snapshot {} to {} after {secs:.1}s: {e}", snapshot.digest, remote.target),
+                );
+            }
+        }
+    });
+}
+
+async fn push(
+    d: &Daemon,
+    remote: &ShareRemote,
+    snapshot: &Snapshot,
+    shareable: &Shareable,
+) -> Result<(String, Pushed), ShareError> {
+    let manifest = d.inner.snapshots.manifest(&snapshot.digest)?;
+    let image = Arc::new(snapshot.image_path.clone());
+    let width = d.inner.config.max_concurrent_downloads;
+    let outcomes: Vec<(ChunkBlob, Option<u64>)> = stream::iter(manifest.chunks.iter().cloned())
+        .map(|chunk| {
+            let image = image.clone();
+            async move { push_chunk(remote, image, chunk).await }
+        })
+        .buffered(width)
+        .try_collect()
+        .await?;
+    let mut done = Pushed::default();
+    for (_, uploaded) in &outcomes {
+        match uploaded {
+            Some(bytes) => {
+                done.uploaded += 1;
+                done.uploaded_bytes += bytes;
+            }
+            None => done.present += 1,
+        }
+    }
+    let config = ShareConfig {
+        format_version: FORMAT_VERSION,
+        key: shareable.key.clone(),
+        platform: shareable.platform.clone(),
+        size_gib: shareable.size_gib,
+        images: shareable.images.clone(),
+        snapshot_digest: snapshot.digest.clone(),
+        chunk_manifest: manifest,
+    };
+    let config_bytes = config.to_bytes();
+    let config_blob = ChunkBlob {
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(&config_bytes))),
+        size: config_bytes.len() as u64,
+    };
+    if !remote.has_blob(&config_blob.digest).await? {
+        remote.push_blob(config_bytes, &config_blob.digest).await?;
+    }
+    let chunks: Vec<ChunkBlob> = outcomes.into_iter().map(|(b, _)| b).collect();
+    let manifest_bytes =
+        crate::share::manifest_bytes(&config_blob.digest, config_blob.size, &chunks);
+    let digest = remote
+        .push_manifest(&tag_for_key(&shareable.key), manifest_bytes)
+        .await?;
+    Ok((format!("{}@{digest}", remote.target), done))
+}
+
+/// Compresses one chunk and uploads it unless the registry has it; the blob, and the bytes
+/// uploaded (`None`: already there).
+async fn push_chunk(
+    remote: &ShareRemote,
+    image: Arc<PathBuf>,
+    chunk: Chunk,
+) -> Result<(ChunkBlob, Option<u64>), ShareError> {
+    let (bytes, digest) = tokio::task::spawn_blocking(move || -> Result<_, ShareError> {
+        let io = |source| ShareError::Io {
+            what: "read",
+            path: image.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(image.as_path()).map_err(io)?;
+        let mut raw = vec![0u8; usize::try_from(chunk.length).unwrap_or(0)];
+        file.read_exact_at(&mut raw, chunk.offset).map_err(io)?;
+        let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(io)?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&compressed)));
+        Ok((compressed, digest))
+    })
+    .await
+    .map_err(|e| ShareError::Invalid(format!("compressing a chunk: {e}")))??;
+    let blob = ChunkBlob {
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+    };
+    if remote.has_blob(&digest).await? {
+        return Ok((blob, None));
+    }
+    let size = blob.size;
+    remote.push_blob(bytes, &digest).await?;
+    Ok((blob, Some(size)))
+}

@@ -1,0 +1,351 @@
+//! Talking to the share registry: blobs and manifests of one repository, pushed to the
+//! registry itself and pulled through its mirrors first, each bounded in time and size and
+//! checked against its digest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::TryStreamExt as _;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use sha2::{Digest as _, Sha256};
+
+use super::artifact::{MANIFEST_MEDIA_TYPE, MAX_METADATA};
+use super::error::ShareError;
+use crate::registry::Keyring;
+
+/// `host[:port]/repository` of the share registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareTarget {
+    pub registry: String,
+    pub repository: String,
+}
+
+impl ShareTarget {
+    pub fn parse(s: &str) -> Result<ShareTarget, String> {
+        let (registry, repository) = s.split_once('/').ok_or(
+            "expected host[:port]/repository, e.g. \"registry.local:5000/imagecache/snapshots\"",
+        )?;
+        let ok_host = !registry.is_empty()
+            && registry
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+        if !ok_host {
+            return Err(format!("{registry:?} is not a registry host[:port]"));
+        }
+        let ok_repo = !repository.is_empty()
+            && repository.split('/').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'.' | b'_' | b'-')
+                    })
+            });
+        if !ok_repo {
+            return Err(format!(
+                "{repository:?} is not a repository name (lowercase letters, digits, '.', '_', '-', parts separated by '/')"
+            ));
+        }
+        Ok(ShareTarget {
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
+        })
+    }
+
+    fn reference(&self, host: &str, tag_or_digest: &str) -> Reference {
+        match tag_or_digest.starts_with("sha256:") {
+            true => Reference::with_digest(
+                host.to_owned(),
+                self.repository.clone(),
+                tag_or_digest.to_owned(),
+            ),
+            false => Reference::with_tag(
+                host.to_owned(),
+                self.repository.clone(),
+                tag_or_digest.to_owned(),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for ShareTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)
+    }
+}
+
+/// One endpoint: a mirror (pulls only) or the registry itself.
+struct Endpoint {
+    host: String,
+    client: oci_client::Client,
+    auth: RegistryAuth,
+}
+
+/// The share registry, with the node's registry settings.
+pub struct ShareRemote {
+    pub target: ShareTarget,
+    /// Mirrors first, the registry itself last.
+    endpoints: Vec<Endpoint>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ShareRemote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareRemote")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+            )
+        }),
+        _ => false,
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl ShareRemote {
+    /// `insecure` registries are spoken to over plain HTTP; `mirrors` maps a registry host to
+    /// mirrors tried first for pulls; credentials come from `docker_config`.
+    pub fn new(
+        target: ShareTarget,
+        insecure: &[String],
+        mirrors: &BTreeMap<String, Vec<String>>,
+        docker_config: Option<&Path>,
+        timeout: Duration,
+    ) -> ShareRemote {
+        let keyring =
+            docker_config
+                .map(|p| {
+                    Keyring::default().with_docker_config(p).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "share registry: ignoring the docker config");
+                    Keyring::default()
+                })
+                })
+                .unwrap_or_default();
+        let endpoint = |host: &str| Endpoint {
+            host: host.to_owned(),
+            client: oci_client::Client::new(oci_client::client::ClientConfig {
+                protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure.to_vec()),
+                connect_timeout: Some(timeout.min(Duration::from_secs(10))),
+                read_timeout: Some(timeout),
+                use_monolithic_push: true,
+                ..Default::default()
+            }),
+            auth: keyring.credentials_for(host).to_oci(),
+        };
+        let mut endpoints: Vec<Endpoint> = mirrors
+            .get(&target.registry)
+            .into_iter()
+            .flatten()
+            .map(|m| endpoint(m))
+            .collect();
+        endpoints.push(endpoint(&target.registry));
+        ShareRemote {
+            target,
+            endpoints,
+            timeout,
+        }
+    }
+
+    fn origin(&self) -> &Endpoint {
+        self.endpoints
+            .last()
+            .expect("the registry itself is always an endpoint")
+    }
+
+    fn registry_error(&self, host: &str, e: impl std::fmt::Display) -> ShareError {
+        ShareError::Registry {
+            registry: host.to_owned(),
+            detail: e.to_string(),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ShareError>>,
+    ) -> Result<T, ShareError> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or(Err(ShareError::Timeout(self.timeout.as_secs())))
+    }
+
+    /// Whether the registry itself holds `digest` in the repository.
+    pub async fn has_blob(&self, digest: &str) -> Result<bool, ShareError> {
+        let o = self.origin();
+        let reference = self.target.reference(&o.host, digest);
+        self.bounded(async {
+            o.client.store_auth_if_needed(&o.host, &o.auth).await;
+            o.client
+                .blob_exists(&reference, digest)
+                .await
+                .map_err(|e| self.registry_error(&o.host, e))
+        })
+        .await
+    }
+
+    /// Uploads `bytes` as the blob `digest`.
+    pub async fn push_blob(&self, bytes: Vec<u8>, digest: &str) -> Result<(), ShareError> {
+        let o = self.origin();
+        let reference = self.target.reference(&o.host, digest);
+        self.bounded(async {
+            o.client.store_auth_if_needed(&o.host, &o.auth).await;
+            o.client
+                .push_blob(&reference, bytes, digest)
+                .await
+                .map(drop)
+                .map_err(|e| self.registry_error(&o.host, e))
+        })
+        .await
+    }
+
+    /// Puts the manifest `bytes` under `tag`; returns its digest.
+    pub async fn push_manifest(&self, tag: &str, bytes: Vec<u8>) -> Result<String, ShareError> {
+        let o = self.origin();
+        let reference = self.target.reference(&o.host, tag);
+        let digest = sha256(&bytes);
+        let content_type = MANIFEST_MEDIA_TYPE.parse().expect("a valid header value");
+        self.bounded(async {
+            o.client.store_auth_if_needed(&o.host, &o.auth).await;
+            o.client
+                .push_manifest_raw(&reference, bytes, content_type)
+                .await
+                .map_err(|e| self.registry_error(&o.host, e))
+        })
+        .await?;
+        Ok(digest)
+    }
+
+    /// The manifest tagged `tag` and its digest, through the mirrors first; `None` when the
+    /// registry itself has no such tag.
+    pub async fn pull_manifest(&self, tag: &str) -> Result<Option<(Vec<u8>, String)>, ShareError> {
+        let last = self.endpoints.len() - 1;
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let reference = self.target.reference(&e.host, tag);
+            let result = self
+                .bounded(async {
+                    e.client
+                        .pull_manifest_raw(&reference, &e.auth, &[MANIFEST_MEDIA_TYPE])
+                        .await
+                        .map_err(|err| match is_not_found(&err) {
+                            true => None,
+                            false => Some(self.registry_error(&e.host, err)),
+                        })
+                        .map_or_else(
+                            |err| match err {
+                                None => Ok(None),
+                                Some(err) => Err(err),
+                            },
+                            |(bytes, digest)| Ok(Some((bytes.to_vec(), digest))),
+                        )
+                })
+                .await;
+            match result {
+                Ok(Some((bytes, _))) if bytes.len() > MAX_METADATA => {
+                    return Err(ShareError::Invalid(format!(
+                        "manifest of {} bytes (at most {MAX_METADATA})",
+                        bytes.len()
+                    )))
+                }
+                Ok(Some((bytes, digest))) if sha256(&bytes) != digest => {
+                    return Err(ShareError::Invalid(format!(
+                        "manifest served as {digest} hashes to {}",
+                        sha256(&bytes)
+                    )))
+                }
+                Ok(None) if i < last => {}
+                Err(err) if i < last => {
+                    tracing::warn!(mirror = %e.host, error = %err, "share mirror failed; trying the next source");
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the registry itself is always the last endpoint")
+    }
+
+    /// The blob `digest` of at most `size` bytes, checked against its digest, through the
+    /// mirrors first.
+    pub async fn pull_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>, ShareError> {
+        let last = self.endpoints.len() - 1;
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let reference = self.target.reference(&e.host, digest);
+            let result = self
+                .bounded(async {
+                    e.client.store_auth_if_needed(&e.host, &e.auth).await;
+                    let stream = e
+                        .client
+                        .pull_blob_stream(&reference, digest)
+                        .await
+                        .map_err(|err| self.registry_error(&e.host, err))?;
+                    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                    let mut stream = stream.stream;
+                    while let Some(piece) = stream
+                        .try_next()
+                        .await
+                        .map_err(|err| self.registry_error(&e.host, err))?
+                    {
+                        if (bytes.len() + piece.len()) as u64 > size {
+                            return Err(ShareError::Invalid(format!(
+                                "blob {digest} is longer than its descriptor's {size} bytes"
+                            )));
+                        }
+                        bytes.extend_from_slice(&piece);
+                    }
+                    if sha256(&bytes) != digest {
+                        return Err(ShareError::Invalid(format!(
+                            "blob {digest} hashes to {}",
+                            sha256(&bytes)
+                        )));
+                    }
+                    Ok(bytes)
+                })
+                .await;
+            match result {
+                Err(err) if i < last => {
+                    tracing::warn!(mirror = %e.host, blob = %digest, error = %err, "share mirror failed; trying the next source");
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the registry itself is always the last endpoint")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_or_say_what_is_wrong() {
+        let t = ShareTarget::parse("127.0.0.1:5000/imagecache/snapshots").unwrap();
+        assert_eq!(t.registry, "127.0.0.1:5000");
+        assert_eq!(t.repository, "imagecache/snapshots");
+        assert_eq!(t.to_string(), "127.0.0.1:5000/imagecache/snapshots");
+        for bad in [
+            "registry",
+            "/repo",
+            "host/",
+            "host/Repo",
+            "host//x",
+            "ho st/x",
+        ] {
+            assert!(ShareTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
