@@ -25,6 +25,8 @@ fn cache(name: &str, id: &str) -> ImageCache {
             data_size: None,
             message: None,
             images: vec![],
+            source: None,
+            shared_as: None,
             events: vec![],
         }),
     }
