@@ -78,6 +78,39 @@ fn pushed(daemon: &TestDaemon, name: &str) -> String {
         .to_owned()
 }
 
+/// The number just before `what` in an event's message ("... 12 chunk(s) uploaded ...").
+fn number_before(message: &str, what: &str) -> usize {
+    let at = message
+        .find(what)
+        .unwrap_or_else(|| panic!("{what:?} not in {message:?}"));
+    message[..at]
+        .trim_end()
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in {message:?}"))
+}
+
+/// The chunk blobs of the artifact `shared_as` names that were fetched from the share
+/// registry since `mark`, counted from the registry's own access log.
+fn chunk_gets(share: &TestRegistry, mark: support::registry::LogMark, shared_as: &str) -> usize {
+    let client = support::oci::RegistryClient::new(&share.addr(), None);
+    let digest = shared_as.rsplit_once('@').unwrap().1;
+    let manifest: Value =
+        serde_json::from_slice(&client.get_manifest(SHARE_REPO, digest).unwrap().1).unwrap();
+    let chunks: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    share
+        .blobs_fetched_since(mark)
+        .iter()
+        .filter(|b| chunks.contains(&b.as_str()))
+        .count()
+}
+
 fn layer_digests(artifact: &Artifact) -> Vec<String> {
     artifact
         .host_image()
@@ -160,6 +193,58 @@ fn a_snapshot_built_on_one_node_is_imported_by_another_and_a_tampered_one_is_not
     drop(merged);
     b.cli_ok(&["disk", "delete", disk["metadata"]["name"].as_str().unwrap()]);
 
+    // Chunks already on B are not fetched: a cache built on A by reuse of `app` shares most
+    // of its chunks with it, so A uploads only the others, and B, holding `app`, fetches only
+    // the others too.
+    let child_yaml = format!(
+        "apiVersion: imagecache.io/v1\nkind: ImageCache\nmetadata:\n  name: child\n  annotations:\n    k8s.aliyun.com/imc-enable-reuse: \"true\"\nspec:\n  images:\n  - {:?}\n  - {:?}\n  imageCacheSize: 20\n",
+        refs[0], refs[2]
+    );
+    let out = a.create(&child_yaml, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child_a = a.get_json("child");
+    assert!(!events(&child_a, "Reusing").is_empty(), "{child_a:#}");
+    let child_shared = pushed(&a, "child");
+    let child_a = a.get_json("child");
+    let pushed_event = &events(&child_a, "Pushed")[0];
+    let uploaded = number_before(pushed_event, "chunk(s) uploaded");
+    let present = number_before(pushed_event, "already there");
+    assert!(present > 0 && uploaded > 0, "{child_a:#}");
+    let mark = share.log_mark();
+    let out = b.create(&child_yaml, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child_b = b.get_json("child");
+    assert_eq!(
+        child_b["status"]["source"],
+        "imported",
+        "{child_b:#}\n{}",
+        b.log()
+    );
+    assert_eq!(
+        child_b["status"]["snapshotDigest"],
+        child_a["status"]["snapshotDigest"]
+    );
+    let imported = &events(&child_b, "Imported")[0];
+    let fetched = number_before(imported, "chunk(s) fetched");
+    let reused = number_before(imported, "taken from snapshots on this node");
+    eprintln!("child on B: {imported}\nchild on A: {pushed_event}");
+    assert!(reused > 0, "{imported}");
+    assert_eq!(fetched + reused, uploaded + present, "{imported}");
+    assert_eq!(
+        chunk_gets(&share, mark, &child_shared),
+        fetched,
+        "{imported}"
+    );
+    assert!(b.cli_ok(&["verify", "child"]).contains("verified"));
+
     // A chunk tampered with in the share registry: refused, naming it; B builds instead.
     ready(&a, "second", &refs[1..2]);
     let shared_as = pushed(&a, "second");
@@ -168,15 +253,40 @@ fn a_snapshot_built_on_one_node_is_imported_by_another_and_a_tampered_one_is_not
     let manifest: Value =
         serde_json::from_slice(&client.get_manifest(SHARE_REPO, manifest_digest).unwrap().1)
             .unwrap();
-    let chunk = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let layers = manifest["layers"].as_array().unwrap();
+    let last = layers.len() - 1;
+    let chunk = layers[last]["digest"].as_str().unwrap().to_owned();
     share.corrupt_blob(&chunk, 0);
     let second = ready(&b, "second", &refs[1..2]);
     assert_eq!(second["status"]["source"], "built", "{second:#}");
     let refused = events(&second, "ImportFailed");
     assert_eq!(refused.len(), 1, "{second:#}");
     assert!(
-        refused[0].contains("chunk 0 at offset") && refused[0].contains(&chunk),
+        refused[0].contains(&format!("chunk {last} at offset")) && refused[0].contains(&chunk),
         "{refused:?}"
+    );
+
+    // Resumed: what that import wrote is kept; with the blob whole again, B's next import of
+    // the snapshot fetches only what the first one had not written.
+    b.cli_ok(&["delete", "second"]);
+    share.corrupt_blob(&chunk, 0);
+    let mark = share.log_mark();
+    let again = ready(&b, "second", &refs[1..2]);
+    assert_eq!(
+        again["status"]["source"],
+        "imported",
+        "{again:#}\n{}",
+        b.log()
+    );
+    let imported = &events(&again, "Imported")[0];
+    let fetched = number_before(imported, "chunk(s) fetched");
+    let resumed = number_before(imported, "from an interrupted import");
+    eprintln!("second on B, again: {imported}");
+    assert!(resumed > 0 && fetched < layers.len(), "{imported}");
+    assert_eq!(chunk_gets(&share, mark, &shared_as), fetched, "{imported}");
+    assert!(
+        share.blobs_fetched_since(mark).contains(&chunk),
+        "the repaired chunk was fetched"
     );
 
     drop(a);

@@ -37,7 +37,7 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
 pub fn render(items: &[ImageCache], wide: bool) -> String {
     let mut header = vec!["NAME", "AGE", "CACHEID", "PHASE", "PROGRESS"];
     if wide {
-        header.extend(["SIZE", "DATA", "IMAGES", "SNAPSHOT"]);
+        header.extend(["SIZE", "DATA", "IMAGES", "SOURCE", "SNAPSHOT"]);
     }
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -62,6 +62,10 @@ pub fn render(items: &[ImageCache], wide: bool) -> String {
                         .unwrap_or_else(|| "-".into()),
                 );
                 row.push(c.spec.images.len().to_string());
+                row.push(
+                    s.and_then(|s| s.source.clone())
+                        .unwrap_or_else(|| "-".into()),
+                );
                 row.push(
                     s.and_then(|s| s.snapshot_digest.clone())
                         .unwrap_or_else(|| "-".into()),

@@ -40,6 +40,15 @@ pub struct Metrics {
     pub pulled_bytes: Counter,
     pub layers_unpacked: Counter,
     pub credentials_refused: Counter,
+    /// Shared snapshots (daemon/share): chunks and compressed bytes uploaded, fetched, and
+    /// chunks taken from a local snapshot instead of fetched.
+    pub share_pushed_chunks: Counter,
+    pub share_pushed_bytes: Counter,
+    pub share_fetched_chunks: Counter,
+    pub share_fetched_bytes: Counter,
+    pub share_reused_chunks: Counter,
+    pub share_push_seconds: Histogram,
+    pub share_import_seconds: Histogram,
     pub build_seconds: Histogram,
     pub disk_ready_seconds: Histogram,
     pub errors: Family<KindLabel, Counter>,
@@ -59,6 +68,14 @@ impl Default for Metrics {
             pulled_bytes: Counter::default(),
             layers_unpacked: Counter::default(),
             credentials_refused: Counter::default(),
+            share_pushed_chunks: Counter::default(),
+            share_pushed_bytes: Counter::default(),
+            share_fetched_chunks: Counter::default(),
+            share_fetched_bytes: Counter::default(),
+            share_reused_chunks: Counter::default(),
+            // 0.1 s to ~27 min: a push or an import takes about what a build does.
+            share_push_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 15)),
+            share_import_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 15)),
             // 0.25 s to ~68 min: builds take seconds to tens of minutes.
             build_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 15)),
             // 0.5 ms to ~16 s: a clone is milliseconds, a first grow or a busy node more.
@@ -85,6 +102,25 @@ impl Default for Metrics {
             "credentials_refused",
             "Cached images not served (disk clones, snapshotter layers) because the request's credentials could not read them",
             m.credentials_refused.clone(),
+        );
+        for (name, help, counter) in [
+            ("share_pushed_chunks", "Snapshot chunks uploaded to share_registry", &m.share_pushed_chunks),
+            ("share_pushed_bytes", "Compressed bytes of snapshot chunks uploaded to share_registry", &m.share_pushed_bytes),
+            ("share_fetched_chunks", "Snapshot chunks fetched from share_registry", &m.share_fetched_chunks),
+            ("share_fetched_bytes", "Compressed bytes of snapshot chunks fetched from share_registry", &m.share_fetched_bytes),
+            ("share_reused_chunks", "Snapshot chunks an import took from a snapshot on this node instead of fetching them", &m.share_reused_chunks),
+        ] {
+            m.registry.register(name, help, counter.clone());
+        }
+        m.registry.register(
+            "share_push_duration_seconds",
+            "Time to push a Ready cache's snapshot to share_registry",
+            m.share_push_seconds.clone(),
+        );
+        m.registry.register(
+            "share_import_duration_seconds",
+            "Time to import a shared snapshot, from the lookup to the commit",
+            m.share_import_seconds.clone(),
         );
         m.registry.register(
             "build_duration_seconds",

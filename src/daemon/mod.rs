@@ -132,6 +132,7 @@ impl Daemon {
         });
         let snapshots = SnapshotStore::new(config.root.join("snapshots"));
         let share = share::remote(&config).map(Arc::new);
+        share::import::remove_stale_partials(&config.root);
         let inner = Inner {
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads)),
             loops: loop_budget::LoopBudget::new(config.max_loop_devices, config.root.clone()),

@@ -163,7 +163,6 @@ struct Built {
 
 /// The cache from a snapshot another node shared, when `share_registry` has one for it;
 /// `None` (after an `ImportFailed` event when one was found but could not be used) to build.
-#[allow(clippy::too_many_arguments)]
 async fn import_shared(
     d: &Daemon,
     spec: &BuildSpec,
@@ -171,16 +170,20 @@ async fn import_shared(
     shareable: &Shareable,
     resolved: &[crate::registry::ResolvedImage],
     keyring: &crate::registry::Keyring,
-    work_dir: &std::path::Path,
     cancel: &CancellationToken,
 ) -> Result<Option<Built>, BuildError> {
     let owner = Owner::Cache(spec.name.clone());
-    match share::import::import(d, remote, shareable, work_dir, cancel).await {
+    match share::import::import(d, remote, shareable, cancel).await {
         Ok(None) => {
             info!(cache = %spec.name, key = %shareable.key, share = %remote.target, "no shared snapshot of this cache: building it");
             Ok(None)
         }
         Ok(Some(imported)) => {
+            let m = d.metrics();
+            m.share_fetched_chunks.inc_by(imported.chunks as u64);
+            m.share_fetched_bytes.inc_by(imported.fetched_bytes);
+            m.share_reused_chunks.inc_by(imported.reused as u64);
+            m.share_import_seconds.observe(imported.secs);
             let needed =
                 crate::daemon::image_access::needed_credentials(d, resolved, keyring).await;
             let plan = plan::Plan::new(resolved.to_vec(), Default::default())?;
@@ -203,8 +206,6 @@ async fn import_shared(
                 "ImportFailed",
                 format!("Could not import the shared snapshot of this cache from {}: {e}; building it instead", remote.target),
             );
-            clean_work_dir(d.inner.sys.as_ref(), work_dir)
-                .map_err(|e| BuildError::Internal(format!("cleaning a failed import: {e}")))?;
             Ok(None)
         }
     }
@@ -258,10 +259,8 @@ async fn build(
             spec.size_gib,
             resolved,
         );
-        if let Some(built) = import_shared(
-            d, spec, remote, &shareable, resolved, &keyring, work_dir, cancel,
-        )
-        .await?
+        if let Some(built) =
+            import_shared(d, spec, remote, &shareable, resolved, &keyring, cancel).await?
         {
             return Ok(built);
         }

@@ -94,12 +94,14 @@ pub(super) fn mark_imported(
     data_bytes: u64,
 ) -> Result<(), BuildError> {
     let message = format!(
-        "Imported snapshot {} from {} in {:.1}s: {} chunk(s), {} fetched",
+        "Imported snapshot {} from {} in {:.1}s: {} chunk(s) fetched ({}), {} taken from snapshots on this node, {} from an interrupted import",
         imported.snapshot.digest,
         imported.from,
         imported.secs,
         imported.chunks,
-        clock::human_bytes(imported.fetched_bytes)
+        clock::human_bytes(imported.fetched_bytes),
+        imported.reused,
+        imported.resumed
     );
     record_ready(
         d,

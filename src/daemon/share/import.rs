@@ -1,11 +1,16 @@
 //! Importing a shared snapshot instead of building: the artifact tagged by the cache's
 //! content key, used only when it records exactly the images this node resolved (digests and
-//! chainIDs). Its chunks are fetched in parallel (bounded by `max_concurrent_downloads`),
-//! each checked against its digest and written at its offset into a sparse image in the
-//! build's work directory, which is then committed under the snapshot digest the artifact
-//! names. Anything half made stays in the work directory, which the build removes whatever
-//! happens (and a start after a crash removes with the build's record).
+//! chainIDs). Each chunk comes from the first of: the partial image an earlier import of the
+//! same snapshot left (killed, or failed half way: what it wrote is re-hashed, not trusted), a
+//! snapshot already on this node holding a chunk of that digest (copied with
+//! copy_file_range, which reflinks on XFS), or the share registry (fetched in parallel,
+//! bounded by `max_concurrent_downloads`). Every chunk is checked against its digest before
+//! it counts, and the image is committed under the snapshot digest the artifact names.
+//!
+//! The partial image lives in `<root>/imports/<snapshot hex>.img` so that a daemon killed
+//! half way resumes where it was; one left untouched for a day is removed at start.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,14 +23,24 @@ use tokio_util::sync::CancellationToken;
 use super::Shareable;
 use crate::daemon::Daemon;
 use crate::share::{parse_manifest, tag_for_key, ChunkBlob, ShareConfig, ShareError, ShareRemote};
-use crate::snapshot::{Chunk, Snapshot};
+use crate::snapshot::{parse_digest, Chunk, Snapshot};
+
+/// Where partial imports live, beside `snapshots/` on the same filesystem.
+pub(crate) const IMPORTS_DIR: &str = "imports";
+/// A partial import nobody resumed for this long is removed at start.
+const PARTIAL_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// What an import did, for the cache's `Imported` event.
 #[derive(Debug)]
 pub(crate) struct Imported {
     pub snapshot: Snapshot,
     pub from: String,
+    /// Chunks fetched from the share registry.
     pub chunks: usize,
+    /// Chunks copied from a snapshot already on this node.
+    pub reused: usize,
+    /// Chunks an earlier, interrupted import of the same snapshot had written.
+    pub resumed: usize,
     pub fetched_bytes: u64,
     pub secs: f64,
 }
@@ -36,12 +51,67 @@ pub(crate) async fn import(
     d: &Daemon,
     remote: &ShareRemote,
     shareable: &Shareable,
-    work_dir: &Path,
     cancel: &CancellationToken,
 ) -> Result<Option<Imported>, ShareError> {
     tokio::select! {
-        r = import_inner(d, remote, shareable, work_dir) => r,
+        r = import_inner(d, remote, shareable) => r,
         () = cancel.cancelled() => Err(ShareError::Cancelled),
+    }
+}
+
+/// Where a chunk comes from.
+enum Source {
+    /// Already in the partial image.
+    Resumed,
+    /// A snapshot on this node: its image and the chunk's offset there.
+    Local(PathBuf, u64),
+    Fetch(ChunkBlob),
+}
+
+/// Each chunk digest held by a snapshot on this node, with where.
+fn local_chunks(d: &Daemon) -> HashMap<String, (PathBuf, u64)> {
+    let mut held = HashMap::new();
+    let snapshots = match d.inner.snapshots.list() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the snapshots to reuse their chunks: fetching every chunk");
+            return held;
+        }
+    };
+    for snapshot in snapshots {
+        if let Ok(manifest) = d.inner.snapshots.manifest(&snapshot.digest) {
+            for c in manifest.chunks {
+                held.entry(c.digest)
+                    .or_insert_with(|| (snapshot.image_path.clone(), c.offset));
+            }
+        }
+    }
+    held
+}
+
+/// Removes partial imports nobody resumed within `PARTIAL_KEPT` (at start).
+pub(crate) fn remove_stale_partials(root: &Path) {
+    let dir = root.join(IMPORTS_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > PARTIAL_KEPT);
+        if stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a partial import nobody resumed for a day")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale partial import")
+                }
+            }
+        }
     }
 }
 
@@ -49,7 +119,6 @@ async fn import_inner(
     d: &Daemon,
     remote: &ShareRemote,
     shareable: &Shareable,
-    work_dir: &Path,
 ) -> Result<Option<Imported>, ShareError> {
     let started = Instant::now();
     let tag = tag_for_key(&shareable.key);
@@ -71,32 +140,65 @@ async fn import_inner(
             chunks.len()
         )));
     }
-    crate::access::create_dir_with_mode(work_dir, crate::access::PRIVATE_DIR).map_err(
+    let imports = d.inner.config.root.join(IMPORTS_DIR);
+    crate::access::create_dir_with_mode(&imports, crate::access::PRIVATE_DIR).map_err(
         |source| ShareError::Io {
             what: "mkdir",
-            path: work_dir.display().to_string(),
+            path: imports.display().to_string(),
             source,
         },
     )?;
-    let image = Arc::new(work_dir.join("imported.img"));
+    let image = Arc::new(imports.join(format!("{}.img", parse_digest(&config.snapshot_digest)?)));
     let io = |what, source| ShareError::Io {
         what,
         path: image.display().to_string(),
         source,
     };
-    let file = std::fs::File::create(image.as_path()).map_err(|e| io("create", e))?;
+    let resuming = image.exists();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(image.as_path())
+        .map_err(|e| io("open", e))?;
     file.set_len(config.chunk_manifest.size)
         .map_err(|e| io("truncate", e))?;
     let file = Arc::new(file);
+    let local = local_chunks(d);
     let width = d.inner.config.max_concurrent_downloads;
-    let fetched: Vec<u64> = stream::iter(chunks.into_iter().zip(blobs).enumerate())
-        .map(|(index, (chunk, blob))| {
+    let sourced: Vec<(usize, Chunk, Source)> = chunks
+        .into_iter()
+        .zip(blobs)
+        .enumerate()
+        .map(|(i, (chunk, blob))| {
+            let source = match local.get(&chunk.digest) {
+                Some((path, offset)) => Source::Local(path.clone(), *offset),
+                None => Source::Fetch(blob),
+            };
+            (i, chunk, source)
+        })
+        .collect();
+    let outcomes: Vec<(Source, u64)> = stream::iter(sourced)
+        .map(|(index, chunk, source)| {
             let file = file.clone();
-            async move { fetch_chunk(remote, file, index, chunk, blob).await }
+            let image = image.clone();
+            async move { place_chunk(remote, file, image, resuming, index, chunk, source).await }
         })
         .buffer_unordered(width)
         .try_collect()
         .await?;
+    let (mut fetched, mut reused, mut resumed, mut fetched_bytes) = (0, 0, 0, 0);
+    for (source, bytes) in &outcomes {
+        match source {
+            Source::Resumed => resumed += 1,
+            Source::Local(..) => reused += 1,
+            Source::Fetch(_) => {
+                fetched += 1;
+                fetched_bytes += bytes;
+            }
+        }
+    }
     let synced = file.clone();
     tokio::task::spawn_blocking(move || synced.sync_all())
         .await
@@ -118,8 +220,10 @@ async fn import_inner(
     Ok(Some(Imported {
         snapshot,
         from: format!("{}@{manifest_digest}", remote.target),
-        chunks: fetched.len(),
-        fetched_bytes: fetched.iter().sum(),
+        chunks: fetched,
+        reused,
+        resumed,
+        fetched_bytes,
         secs: started.elapsed().as_secs_f64(),
     }))
 }
@@ -159,45 +263,117 @@ fn same_build(config: &ShareConfig, shareable: &Shareable) -> Result<(), ShareEr
     Ok(())
 }
 
-/// Fetches, decompresses, checks and writes chunk `index`; the compressed bytes fetched.
-async fn fetch_chunk(
+/// Puts chunk `index` into the image from `source` (or finds it already there when
+/// `resuming`), checked against its digest; where it came from, and the compressed bytes
+/// fetched.
+async fn place_chunk(
     remote: &ShareRemote,
     file: Arc<std::fs::File>,
+    image: Arc<PathBuf>,
+    resuming: bool,
     index: usize,
     chunk: Chunk,
-    blob: ChunkBlob,
-) -> Result<u64, ShareError> {
-    let failed = |detail: String| ShareError::Chunk {
+    source: Source,
+) -> Result<(Source, u64), ShareError> {
+    let failed = |blob: &str, detail: String| ShareError::Chunk {
         index,
         offset: chunk.offset,
-        blob: blob.digest.clone(),
+        blob: blob.to_owned(),
         detail,
     };
-    let compressed = remote
-        .pull_blob(&blob.digest, blob.size)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let fetched = compressed.len() as u64;
-    let expected = chunk.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let length = usize::try_from(expected.length).map_err(|e| e.to_string())?;
-        let raw = zstd::bulk::decompress(&compressed, length)
-            .map_err(|e| format!("does not decompress to at most {length} bytes: {e}"))?;
-        if raw.len() != length {
-            return Err(format!("decompresses to {} bytes, not {length}", raw.len()));
+    if resuming {
+        let (f, c) = (file.clone(), chunk.clone());
+        let held = tokio::task::spawn_blocking(move || read_checked(&f, &c).is_ok())
+            .await
+            .unwrap_or(false);
+        if held {
+            return Ok((Source::Resumed, 0));
         }
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&raw)));
-        if digest != expected.digest {
-            return Err(format!(
-                "its content hashes to {digest}, the chunk manifest says {}",
-                expected.digest
-            ));
+    }
+    match source {
+        Source::Resumed => Ok((Source::Resumed, 0)),
+        Source::Local(from, offset) => {
+            let (f, c, img) = (file.clone(), chunk.clone(), image.clone());
+            let from2 = from.clone();
+            let copied = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                copy_range(&from2, offset, &img, c.offset, c.length)
+                    .map_err(|e| format!("cannot copy it from {}: {e}", from2.display()))?;
+                read_checked(&f, &c)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            match copied {
+                Ok(()) => Ok((Source::Local(from, offset), 0)),
+                Err(e) => Err(failed(&format!("local {}", from.display()), e)),
+            }
         }
-        file.write_all_at(&raw, expected.offset)
-            .map_err(|e| format!("cannot write it: {e}"))
-    })
-    .await
-    .map_err(|e| failed(e.to_string()))?
-    .map_err(failed)?;
-    Ok(fetched)
+        Source::Fetch(blob) => {
+            let compressed = remote
+                .pull_blob(&blob.digest, blob.size)
+                .await
+                .map_err(|e| failed(&blob.digest, e.to_string()))?;
+            let fetched = compressed.len() as u64;
+            let expected = chunk.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let length = usize::try_from(expected.length).map_err(|e| e.to_string())?;
+                let raw = zstd::bulk::decompress(&compressed, length)
+                    .map_err(|e| format!("does not decompress to at most {length} bytes: {e}"))?;
+                check(&raw, &expected)?;
+                file.write_all_at(&raw, expected.offset)
+                    .map_err(|e| format!("cannot write it: {e}"))
+            })
+            .await
+            .map_err(|e| failed(&blob.digest, e.to_string()))?
+            .map_err(|e| failed(&blob.digest, e))?;
+            Ok((Source::Fetch(blob), fetched))
+        }
+    }
+}
+
+/// Whether `raw` is the chunk `expected` describes.
+fn check(raw: &[u8], expected: &Chunk) -> Result<(), String> {
+    if raw.len() as u64 != expected.length {
+        return Err(format!("{} bytes, not {}", raw.len(), expected.length));
+    }
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(raw)));
+    if digest != expected.digest {
+        return Err(format!(
+            "its content hashes to {digest}, the chunk manifest says {}",
+            expected.digest
+        ));
+    }
+    Ok(())
+}
+
+/// Reads chunk `c` back from the image and checks it.
+fn read_checked(file: &std::fs::File, c: &Chunk) -> Result<(), String> {
+    let mut raw = vec![0u8; usize::try_from(c.length).map_err(|e| e.to_string())?];
+    file.read_exact_at(&mut raw, c.offset)
+        .map_err(|e| format!("cannot read it back: {e}"))?;
+    check(&raw, c)
+}
+
+/// Copies `len` bytes at `from_offset` of `from` to `to_offset` of `to` with
+/// copy_file_range (std's copy between files), which shares the blocks where the
+/// filesystem can (XFS, btrfs) instead of copying them.
+fn copy_range(
+    from: &Path,
+    from_offset: u64,
+    to: &Path,
+    to_offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut src = std::fs::File::open(from)?;
+    src.seek(SeekFrom::Start(from_offset))?;
+    let mut dst = std::fs::OpenOptions::new().write(true).open(to)?;
+    dst.seek(SeekFrom::Start(to_offset))?;
+    let copied = std::io::copy(&mut src.take(len), &mut dst)?;
+    if copied != len {
+        return Err(std::io::Error::other(format!(
+            "copied {copied} of {len} bytes"
+        )));
+    }
+    Ok(())
 }

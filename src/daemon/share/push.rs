@@ -48,6 +48,10 @@ pub(crate) fn spawn(d: &Daemon, name: &str, snapshot: Snapshot, shareable: Share
         let secs = started.elapsed().as_secs_f64();
         match result {
             Ok((shared_as, done)) => {
+                let m = d2.metrics();
+                m.share_pushed_chunks.inc_by(done.uploaded as u64);
+                m.share_pushed_bytes.inc_by(done.uploaded_bytes);
+                m.share_push_seconds.observe(secs);
                 info!(cache = %name, %shared_as, uploaded = done.uploaded, present = done.present, bytes = done.uploaded_bytes, secs, "snapshot pushed");
                 let written = d2.inner.store.update_cache(&name, |c| {
                     if let Some(s) = c.status.as_mut() {
