@@ -18,6 +18,7 @@ use serde_json::Value;
 use support::cachefs::mount_chain;
 use support::daemon::{cache_yaml, TestDaemon};
 use support::gen::features::feature_set;
+use support::hostile_registry::{blob_path, manifest_path, HostileRegistry, Misbehaviour};
 use support::oci::Artifact;
 use support::registry::TestRegistry;
 use support::scratch::{assert_no_leaks, ScratchXfs};
@@ -293,4 +294,164 @@ fn a_snapshot_built_on_one_node_is_imported_by_another_and_a_tampered_one_is_not
     drop(b);
     assert_no_leaks(&root_a);
     assert_no_leaks(&root_b);
+}
+
+/// A daemon on `root` sharing through `share`, with `extra` config lines.
+fn node_with(root: &Path, registries: &[&str], share: &str, extra: &str) -> TestDaemon {
+    let mut daemon = node(root, registries, share);
+    let base = std::fs::read_to_string(&daemon.config_path).unwrap();
+    daemon.stop();
+    std::fs::write(&daemon.config_path, format!("{base}{extra}")).unwrap();
+    daemon.spawn();
+    daemon
+}
+
+#[test]
+fn imports_go_through_a_mirror_and_a_stalled_share_registry_falls_back_in_time() {
+    let scratch = ScratchXfs::new(64 << 30);
+    let images = TestRegistry::start();
+    let share = TestRegistry::start();
+    let mirror = TestRegistry::start_mirror_of(&share);
+    let (img_addr, share_addr, mirror_addr) = (images.addr(), share.addr(), mirror.addr());
+    let set = feature_set(11);
+    let refs = set.push_all(&img_addr, None);
+    let all = [img_addr.as_str(), share_addr.as_str(), mirror_addr.as_str()];
+    let a = node(&scratch.path().join("a"), &all, &share_addr);
+    ready(&a, "app", &refs[..1]);
+    let shared_as = pushed(&a, "app");
+
+    // B and C import through the mirror: the mirror serves B (fetching from the share
+    // registry once), and C gets nothing from the share registry that the mirror holds.
+    let mirrors = format!("registry_mirrors = {{ \"{share_addr}\" = [\"{mirror_addr}\"] }}\n");
+    let b = node_with(&scratch.path().join("b"), &all, &share_addr, &mirrors);
+    let c = node_with(&scratch.path().join("c"), &all, &share_addr, &mirrors);
+    let mirror_mark = mirror.log_mark();
+    let imported = ready(&b, "app", &refs[..1]);
+    assert_eq!(
+        imported["status"]["source"],
+        "imported",
+        "{imported:#}\n{}",
+        b.log()
+    );
+    let through_mirror = chunk_gets_from(&mirror, mirror_mark, &share, &shared_as);
+    assert!(through_mirror > 0, "the mirror served B no chunk");
+    let origin_mark = share.log_mark();
+    let imported = ready(&c, "app", &refs[..1]);
+    assert_eq!(
+        imported["status"]["source"],
+        "imported",
+        "{imported:#}\n{}",
+        c.log()
+    );
+    assert_eq!(
+        chunk_gets(&share, origin_mark, &shared_as),
+        0,
+        "C fetched chunks from the origin"
+    );
+
+    // A share registry that stalls on one chunk: the import gives up within
+    // registry_timeout_secs and the cache is built instead.
+    let hostile = HostileRegistry::start();
+    let client = support::oci::RegistryClient::new(&share_addr, None);
+    let manifest_digest = shared_as.rsplit_once('@').unwrap().1;
+    let (media_type, manifest, _) = client.get_manifest(SHARE_REPO, manifest_digest).unwrap();
+    let parsed: Value = serde_json::from_slice(&manifest).unwrap();
+    let cache = a.get_json("app");
+    let held = &cache["status"]["images"][0];
+    let key = imagecache::share::content_key(
+        &imagecache::registry::Platform::host().to_string(),
+        20,
+        &[imagecache::share::KeyedImage {
+            image: held["image"].as_str().unwrap().to_owned(),
+            digest: held["resolvedDigest"]
+                .as_str()
+                .or(held["digest"].as_str())
+                .unwrap()
+                .to_owned(),
+        }],
+    );
+    let tag = imagecache::share::tag_for_key(&key);
+    hostile.put(
+        &manifest_path(SHARE_REPO, &tag),
+        &media_type,
+        manifest.clone(),
+    );
+    hostile.put(
+        &manifest_path(SHARE_REPO, manifest_digest),
+        &media_type,
+        manifest,
+    );
+    let mut blobs = vec![parsed["config"]["digest"].as_str().unwrap().to_owned()];
+    blobs.extend(
+        parsed["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned()),
+    );
+    for digest in &blobs {
+        let body = client.get_blob(SHARE_REPO, digest).unwrap();
+        hostile.put(
+            &blob_path(SHARE_REPO, digest),
+            "application/octet-stream",
+            body,
+        );
+    }
+    let stalled = blobs.last().unwrap();
+    hostile.rule(&blob_path(SHARE_REPO, stalled), Misbehaviour::Stall);
+    let d = node_with(
+        &scratch.path().join("d"),
+        &[&img_addr, hostile.addr()],
+        hostile.addr(),
+        "registry_timeout_secs = 3\n",
+    );
+    let started = std::time::Instant::now();
+    let built = ready(&d, "app", &refs[..1]);
+    let took = started.elapsed();
+    assert_eq!(built["status"]["source"], "built", "{built:#}");
+    let refused = events(&built, "ImportFailed");
+    assert_eq!(refused.len(), 1, "{built:#}");
+    assert!(
+        refused[0].contains(stalled.as_str()) && refused[0].contains("3 s"),
+        "{refused:?}"
+    );
+    assert!(
+        !hostile.seen_at(&blob_path(SHARE_REPO, stalled)).is_empty(),
+        "the stalled chunk was never asked for"
+    );
+    assert!(took < Duration::from_secs(3 + 20), "fallback took {took:?}");
+    eprintln!("stalled share registry: Ready (built) {took:?} after the create");
+
+    let roots: Vec<std::path::PathBuf> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| scratch.path().join(n))
+        .collect();
+    drop((a, b, c, d));
+    for root in roots {
+        assert_no_leaks(&root);
+    }
+}
+
+/// Like [`chunk_gets`], counted in `mirror`'s access log, the artifact read from `share`.
+fn chunk_gets_from(
+    mirror: &TestRegistry,
+    mark: support::registry::LogMark,
+    share: &TestRegistry,
+    shared_as: &str,
+) -> usize {
+    let client = support::oci::RegistryClient::new(&share.addr(), None);
+    let digest = shared_as.rsplit_once('@').unwrap().1;
+    let manifest: Value =
+        serde_json::from_slice(&client.get_manifest(SHARE_REPO, digest).unwrap().1).unwrap();
+    let chunks: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    mirror
+        .blobs_fetched_since(mark)
+        .iter()
+        .filter(|b| chunks.contains(b))
+        .count()
 }

@@ -24,8 +24,8 @@ pub enum ShareError {
     },
     #[error("{0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
-    #[error("no answer within {0} s (registry_timeout_secs)")]
-    Timeout(u64),
+    #[error("share registry {registry}: no answer within {secs} s (registry_timeout_secs)")]
+    Timeout { registry: String, secs: u64 },
     #[error("cancelled")]
     Cancelled,
 }

@@ -170,10 +170,33 @@ impl ShareRemote {
             .expect("the registry itself is always an endpoint")
     }
 
-    fn registry_error(&self, host: &str, e: impl std::fmt::Display) -> ShareError {
+    /// What went wrong talking to `host`: a timeout anywhere in the chain names the bound;
+    /// anything else says what failed and its root cause.
+    fn registry_error(&self, host: &str, e: &(dyn std::error::Error + 'static)) -> ShareError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut root = e;
+        while let Some(c) = cause {
+            let timed_out = c
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(|r| r.is_timeout())
+                || c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+            if timed_out {
+                return ShareError::Timeout {
+                    registry: host.to_owned(),
+                    secs: self.timeout.as_secs(),
+                };
+            }
+            root = c;
+            cause = c.source();
+        }
+        let (top, root) = (e.to_string(), root.to_string());
         ShareError::Registry {
             registry: host.to_owned(),
-            detail: e.to_string(),
+            detail: match top.contains(&root) {
+                true => top,
+                false => format!("{top}: {root}"),
+            },
         }
     }
 
@@ -183,7 +206,10 @@ impl ShareRemote {
     ) -> Result<T, ShareError> {
         tokio::time::timeout(self.timeout, work)
             .await
-            .unwrap_or(Err(ShareError::Timeout(self.timeout.as_secs())))
+            .unwrap_or(Err(ShareError::Timeout {
+                registry: self.target.registry.clone(),
+                secs: self.timeout.as_secs(),
+            }))
     }
 
     /// Whether the registry itself holds `digest` in the repository.
@@ -195,7 +221,7 @@ impl ShareRemote {
             o.client
                 .blob_exists(&reference, digest)
                 .await
-                .map_err(|e| self.registry_error(&o.host, e))
+                .map_err(|e| self.registry_error(&o.host, &e))
         })
         .await
     }
@@ -210,7 +236,7 @@ impl ShareRemote {
                 .push_blob(&reference, bytes, digest)
                 .await
                 .map(drop)
-                .map_err(|e| self.registry_error(&o.host, e))
+                .map_err(|e| self.registry_error(&o.host, &e))
         })
         .await
     }
@@ -226,7 +252,7 @@ impl ShareRemote {
             o.client
                 .push_manifest_raw(&reference, bytes, content_type)
                 .await
-                .map_err(|e| self.registry_error(&o.host, e))
+                .map_err(|e| self.registry_error(&o.host, &e))
         })
         .await?;
         Ok(digest)
@@ -245,7 +271,7 @@ impl ShareRemote {
                         .await
                         .map_err(|err| match is_not_found(&err) {
                             true => None,
-                            false => Some(self.registry_error(&e.host, err)),
+                            false => Some(self.registry_error(&e.host, &err)),
                         })
                         .map_or_else(
                             |err| match err {
@@ -292,13 +318,13 @@ impl ShareRemote {
                         .client
                         .pull_blob_stream(&reference, digest)
                         .await
-                        .map_err(|err| self.registry_error(&e.host, err))?;
+                        .map_err(|err| self.registry_error(&e.host, &err))?;
                     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
                     let mut stream = stream.stream;
                     while let Some(piece) = stream
                         .try_next()
                         .await
-                        .map_err(|err| self.registry_error(&e.host, err))?
+                        .map_err(|err| self.registry_error(&e.host, &err))?
                     {
                         if (bytes.len() + piece.len()) as u64 > size {
                             return Err(ShareError::Invalid(format!(

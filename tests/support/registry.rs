@@ -42,7 +42,14 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// An anonymous registry: anyone can push and pull.
     pub fn start() -> TestRegistry {
-        Self::launch(Vec::new())
+        Self::launch(Vec::new(), None)
+    }
+
+    /// A pull-through cache of `upstream` (distribution's `proxy.remoteurl`): it serves what
+    /// it was asked for from `upstream` once, then from its own storage. A stand-in for the
+    /// mirrors clusters put in front of registries (Spegel, Dragonfly).
+    pub fn start_mirror_of(upstream: &TestRegistry) -> TestRegistry {
+        Self::launch(Vec::new(), Some(upstream.url()))
     }
 
     /// A registry that refuses anonymous access and accepts `user`/`pass` (HTTP basic auth,
@@ -58,7 +65,7 @@ impl TestRegistry {
             .iter()
             .map(|(u, p)| (u.to_string(), p.to_string()))
             .collect();
-        Self::launch(users)
+        Self::launch(users, None)
     }
 
     /// "127.0.0.1:PORT", the form image references and `insecure_registries` use.
@@ -168,7 +175,7 @@ impl TestRegistry {
             .collect()
     }
 
-    fn launch(users: Vec<(String, String)>) -> TestRegistry {
+    fn launch(users: Vec<(String, String)>, proxy_of: Option<String>) -> TestRegistry {
         let credentials = users.first().cloned();
         let dir = tempfile::Builder::new()
             .prefix("imagecache-registry-")
@@ -185,7 +192,11 @@ impl TestRegistry {
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
             let config = dir.path().join("config.yml");
-            fs::write(&config, config_yaml(dir.path(), port, htpasswd.as_deref())).unwrap();
+            fs::write(
+                &config,
+                config_yaml(dir.path(), port, htpasswd.as_deref(), proxy_of.as_deref()),
+            )
+            .unwrap();
             let log = dir.path().join("registry.log");
             // A fresh log per attempt, so an old "address already in use" does not linger.
             fs::write(&log, b"").unwrap();
@@ -270,7 +281,7 @@ fn write_htpasswd(path: &Path, users: &[(String, String)]) {
     fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-fn config_yaml(dir: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+fn config_yaml(dir: &Path, port: u16, htpasswd: Option<&Path>, proxy_of: Option<&str>) -> String {
     // No `storage.cache` section: without a blob descriptor cache every request stats the
     // data file, so tampered or truncated blobs are served as they are on disk.
     // Health checks off: they would only add log noise and storage driver traffic.
@@ -307,6 +318,9 @@ health:
 ",
             path.display()
         ));
+    }
+    if let Some(url) = proxy_of {
+        yaml.push_str(&format!("proxy:\n  remoteurl: {url}\n"));
     }
     yaml
 }
