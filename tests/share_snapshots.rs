@@ -175,8 +175,24 @@ fn a_snapshot_built_on_one_node_is_imported_by_another_and_a_tampered_one_is_not
     }
     let verified = b.cli_ok(&["verify", "app"]);
     assert!(verified.contains("verified"), "{verified}");
-    // An imported cache is not pushed again.
+    // An imported cache is not pushed again by itself; `imagecache push` pushes it on demand,
+    // and the registry already holds every blob, so nothing is uploaded.
     assert!(imported["status"]["sharedAs"].is_null(), "{imported:#}");
+    let out = b.cli_ok(&["push", "app"]);
+    assert_eq!(out.trim(), format!("app: pushed as {shared_as}"));
+    let again = b.get_json("app");
+    let pushed_event = &events(&again, "Pushed")[0];
+    assert_eq!(
+        number_before(pushed_event, "chunk(s) uploaded"),
+        0,
+        "{pushed_event}"
+    );
+    assert!(
+        number_before(pushed_event, "already there") > 0,
+        "{pushed_event}"
+    );
+    let refused = b.cli(&["push", "nosuch"]);
+    assert!(!refused.status.success());
 
     // A disk cloned on B shows the image as the generator made it.
     let disk = b.disk_create(&["--image", &refs[0]]);

@@ -39,6 +39,7 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
             &format!("{IMAGECACHES}/{{name}}/verify"),
             post(verify_cache),
         )
+        .route(&format!("{IMAGECACHES}/{{name}}/push"), post(push_cache))
         .route(DISKS, post(create_disk).get(list_disks))
         .route(
             &format!("{DISKS}/{{id}}"),
@@ -181,6 +182,10 @@ async fn delete_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Resp
 
 async fn verify_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
     run(&d, Action::VerifyImageCache(name)).await
+}
+
+async fn push_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
+    run(&d, Action::PushImageCache(name)).await
 }
 
 async fn create_disk(State(d): State<Daemon>, headers: HeaderMap, body: Bytes) -> Response {

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod get;
 pub mod info;
 pub mod output;
+mod push;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub enum Command {
     Delete(delete::Args),
     /// Re-hash a cache's snapshot and report any chunk that differs.
     Verify(verify::Args),
+    /// Push a Ready cache's snapshot to the daemon's share_registry now.
+    Push(push::Args),
     /// Per-pod disks cloned from caches.
     #[command(subcommand)]
     Disk(disk::Command),
@@ -58,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(a) => describe::run(&client, a).await,
         Command::Delete(a) => delete::run(&client, a).await,
         Command::Verify(a) => verify::run(&client, a).await,
+        Command::Push(a) => push::run(&client, a).await,
         Command::Disk(c) => disk::run(&client, c).await,
         Command::Info(a) => info::run(&client, a).await,
         Command::ContainerdConfig(a) => containerd_config::run(&client, a).await,

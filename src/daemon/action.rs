@@ -20,6 +20,8 @@ pub enum Action {
     DeleteImageCache(String),
     /// Re-hash a Ready cache's snapshot against its manifest.
     VerifyImageCache(String),
+    /// Push a Ready cache's snapshot to `share_registry` now, and answer the cache.
+    PushImageCache(String),
     /// Select a cache for a pod (matching.rs), clone it into a new disk, attach and mount it;
     /// images the cache lacks are pulled into the disk in the background.
     CreateDisk(Box<ValidDisk>),

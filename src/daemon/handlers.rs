@@ -28,6 +28,7 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> 
         })),
         Action::DeleteImageCache(name) => delete_cache(d, &name).await,
         Action::VerifyImageCache(name) => verify(d, &name).await,
+        Action::PushImageCache(name) => push(d, &name).await,
         Action::CreateDisk(req) => super::disks::create(d, *req).await,
         Action::GetDisk(id) => Ok(Reply::Disk(Box::new(super::disks::get(d, &id)?))),
         Action::ListDisks => super::disks::list(d),
@@ -175,6 +176,40 @@ pub(super) fn release_snapshot(d: &Daemon, digest: &str) -> Result<(), Box<dyn s
         info!(%digest, "snapshot removed: no cache or disk uses it");
     }
     Ok(())
+}
+
+/// `imagecache push NAME`: the Ready cache's snapshot pushed to `share_registry` now.
+async fn push(d: &Daemon, name: &str) -> Result<Reply, DaemonError> {
+    if d.inner.share.is_none() {
+        return Err(DaemonError::Conflict(
+            "share_registry is not set in the daemon's config: there is nowhere to push".into(),
+        ));
+    }
+    let cache = get(d, name)?;
+    let status = cache
+        .status
+        .as_ref()
+        .unwrap_or_else(|| unreachable!("stored caches always have a status"));
+    let digest = match (status.phase, &status.snapshot_digest) {
+        (Phase::Ready, Some(digest)) => digest.clone(),
+        (phase, _) => return Err(DaemonError::Conflict(format!(
+            "ImageCache {name:?} is {phase}, not Ready: only a Ready cache has a snapshot to push"
+        ))),
+    };
+    let snapshot = d.inner.snapshots.get(&digest).map_err(internal)?;
+    let size_gib = cache
+        .spec
+        .image_cache_size
+        .unwrap_or(d.inner.config.default_cache_size_gib);
+    let shareable = super::share::Shareable::of_cache(
+        &d.inner.registry.platform().to_string(),
+        size_gib,
+        &status.images,
+    );
+    super::share::push::push_and_record(d, name, &snapshot, &shareable)
+        .await
+        .map_err(|e| DaemonError::Unavailable(format!("push of {name:?} failed: {e}")))?;
+    Ok(Reply::ImageCache(Box::new(get(d, name)?)))
 }
 
 async fn verify(d: &Daemon, name: &str) -> Result<Reply, DaemonError> {

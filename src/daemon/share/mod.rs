@@ -39,6 +39,26 @@ pub(crate) struct Shareable {
 }
 
 impl Shareable {
+    /// What a stored Ready cache is shared as, from the images it recorded.
+    pub fn of_cache(
+        platform: &str,
+        size_gib: u32,
+        images: &[crate::objects::CachedImage],
+    ) -> Shareable {
+        let images: Vec<SharedImage> = images
+            .iter()
+            .map(|i| SharedImage {
+                image: i.image.clone(),
+                digest: i
+                    .resolved_digest
+                    .clone()
+                    .unwrap_or_else(|| i.digest.clone()),
+                chain_ids: i.chain_ids.clone(),
+            })
+            .collect();
+        Self::keyed(platform, size_gib, images)
+    }
+
     pub fn of(platform: &str, size_gib: u32, resolved: &[ResolvedImage]) -> Shareable {
         let images: Vec<SharedImage> = resolved
             .iter()
@@ -48,6 +68,10 @@ impl Shareable {
                 chain_ids: chain_ids(&r.diff_ids()),
             })
             .collect();
+        Self::keyed(platform, size_gib, images)
+    }
+
+    fn keyed(platform: &str, size_gib: u32, images: Vec<SharedImage>) -> Shareable {
         let keyed: Vec<KeyedImage> = images
             .iter()
             .map(|i| KeyedImage {

@@ -32,54 +32,75 @@ struct Pushed {
 
 /// Pushes `snapshot` of cache `name` in the background; its outcome is an event.
 pub(crate) fn spawn(d: &Daemon, name: &str, snapshot: Snapshot, shareable: Shareable) {
-    let Some(remote) = d.inner.share.clone() else {
+    if d.inner.share.is_none() {
         return;
-    };
+    }
     let d2 = d.clone();
     let name = name.to_owned();
     let stop = d.inner.shutdown.clone();
     d.inner.tasks.spawn(async move {
-        let started = Instant::now();
-        let owner = Owner::Cache(name.clone());
-        let result = tokio::select! {
-            r = push(&d2, &remote, &snapshot, &shareable) => r,
-            () = stop.cancelled() => Err(ShareError::Cancelled),
-        };
-        let secs = started.elapsed().as_secs_f64();
-        match result {
-            Ok((shared_as, done)) => {
-                let m = d2.metrics();
-                m.share_pushed_chunks.inc_by(done.uploaded as u64);
-                m.share_pushed_bytes.inc_by(done.uploaded_bytes);
-                m.share_push_seconds.observe(secs);
-                info!(cache = %name, %shared_as, uploaded = done.uploaded, present = done.present, bytes = done.uploaded_bytes, secs, "snapshot pushed");
-                let written = d2.inner.store.update_cache(&name, |c| {
-                    if let Some(s) = c.status.as_mut() {
-                        s.shared_as = Some(shared_as.clone());
-                    }
-                });
-                record::or_log(&d2, written, &owner, "where the snapshot is shared");
-                owner.event(
-                    &d2,
-                    NORMAL,
-                    "Pushed",
-                    format!(
-                        "Pushed snapshot {} as {shared_as} in {secs:.1}s: {} chunk(s) uploaded ({} bytes compressed), {} already there",
-                        snapshot.digest, done.uploaded, done.uploaded_bytes, done.present
-                    ),
-                );
-            }
-            Err(e) => {
-                warn!(cache = %name, error = %e, "snapshot push failed");
-                owner.event(
-                    &d2,
-                    WARNING,
-                    "PushFailed",
-                    format!("Could not push snapshot {} to {} after {secs:.1}s: {e}", snapshot.digest, remote.target),
-                );
-            }
+        tokio::select! {
+            _ = push_and_record(&d2, &name, &snapshot, &shareable) => {}
+            () = stop.cancelled() => {}
         }
     });
+}
+
+/// Pushes `snapshot` of cache `name` now, recording the outcome on the cache (`sharedAs`,
+/// `Pushed` or `PushFailed`, metrics); where it is shared, or why not.
+pub(crate) async fn push_and_record(
+    d: &Daemon,
+    name: &str,
+    snapshot: &Snapshot,
+    shareable: &Shareable,
+) -> Result<String, ShareError> {
+    let Some(remote) = d.inner.share.clone() else {
+        return Err(ShareError::Invalid(
+            "share_registry is not set in the daemon's config".into(),
+        ));
+    };
+    let started = Instant::now();
+    let owner = Owner::Cache(name.to_owned());
+    let result = push(d, &remote, snapshot, shareable).await;
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok((shared_as, done)) => {
+            let m = d.metrics();
+            m.share_pushed_chunks.inc_by(done.uploaded as u64);
+            m.share_pushed_bytes.inc_by(done.uploaded_bytes);
+            m.share_push_seconds.observe(secs);
+            info!(cache = %name, %shared_as, uploaded = done.uploaded, present = done.present, bytes = done.uploaded_bytes, secs, "snapshot pushed");
+            let written = d.inner.store.update_cache(name, |c| {
+                if let Some(s) = c.status.as_mut() {
+                    s.shared_as = Some(shared_as.clone());
+                }
+            });
+            record::or_log(d, written, &owner, "where the snapshot is shared");
+            owner.event(
+                d,
+                NORMAL,
+                "Pushed",
+                format!(
+                    "Pushed snapshot {} as {shared_as} in {secs:.1}s: {} chunk(s) uploaded ({} bytes compressed), {} already there",
+                    snapshot.digest, done.uploaded, done.uploaded_bytes, done.present
+                ),
+            );
+            Ok(shared_as)
+        }
+        Err(e) => {
+            warn!(cache = %name, error = %e, "snapshot push failed");
+            owner.event(
+                d,
+                WARNING,
+                "PushFailed",
+                format!(
+                    "Could not push snapshot {} to {} after {secs:.1}s: {e}",
+                    snapshot.digest, remote.target
+                ),
+            );
+            Err(e)
+        }
+    }
 }
 
 async fn push(
