@@ -192,9 +192,11 @@ async fn push(d: &Daemon, name: &str) -> Result<Reply, DaemonError> {
         .unwrap_or_else(|| unreachable!("stored caches always have a status"));
     let digest = match (status.phase, &status.snapshot_digest) {
         (Phase::Ready, Some(digest)) => digest.clone(),
-        (phase, _) => return Err(DaemonError::Conflict(format!(
+        (phase, _) => {
+            return Err(DaemonError::Conflict(format!(
             "ImageCache {name:?} is {phase}, not Ready: only a Ready cache has a snapshot to push"
-        ))),
+        )))
+        }
     };
     let snapshot = d.inner.snapshots.get(&digest).map_err(internal)?;
     let size_gib = cache

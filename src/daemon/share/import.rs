@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shareable;
 use crate::daemon::Daemon;
 use crate::share::{parse_manifest, tag_for_key, ChunkBlob, ShareConfig, ShareError, ShareRemote};
-use crate::snapshot::{parse_digest, Chunk, Snapshot};
+use crate::snapshot::{parse_digest, Chunk, Snapshot, DEFAULT_CHUNK_SIZE};
 
 /// Where partial imports live, beside `snapshots/` on the same filesystem.
 pub(crate) const IMPORTS_DIR: &str = "imports";
@@ -132,6 +132,25 @@ async fn import_inner(
             .await?,
     )?;
     same_build(&config, shareable)?;
+    let m = &config.chunk_manifest;
+    if m.chunk_size != DEFAULT_CHUNK_SIZE || m.size != u64::from(config.size_gib) << 30 {
+        return Err(ShareError::Invalid(format!(
+            "its image is {} bytes in chunks of {}; a {} GiB cache's is {} bytes in chunks of {DEFAULT_CHUNK_SIZE}",
+            m.size,
+            m.chunk_size,
+            config.size_gib,
+            u64::from(config.size_gib) << 30
+        )));
+    }
+    // A compressed chunk is never larger than zstd's bound for its length: anything larger is
+    // refused before it is fetched, so an artifact cannot make the daemon buffer more.
+    let bound = zstd::zstd_safe::compress_bound(DEFAULT_CHUNK_SIZE as usize) as u64;
+    if let Some((i, b)) = blobs.iter().enumerate().find(|(_, b)| b.size > bound) {
+        return Err(ShareError::Invalid(format!(
+            "layer {i} is {} bytes, more than a compressed chunk can be ({bound})",
+            b.size
+        )));
+    }
     let chunks = config.chunk_manifest.chunks.clone();
     if chunks.len() != blobs.len() {
         return Err(ShareError::Invalid(format!(
@@ -179,7 +198,19 @@ async fn import_inner(
             (i, chunk, source)
         })
         .collect();
-    let outcomes: Vec<(Source, u64)> = stream::iter(sourced)
+    // Writeback runs while chunks still arrive, as a build's runs under its fsck: left to
+    // the final fsync, hundreds of MB would be written with both cores idle.
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writeback = {
+        let (file, writing) = (file.clone(), writing.clone());
+        tokio::task::spawn_blocking(move || {
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let _ = file.sync_data();
+            }
+        })
+    };
+    let outcomes: Result<Vec<(Source, u64)>, ShareError> = stream::iter(sourced)
         .map(|(index, chunk, source)| {
             let file = file.clone();
             let image = image.clone();
@@ -187,7 +218,10 @@ async fn import_inner(
         })
         .buffer_unordered(width)
         .try_collect()
-        .await?;
+        .await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = writeback.await;
+    let outcomes = outcomes?;
     let (mut fetched, mut reused, mut resumed, mut fetched_bytes) = (0, 0, 0, 0);
     for (source, bytes) in &outcomes {
         match source {
@@ -309,8 +343,10 @@ async fn place_chunk(
             }
         }
         Source::Fetch(blob) => {
+            // Unchecked: the chunk's content is checked below, which is what matters, and
+            // hashing the compressed bytes too would cost a third of an import's CPU.
             let compressed = remote
-                .pull_blob(&blob.digest, blob.size)
+                .pull_blob_unchecked(&blob.digest, blob.size)
                 .await
                 .map_err(|e| failed(&blob.digest, e.to_string()))?;
             let fetched = compressed.len() as u64;

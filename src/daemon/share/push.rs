@@ -150,9 +150,17 @@ async fn push(
     let chunks: Vec<ChunkBlob> = outcomes.into_iter().map(|(b, _)| b).collect();
     let manifest_bytes =
         crate::share::manifest_bytes(&config_blob.digest, config_blob.size, &chunks);
-    let digest = remote
-        .push_manifest(&tag_for_key(&shareable.key), manifest_bytes)
-        .await?;
+    // Builds are not bit-reproducible, so two nodes building the same cache make different
+    // snapshots: the first one tagged stays the one every node imports, and a later one is
+    // pushed by digest only.
+    let tag = tag_for_key(&shareable.key);
+    let target = match remote.pull_manifest(&tag).await? {
+        Some((_, tagged)) if tagged != crate::share::sha256_digest(&manifest_bytes) => {
+            crate::share::sha256_digest(&manifest_bytes)
+        }
+        _ => tag,
+    };
+    let digest = remote.push_manifest(&target, manifest_bytes).await?;
     Ok((format!("{}@{digest}", remote.target), done))
 }
 
