@@ -78,14 +78,18 @@ echo
 echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r); $runs runs"
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
-echo
-echo "| run | A build, sharing off | A build, sharing on | push | B import | import / build | B fetched | fetched / compressed |"
-echo "|---|---|---|---|---|---|---|---|"
 compressed=$(jq -r '.image.compressed_bytes' <<<"$result")
-for i in $(seq 0 $((runs - 1))); do
-  jq -r --argjson c "$compressed" --argjson i "$i" '.runs[$i] |
-    "| \($i + 1) | \(.build_off_s * 100 | round / 100) s | \(.build_s * 100 | round / 100) s | \(.push_s) s | \(.import_s * 100 | round / 100) s | \(.import_s / .build_s * 1000 | round / 1000)x | \((.share_bytes + .image_bytes) / 1048576 * 10 | round / 10) MiB | \((.share_bytes + .image_bytes) / $c * 1000 | round / 1000)x |"' <<<"$result"
-done
+echo
+echo "| run | A build, sharing off | A build, sharing on | push (event / seen) | B import | import / build | B fetched | fetched / compressed |"
+echo "|---|---|---|---|---|---|---|---|"
+jq -r --argjson c "$compressed" '.runs | to_entries[] | .value as $r |
+  [.key + 1, $r.build_off_s, $r.build_s, $r.push_s, $r.push_wall_s, $r.import_s,
+   $r.import_s / $r.build_s, ($r.share_bytes + $r.image_bytes) / 1048576,
+   ($r.share_bytes + $r.image_bytes) / $c] | @tsv' <<<"$result" |
+  while IFS=$'\t' read -r n off on push seen import ratio fetched fratio; do
+    printf '| %s | %.2f s | %.2f s | %.1f s / %.2f s | %.2f s | %.3fx | %.1f MiB | %.3fx |\n' \
+      "$n" "$off" "$on" "$push" "$seen" "$import" "$ratio" "$fetched" "$fratio"
+  done
 echo
 printf "image: %s MiB compressed layers; frozen data %s MiB\n" "$(mib "$compressed")" "$(mib "$(jq -r '.data_bytes' <<<"$result")")"
 printf "A's time to Ready, sharing on / off: %.3fx (%.2f s / %.2f s; reported, not checked)\n" \
