@@ -118,8 +118,8 @@ fn main() {
     let mut runs = Vec::new();
     for i in 1..=args.runs {
         let dir = scratch.path().join(format!("run{i}"));
-        // Alternate the order of the two builds: whichever runs second finds the image's blobs
-        // warmer in the registry's page cache.
+        // Alternate the order of the two builds, so the writeback an earlier node left and
+        // drift on the machine hit both alike.
         let off_first = i % 2 == 0;
         let off = off_first.then(|| build_without_sharing(&dir.join("off"), &img_addr, &app));
         let mut run = share_run(&dir, &images, &app, &img_addr);
