@@ -18,3 +18,4 @@ bash scripts/crash-soak.sh 5 --max-seconds 180
 bash scripts/bench-vs-containerd.sh --check
 bash scripts/bench-pod-start.sh --check
 bash scripts/bench-disk-size.sh --check
+bash scripts/bench-share.sh --check

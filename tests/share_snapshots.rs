@@ -28,16 +28,7 @@ const SHARE_REPO: &str = "imagecache/snapshots";
 
 /// A daemon on `root` sharing through `share`.
 fn node(root: &Path, registries: &[&str], share: &str) -> TestDaemon {
-    let mut daemon = TestDaemon::start(root, registries);
-    let base = std::fs::read_to_string(&daemon.config_path).unwrap();
-    daemon.stop();
-    std::fs::write(
-        &daemon.config_path,
-        format!("{base}share_registry = \"{share}/{SHARE_REPO}\"\n"),
-    )
-    .unwrap();
-    daemon.spawn();
-    daemon
+    TestDaemon::start_sharing(root, registries, &format!("{share}/{SHARE_REPO}"))
 }
 
 fn ready(daemon: &TestDaemon, name: &str, images: &[String]) -> Value {

@@ -50,6 +50,22 @@ impl TestDaemon {
         d
     }
 
+    /// Like [`TestDaemon::start`], sharing frozen snapshots through `share_registry`
+    /// ("host:port/repository"): the daemon starts once to write its config, then again with
+    /// the key added.
+    pub fn start_sharing(root: &Path, registries: &[&str], share_registry: &str) -> TestDaemon {
+        let mut daemon = TestDaemon::start(root, registries);
+        let base = std::fs::read_to_string(&daemon.config_path).unwrap();
+        daemon.stop();
+        std::fs::write(
+            &daemon.config_path,
+            format!("{base}share_registry = \"{share_registry}\"\n"),
+        )
+        .unwrap();
+        daemon.spawn();
+        daemon
+    }
+
     /// The containerd snapshotter's socket.
     pub fn snapshotter_socket(&self) -> PathBuf {
         self.dir.path().join("snapshotter.sock")

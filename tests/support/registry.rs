@@ -164,6 +164,25 @@ impl TestRegistry {
             .collect()
     }
 
+    /// What the registry sent in answer to successful GETs since `mark`, from the access
+    /// log's response sizes: what a client really downloaded, counted by the server.
+    pub fn bytes_sent_since(&self, mark: LogMark) -> Sent {
+        let log = fs::read(self.log_path()).unwrap_or_default();
+        let start = usize::try_from(mark.0).unwrap().min(log.len());
+        let mut sent = Sent::default();
+        for line in String::from_utf8_lossy(&log[start..]).lines() {
+            let Some((path, bytes)) = get_sent(line) else {
+                continue;
+            };
+            sent.bytes += bytes;
+            if path.contains("/blobs/sha256:") {
+                sent.blob_bytes += bytes;
+                sent.blobs += 1;
+            }
+        }
+        sent
+    }
+
     /// The access log's lines for manifests (any repository, any answer) since `mark`.
     pub fn manifest_requests_since(&self, mark: LogMark) -> Vec<String> {
         let log = fs::read(self.log_path()).unwrap_or_default();
@@ -396,4 +415,27 @@ fn blob_get(line: &str) -> Option<String> {
     }
     let status: u16 = after.split_whitespace().next()?.parse().ok()?;
     (200..400).contains(&status).then(|| digest.to_string())
+}
+
+/// Bytes a registry sent, from [`TestRegistry::bytes_sent_since`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sent {
+    /// Every successful GET's body: blobs, manifests, tag lists.
+    pub bytes: u64,
+    /// Blob GETs' bodies alone.
+    pub blob_bytes: u64,
+    /// Blob GETs answered.
+    pub blobs: usize,
+}
+
+/// The path and response size of one access-log line when it is a successful GET
+/// (`... "GET /v2/<path> HTTP/1.1" 200 <bytes> "<referer>" "<agent>"`).
+fn get_sent(line: &str) -> Option<(&str, u64)> {
+    let (_, rest) = line.split_once("\"GET /v2/")?;
+    let (request, after) = rest.split_once('"')?;
+    let path = request.split_whitespace().next()?;
+    let mut fields = after.split_whitespace();
+    let status: u16 = fields.next()?.parse().ok()?;
+    let bytes: u64 = fields.next()?.parse().ok()?;
+    (200..400).contains(&status).then_some((path, bytes))
 }
