@@ -181,11 +181,14 @@ impl ShareRemote {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
         let mut root = e;
         while let Some(c) = cause {
+            // reqwest marks its own timeouts; a read timeout inside hyper reaches here as a
+            // private error type whose only trace is its text.
             let timed_out = c
                 .downcast_ref::<reqwest::Error>()
                 .is_some_and(|r| r.is_timeout())
                 || c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                || (c.source().is_none() && c.to_string().contains("timed out"));
             if timed_out {
                 return ShareError::Timeout {
                     registry: host.to_owned(),
