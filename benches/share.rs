@@ -282,13 +282,15 @@ fn event_secs(message: &str) -> f64 {
         .unwrap_or_else(|| panic!("no duration in {message:?}"))
 }
 
-/// The `Imported` event says what the daemon counted fetched ("..., 210.3 MiB fetched"), its
-/// chunks alone; the registry also sent the artifact's config. The two must agree to within
-/// the event's rounding and the config's size, or one of them counts something else.
+/// The `Imported` event says what the daemon counted fetched ("...: 121 chunk(s) fetched
+/// (123.7 MiB), ..."), its chunks alone; the registry also sent the artifact's config. The
+/// two must agree to within the event's rounding and the config's size, or one of them
+/// counts something else.
 fn cross_check(message: &str, registry_blob_bytes: u64) {
     let figure = message
-        .rsplit_once(", ")
-        .and_then(|(_, tail)| tail.strip_suffix(" fetched"))
+        .split_once(" chunk(s) fetched (")
+        .and_then(|(_, tail)| tail.split_once(')'))
+        .map(|(figure, _)| figure)
         .unwrap_or_else(|| panic!("no fetched figure in {message:?}"));
     let (value, unit) = figure
         .split_once(' ')
