@@ -50,6 +50,10 @@ pub const POINTS: &[&str] = &[
     "build.commit",
     // Build: the reference taken, the cache not yet marked Ready.
     "build.ready",
+    // Import of a shared snapshot: a chunk written to the partial image (`:n` for the n-th).
+    "import.chunk",
+    // Import: the snapshot committed, no cache has taken its reference yet.
+    "import.commit",
     // Disk create: the snapshot's image at the disk's size ready (a grown image made when
     // the disk is larger than the cache), not yet cloned.
     "disk.grow",

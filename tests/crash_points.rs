@@ -17,6 +17,7 @@
 //! | disk.grow, disk.clone, disk.attach, disk.mount, disk.delete | `disk_points` |
 //! | cache.delete, gc.collect | `delete_and_gc_points` |
 //! | snapshotter.prepare, snapshotter.commit, snapshotter.remove | `snapshotter_points` |
+//! | import.chunk (2nd chunk), import.commit | `import_points` |
 //!
 //! `soak` (ignored; `scripts/crash-soak.sh N` runs it) kills a mixed workload N times at
 //! random fault points or after random delays and checks the same after each restart.
@@ -60,16 +61,27 @@ const SNAPSHOTTER_POINTS: &[&str] = &[
     "snapshotter.remove",
 ];
 
+const IMPORT_POINTS: &[&str] = &["import.chunk:2", "import.commit"];
+
+/// Where nodes share snapshots, in the share registry.
+const SHARE_REPO: &str = "imagecache/snapshots";
+
 /// How long a workload may take to reach its point.
 const DEATH_WAIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn every_fault_point_has_a_case() {
-    let covered: BTreeSet<&str> = [BUILD_POINTS, DISK_POINTS, DELETE_POINTS, SNAPSHOTTER_POINTS]
-        .concat()
-        .into_iter()
-        .map(|p| p.split(':').next().unwrap())
-        .collect();
+    let covered: BTreeSet<&str> = [
+        BUILD_POINTS,
+        DISK_POINTS,
+        DELETE_POINTS,
+        SNAPSHOTTER_POINTS,
+        IMPORT_POINTS,
+    ]
+    .concat()
+    .into_iter()
+    .map(|p| p.split(':').next().unwrap())
+    .collect();
     let all: BTreeSet<&str> = fault::POINTS.iter().copied().collect();
     assert_eq!(
         covered, all,
@@ -87,6 +99,20 @@ impl Node {
     fn new(registry: &str) -> Node {
         let scratch = ScratchXfs::new(64 << 30);
         let daemon = TestDaemon::start(&scratch.path().join("state"), &[registry]);
+        Node {
+            daemon,
+            _scratch: scratch,
+        }
+    }
+
+    /// A node that pushes Ready caches to, and imports them from, `share`.
+    fn sharing(registry: &str, share: &str) -> Node {
+        let scratch = ScratchXfs::new(64 << 30);
+        let daemon = TestDaemon::start_sharing(
+            &scratch.path().join("state"),
+            &[registry, share],
+            &format!("{share}/{SHARE_REPO}"),
+        );
         Node {
             daemon,
             _scratch: scratch,
@@ -355,6 +381,57 @@ fn build_points() {
         assert_invariants(&node.daemon, point);
         empty_and_stop(node, &[]);
     }
+}
+
+/// Waits until cache `name` on `d` has been pushed.
+fn wait_pushed(d: &TestDaemon, name: &str) {
+    let c = d.wait_until(name, DEATH_WAIT, |c| {
+        c["status"]["events"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|e| e["reason"] == "Pushed" || e["reason"] == "PushFailed")
+        })
+    });
+    assert!(c["status"]["sharedAs"].is_string(), "{c:#}\n{}", d.log());
+}
+
+#[test]
+fn import_points() {
+    let (registry, image) = one_image();
+    let share = TestRegistry::start();
+    let builder = Node::sharing(&registry.addr(), &share.addr());
+    build_cache(&builder.daemon, "c", &image);
+    wait_pushed(&builder.daemon, "c");
+    for point in IMPORT_POINTS {
+        let mut node = Node::sharing(&registry.addr(), &share.addr());
+        node.arm(point);
+        let _answer = node
+            .daemon
+            .create(&cache_yaml("c", std::slice::from_ref(&image), ""), false);
+        node.dies_at_and_restarts(point);
+        assert_invariants(&node.daemon, point);
+        let c = node.daemon.get_json("c");
+        assert_eq!(c["status"]["phase"], "Failed", "{point}: {c:#}");
+        // The node still imports it, taking what the killed import wrote.
+        build_cache(&node.daemon, "again", &image);
+        let again = node.daemon.get_json("again");
+        assert_eq!(again["status"]["source"], "imported", "{point}: {again:#}");
+        if point.starts_with("import.chunk") {
+            let imported = again["status"]["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["reason"] == "Imported")
+                .map(|e| e["message"].as_str().unwrap().to_owned())
+                .unwrap();
+            assert!(
+                !imported.contains(", 0 from an interrupted import"),
+                "{point}: nothing resumed: {imported}"
+            );
+        }
+        assert_invariants(&node.daemon, point);
+        empty_and_stop(node, &[]);
+    }
+    empty_and_stop(builder, &[]);
 }
 
 #[test]
@@ -735,6 +812,8 @@ fn op_for(point: &str) -> &'static str {
         "disk" if point.starts_with("disk.delete") => "disk.delete",
         "disk" => "disk",
         "cache" | "gc" => "cache",
+        // A build imports what another build of the same images pushed.
+        "import" => "build",
         _ => "snapshotter",
     }
 }
@@ -774,7 +853,10 @@ fn soak() {
         .into_iter()
         .take(3)
         .collect();
-    let mut node = Node::new(&registry.addr());
+    // Sharing on: every Ready build pushes, and a later build of the same images imports
+    // it, so the import points are reached too.
+    let share = TestRegistry::start();
+    let mut node = Node::sharing(&registry.addr(), &share.addr());
     let mut tally = Tally::default();
     let mut seq = 0;
     let mut failures = Vec::new();
@@ -786,6 +868,9 @@ fn soak() {
             point = fault::POINTS[rng.below(fault::POINTS.len())].to_owned();
             if point == "build.layer" {
                 point = format!("build.layer:{}", 1 + rng.below(3));
+            }
+            if point == "import.chunk" {
+                point = format!("import.chunk:{}", 1 + rng.below(3));
             }
         }
         // What the store knows before the run: none of it may vanish but by a delete.

@@ -186,6 +186,7 @@ async fn import_shared(
             m.share_import_seconds.observe(imported.secs);
             let needed =
                 crate::daemon::image_access::needed_credentials(d, resolved, keyring).await;
+            crate::fault::point("import.commit");
             let plan = plan::Plan::new(resolved.to_vec(), Default::default())?;
             status::record_images(d, &spec.name, &plan, &needed)?;
             let data_bytes = freeze::adopt(d, &imported.snapshot)?;

@@ -357,7 +357,9 @@ async fn place_chunk(
                     .map_err(|e| format!("does not decompress to at most {length} bytes: {e}"))?;
                 check(&raw, &expected)?;
                 file.write_all_at(&raw, expected.offset)
-                    .map_err(|e| format!("cannot write it: {e}"))
+                    .map_err(|e| format!("cannot write it: {e}"))?;
+                crate::fault::point("import.chunk");
+                Ok(())
             })
             .await
             .map_err(|e| failed(&blob.digest, e.to_string()))?
