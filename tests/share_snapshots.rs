@@ -86,21 +86,24 @@ fn number_before(message: &str, what: &str) -> usize {
 /// The chunk blobs of the artifact `shared_as` names that were fetched from the share
 /// registry since `mark`, counted from the registry's own access log.
 fn chunk_gets(share: &TestRegistry, mark: support::registry::LogMark, shared_as: &str) -> usize {
+    chunk_gets_from(share, mark, share, shared_as)
+}
+
+/// The artifact `shared_as` names, read from `share`: its manifest's bytes and media type,
+/// its config's digest and its chunks' blob digests.
+fn artifact_of(share: &TestRegistry, shared_as: &str) -> (Vec<u8>, String, String, Vec<String>) {
     let client = support::oci::RegistryClient::new(&share.addr(), None);
     let digest = shared_as.rsplit_once('@').unwrap().1;
-    let manifest: Value =
-        serde_json::from_slice(&client.get_manifest(SHARE_REPO, digest).unwrap().1).unwrap();
-    let chunks: Vec<&str> = manifest["layers"]
+    let (media_type, bytes, _) = client.get_manifest(SHARE_REPO, digest).unwrap();
+    let manifest: Value = serde_json::from_slice(&bytes).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let chunks = manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["digest"].as_str().unwrap())
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
         .collect();
-    share
-        .blobs_fetched_since(mark)
-        .iter()
-        .filter(|b| chunks.contains(&b.as_str()))
-        .count()
+    (bytes, media_type, config, chunks)
 }
 
 fn layer_digests(artifact: &Artifact) -> Vec<String> {
@@ -256,14 +259,9 @@ fn a_snapshot_built_on_one_node_is_imported_by_another_and_a_tampered_one_is_not
     // A chunk tampered with in the share registry: refused, naming it; B builds instead.
     ready(&a, "second", &refs[1..2]);
     let shared_as = pushed(&a, "second");
-    let manifest_digest = shared_as.rsplit_once('@').unwrap().1;
-    let client = support::oci::RegistryClient::new(&share_addr, None);
-    let manifest: Value =
-        serde_json::from_slice(&client.get_manifest(SHARE_REPO, manifest_digest).unwrap().1)
-            .unwrap();
-    let layers = manifest["layers"].as_array().unwrap();
+    let (_, _, _, layers) = artifact_of(&share, &shared_as);
     let last = layers.len() - 1;
-    let chunk = layers[last]["digest"].as_str().unwrap().to_owned();
+    let chunk = layers[last].clone();
     share.corrupt_blob(&chunk, 0);
     let second = ready(&b, "second", &refs[1..2]);
     assert_eq!(second["status"]["source"], "built", "{second:#}");
@@ -361,8 +359,7 @@ fn imports_go_through_a_mirror_and_a_stalled_share_registry_falls_back_in_time()
     let hostile = HostileRegistry::start();
     let client = support::oci::RegistryClient::new(&share_addr, None);
     let manifest_digest = shared_as.rsplit_once('@').unwrap().1;
-    let (media_type, manifest, _) = client.get_manifest(SHARE_REPO, manifest_digest).unwrap();
-    let parsed: Value = serde_json::from_slice(&manifest).unwrap();
+    let (manifest, media_type, config, chunks) = artifact_of(&share, &shared_as);
     let cache = a.get_json("app");
     let held = &cache["status"]["images"][0];
     let key = imagecache::share::content_key(
@@ -388,14 +385,8 @@ fn imports_go_through_a_mirror_and_a_stalled_share_registry_falls_back_in_time()
         &media_type,
         manifest,
     );
-    let mut blobs = vec![parsed["config"]["digest"].as_str().unwrap().to_owned()];
-    blobs.extend(
-        parsed["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["digest"].as_str().unwrap().to_owned()),
-    );
+    let mut blobs = vec![config];
+    blobs.extend(chunks);
     for digest in &blobs {
         let body = client.get_blob(SHARE_REPO, digest).unwrap();
         hostile.put(
@@ -446,16 +437,7 @@ fn chunk_gets_from(
     share: &TestRegistry,
     shared_as: &str,
 ) -> usize {
-    let client = support::oci::RegistryClient::new(&share.addr(), None);
-    let digest = shared_as.rsplit_once('@').unwrap().1;
-    let manifest: Value =
-        serde_json::from_slice(&client.get_manifest(SHARE_REPO, digest).unwrap().1).unwrap();
-    let chunks: Vec<String> = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_owned())
-        .collect();
+    let (_, _, _, chunks) = artifact_of(share, shared_as);
     mirror
         .blobs_fetched_since(mark)
         .iter()
