@@ -18,6 +18,6 @@ bash scripts/crash-soak.sh 5 --max-seconds 180
 bash scripts/bench-vs-containerd.sh --check
 bash scripts/bench-pod-start.sh --check
 bash scripts/bench-disk-size.sh --check
-# Reported, not gated, until B's import reaches its target (at most 0.5x A's build; 0.54x
-# measured so far, docs/BENCHMARKS.md): --check would fail the run. Leaks still fail it.
-bash scripts/bench-share.sh
+# Five runs rather than the three the target is stated for: the import's median is ~0.46x
+# of the build against a 0.5x bound, and single runs on this 2-core machine reach 0.52x.
+bash scripts/bench-share.sh --check --runs 5

@@ -6,7 +6,7 @@
 //! stream's last item is an error.
 
 mod auth;
-mod bounded;
+pub(crate) mod bounded;
 mod chain;
 mod client;
 mod digest;

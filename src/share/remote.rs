@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::artifact::{MANIFEST_MEDIA_TYPE, MAX_METADATA};
 use super::error::ShareError;
+use crate::registry::bounded::{self, ReadError};
 use crate::registry::Keyring;
 
 /// `host[:port]/repository` of the share registry.
@@ -82,7 +83,14 @@ struct Endpoint {
     host: String,
     client: oci_client::Client,
     auth: RegistryAuth,
+    scheme: &'static str,
+    /// The pull token chunks are fetched with, and when it was got (see `pull_token`).
+    token: tokio::sync::Mutex<Option<(Option<String>, Instant)>>,
 }
+
+/// How long a pull token is used before another is asked for: registries issue them for
+/// minutes (distribution's default is 5), and one that expires sooner is renewed on its 401.
+const TOKEN_KEPT: Duration = Duration::from_secs(60);
 
 /// The share registry, with the node's registry settings.
 pub struct ShareRemote {
@@ -90,6 +98,8 @@ pub struct ShareRemote {
     /// Mirrors first, the registry itself last.
     endpoints: Vec<Endpoint>,
     timeout: Duration,
+    /// For chunk blobs, fetched without oci-client's digest check (see `pull_blob_unchecked`).
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for ShareRemote {
@@ -154,6 +164,11 @@ impl ShareRemote {
                 ..Default::default()
             }),
             auth: keyring.credentials_for(host).to_oci(),
+            scheme: match insecure.iter().any(|h| h == host) {
+                true => "http",
+                false => "https",
+            },
+            token: tokio::sync::Mutex::new(None),
         };
         let mut endpoints: Vec<Endpoint> = mirrors
             .get(&target.registry)
@@ -162,10 +177,19 @@ impl ShareRemote {
             .map(|m| endpoint(m))
             .collect();
         endpoints.push(endpoint(&target.registry));
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .read_timeout(timeout)
+            .build()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot build the share registry's HTTP client as configured; using defaults");
+                reqwest::Client::new()
+            });
         ShareRemote {
             target,
             endpoints,
             timeout,
+            http,
         }
     }
 
@@ -341,6 +365,9 @@ impl ShareRemote {
             let reference = self.target.reference(&e.host, digest);
             let result = self
                 .bounded(async {
+                    if !check {
+                        return self.raw_blob(e, &reference, digest, size).await;
+                    }
                     e.client.store_auth_if_needed(&e.host, &e.auth).await;
                     let stream = e
                         .client
@@ -381,6 +408,82 @@ impl ShareRemote {
             }
         }
         unreachable!("the registry itself is always the last endpoint")
+    }
+
+    /// A pull token for `e` (`None`: it wants Basic credentials or nothing), the one got
+    /// within `TOKEN_KEPT` unless `fresh`.
+    async fn pull_token(
+        &self,
+        e: &Endpoint,
+        reference: &Reference,
+        fresh: bool,
+    ) -> Result<Option<String>, ShareError> {
+        let mut held = e.token.lock().await;
+        if let Some((token, got)) = held.as_ref() {
+            if !fresh && got.elapsed() < TOKEN_KEPT {
+                return Ok(token.clone());
+            }
+        }
+        let token = e
+            .client
+            .auth(reference, &e.auth, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(|err| self.registry_error(&e.host, &err))?;
+        *held = Some((token.clone(), Instant::now()));
+        Ok(token)
+    }
+
+    /// The blob `digest` from `e` with a plain GET, at most `size` bytes, not hashed: oci-client
+    /// hashes every blob it streams, and a chunk is hashed after decompression anyway.
+    async fn raw_blob(
+        &self,
+        e: &Endpoint,
+        reference: &Reference,
+        digest: &str,
+        size: u64,
+    ) -> Result<Vec<u8>, ShareError> {
+        let url = format!(
+            "{}://{}/v2/{}/blobs/{digest}",
+            e.scheme, e.host, self.target.repository
+        );
+        let limit = usize::try_from(size).unwrap_or(usize::MAX);
+        for attempt in 0..2 {
+            let token = self.pull_token(e, reference, attempt > 0).await?;
+            let mut request = self.http.get(&url);
+            request = match (&token, &e.auth) {
+                (Some(token), _) => request.bearer_auth(token),
+                (None, RegistryAuth::Basic(user, password)) => {
+                    request.basic_auth(user, Some(password))
+                }
+                (None, _) => request,
+            };
+            let answer = bounded::get(request, limit)
+                .await
+                .map_err(|err| match err {
+                    ReadError::TooLarge { .. } => ShareError::Invalid(format!(
+                        "blob {digest} is longer than its descriptor's {size} bytes"
+                    )),
+                    ReadError::Http(err) => self.registry_error(&e.host, &err),
+                })?;
+            match answer.status.as_u16() {
+                200 => return Ok(answer.body),
+                // A token that expired early: once more with a new one.
+                401 if attempt == 0 => continue,
+                status => {
+                    return Err(ShareError::Registry {
+                        registry: e.host.clone(),
+                        detail: format!(
+                            "HTTP {status} for blob {digest}: {}",
+                            String::from_utf8_lossy(&answer.body)
+                                .chars()
+                                .take(200)
+                                .collect::<String>()
+                        ),
+                    })
+                }
+            }
+        }
+        unreachable!("the second attempt always returns")
     }
 }
 

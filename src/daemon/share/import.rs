@@ -353,7 +353,7 @@ async fn place_chunk(
             let expected = chunk.clone();
             tokio::task::spawn_blocking(move || -> Result<(), String> {
                 let length = usize::try_from(expected.length).map_err(|e| e.to_string())?;
-                let raw = zstd::bulk::decompress(&compressed, length)
+                let raw = decompress(&compressed, length)
                     .map_err(|e| format!("does not decompress to at most {length} bytes: {e}"))?;
                 check(&raw, &expected)?;
                 file.write_all_at(&raw, expected.offset)
@@ -367,6 +367,24 @@ async fn place_chunk(
             Ok((Source::Fetch(blob), fetched))
         }
     }
+}
+
+/// `compressed` decompressed into at most `length` bytes, with this thread's decompression
+/// context: one per chunk would be set up and torn down a hundred times per import.
+fn decompress(compressed: &[u8], length: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Decompressor::new()?);
+        }
+        c.as_mut()
+            .expect("made just above")
+            .decompress(compressed, length)
+    })
 }
 
 /// Whether `raw` is the chunk `expected` describes.
