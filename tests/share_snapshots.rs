@@ -144,6 +144,23 @@ fn a_snapshot_built_on_one_node_is_imported_by_another_and_a_tampered_one_is_not
         shared_as.starts_with(&format!("{share_addr}/{SHARE_REPO}@sha256:")),
         "{shared_as}"
     );
+    // A single image finds it by its own tag.
+    let held = &a.get_json("app")["status"]["images"][0];
+    let image_tag = imagecache::share::tag_for_image(
+        &imagecache::registry::Platform::host().to_string(),
+        held["resolvedDigest"]
+            .as_str()
+            .or(held["digest"].as_str())
+            .unwrap(),
+    );
+    let by_image = support::oci::RegistryClient::new(&share_addr, None)
+        .get_manifest(SHARE_REPO, &image_tag)
+        .unwrap();
+    assert_eq!(
+        Some(shared_as.rsplit_once('@').unwrap().1),
+        by_image.2.as_deref(),
+        "the image's tag names another manifest"
+    );
 
     // Node B imports it: same snapshot, nothing but manifests and configs from the images'
     // registry.

@@ -42,6 +42,17 @@ pub fn tag_for_key(key: &str) -> String {
     key.replace(':', "-")
 }
 
+/// The tag that points a single image (its resolved digest, on `platform`) at a shared
+/// snapshot holding it, so a node that wants that one image can find one.
+pub fn tag_for_image(platform: &str, digest: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [&FORMAT_VERSION.to_string(), platform, digest] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("image-{}", hex::encode(h.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +78,12 @@ mod tests {
         }
         let tag = tag_for_key(&base);
         assert!(tag.starts_with("sha256-") && tag.len() == 71, "{tag}");
+        let image_tag = tag_for_image("linux/amd64", "sha256:1");
+        assert!(
+            image_tag.starts_with("image-") && image_tag.len() == 70,
+            "{image_tag}"
+        );
+        assert_ne!(image_tag, tag_for_image("linux/arm64", "sha256:1"));
+        assert_ne!(image_tag, tag_for_image("linux/amd64", "sha256:2"));
     }
 }

@@ -16,5 +16,5 @@ pub use artifact::{
     FORMAT_VERSION,
 };
 pub use error::ShareError;
-pub use key::{content_key, tag_for_key, KeyedImage};
+pub use key::{content_key, tag_for_image, tag_for_key, KeyedImage};
 pub use remote::{sha256_digest, ShareRemote, ShareTarget};

@@ -160,7 +160,18 @@ async fn push(
         }
         _ => tag,
     };
-    let digest = remote.push_manifest(&target, manifest_bytes).await?;
+    let digest = remote
+        .push_manifest(&target, manifest_bytes.clone())
+        .await?;
+    // Each image's tag points at the first snapshot pushed that holds it.
+    for image in &shareable.images {
+        let image_tag = crate::share::tag_for_image(&shareable.platform, &image.digest);
+        if remote.pull_manifest(&image_tag).await?.is_none() {
+            remote
+                .push_manifest(&image_tag, manifest_bytes.clone())
+                .await?;
+        }
+    }
     Ok((format!("{}@{digest}", remote.target), done))
 }
 
