@@ -34,7 +34,7 @@ pub fn content_key(platform: &str, size_gib: u32, images: &[KeyedImage]) -> Stri
         images,
     };
     let bytes = serde_json::to_vec(&input).expect("plain strings and integers serialise");
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    crate::snapshot::sha256_digest(&bytes)
 }
 
 /// The tag a key is pushed under: a tag may not hold ':'.

@@ -17,4 +17,4 @@ pub use artifact::{
 };
 pub use error::ShareError;
 pub use key::{content_key, tag_for_image, tag_for_key, KeyedImage};
-pub use remote::{sha256_digest, ShareRemote, ShareTarget};
+pub use remote::{ShareRemote, ShareTarget};

@@ -10,12 +10,12 @@ use futures_util::TryStreamExt as _;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
-use sha2::{Digest as _, Sha256};
 
 use super::artifact::{MANIFEST_MEDIA_TYPE, MAX_METADATA};
 use super::error::ShareError;
 use crate::registry::bounded::{self, ReadError};
 use crate::registry::Keyring;
+use crate::snapshot::sha256_digest as sha256;
 
 /// `host[:port]/repository` of the share registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,15 +124,6 @@ fn is_not_found(e: &OciDistributionError) -> bool {
         }),
         _ => false,
     }
-}
-
-/// "sha256:<hex>" of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    sha256_digest(bytes)
 }
 
 impl ShareRemote {

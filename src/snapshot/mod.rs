@@ -20,6 +20,7 @@ mod verify;
 pub use error::{Result, SnapshotError};
 pub use grown::{Grown, GrownImages, KEEP_PER_SNAPSHOT};
 pub use hash::{hash_file, hash_file_beside, hash_file_with, DEFAULT_CHUNK_SIZE};
+pub(crate) use manifest::sha256_digest;
 pub use manifest::{parse_digest, Chunk, ChunkManifest, MANIFEST_VERSION};
 pub use store::{Snapshot, SnapshotStore};
 pub use verify::{compare, verify_file, ChunkMismatch, SizeChange, VerifyReport};

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{stream, StreamExt as _, TryStreamExt as _};
-use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::Shareable;
@@ -392,7 +391,7 @@ fn check(raw: &[u8], expected: &Chunk) -> Result<(), String> {
     if raw.len() as u64 != expected.length {
         return Err(format!("{} bytes, not {}", raw.len(), expected.length));
     }
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(raw)));
+    let digest = crate::snapshot::sha256_digest(raw);
     if digest != expected.digest {
         return Err(format!(
             "its content hashes to {digest}, the chunk manifest says {}",

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{stream, StreamExt as _, TryStreamExt as _};
-use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use super::Shareable;
@@ -16,7 +15,7 @@ use crate::daemon::events::{NORMAL, WARNING};
 use crate::daemon::owner::Owner;
 use crate::daemon::{record, Daemon};
 use crate::share::{tag_for_key, ChunkBlob, ShareConfig, ShareError, ShareRemote, FORMAT_VERSION};
-use crate::snapshot::{Chunk, Snapshot};
+use crate::snapshot::{sha256_digest, Chunk, Snapshot};
 
 /// zstd's default level: chunks compress fast enough to keep up with an upload, and the
 /// same bytes always give the same blob, so nodes pushing the same chunk make one blob.
@@ -141,7 +140,7 @@ async fn push(
     };
     let config_bytes = config.to_bytes();
     let config_blob = ChunkBlob {
-        digest: format!("sha256:{}", hex::encode(Sha256::digest(&config_bytes))),
+        digest: sha256_digest(&config_bytes),
         size: config_bytes.len() as u64,
     };
     if !remote.has_blob(&config_blob.digest).await? {
@@ -155,8 +154,8 @@ async fn push(
     // pushed by digest only.
     let tag = tag_for_key(&shareable.key);
     let target = match remote.pull_manifest(&tag).await? {
-        Some((_, tagged)) if tagged != crate::share::sha256_digest(&manifest_bytes) => {
-            crate::share::sha256_digest(&manifest_bytes)
+        Some((_, tagged)) if tagged != sha256_digest(&manifest_bytes) => {
+            sha256_digest(&manifest_bytes)
         }
         _ => tag,
     };
@@ -192,7 +191,7 @@ async fn push_chunk(
         let mut raw = vec![0u8; usize::try_from(chunk.length).unwrap_or(0)];
         file.read_exact_at(&mut raw, chunk.offset).map_err(io)?;
         let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(io)?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&compressed)));
+        let digest = sha256_digest(&compressed);
         Ok((compressed, digest))
     })
     .await
