@@ -7,7 +7,9 @@
 //!   `verify` passes, no layer blob fetched from the image registry (A's build fetched them
 //!   all: the log parse is shown to see them), and a disk cloned on B shows the image's tree;
 //! - a chunk tampered with in the share registry: B's import is refused naming the chunk
-//!   (`ImportFailed`), and B builds the cache itself (`source: built`).
+//!   (`ImportFailed`), and B builds the cache itself (`source: built`);
+//! - `imagecache pull REF` imports a snapshot by reference, on a node with or without a share
+//!   registry of its own, and refuses references that name no snapshot.
 
 mod support;
 
@@ -460,4 +462,124 @@ fn chunk_gets_from(
         .iter()
         .filter(|b| chunks.contains(b))
         .count()
+}
+
+/// `imagecache pull REF`: a node without `share_registry` pulls the snapshot by A's
+/// `sharedAs`, one with it by the image's bare tag; references that name nothing, or no
+/// snapshot, are refused with what to give instead, creating nothing.
+#[test]
+fn a_snapshot_is_pulled_by_reference() {
+    let scratch = ScratchXfs::new(64 << 30);
+    let images = TestRegistry::start();
+    let share = TestRegistry::start();
+    let (img_addr, share_addr) = (images.addr(), share.addr());
+    let set = feature_set(7);
+    let refs = set.push_all(&img_addr, None);
+    let a = node(
+        &scratch.path().join("a"),
+        &[&img_addr, &share_addr],
+        &share_addr,
+    );
+    let built = ready(&a, "app", &refs[..1]);
+    let shared_as = pushed(&a, "app");
+
+    // Node C shares nothing itself: the reference names the registry and the digest.
+    let c = TestDaemon::start(&scratch.path().join("c"), &[&img_addr, &share_addr]);
+    let mark = images.log_mark();
+    let out = c.cli_ok(&["pull", &shared_as, "--name", "got"]);
+    assert!(out.contains("got: imported"), "{out}\n{}", c.log());
+    let got = c.get_json("got");
+    assert_eq!(got["status"]["source"], "imported", "{got:#}");
+    assert_eq!(
+        got["status"]["snapshotDigest"], built["status"]["snapshotDigest"],
+        "{got:#}"
+    );
+    assert_eq!(got["spec"]["images"], built["spec"]["images"], "{got:#}");
+    assert_eq!(got["spec"]["imageCacheSize"], 20, "{got:#}");
+    assert_eq!(
+        got["metadata"]["annotations"]["imagecache.io/import-from"], shared_as,
+        "{got:#}"
+    );
+    let fetched = images.blobs_fetched_since(mark);
+    for layer in layer_digests(&set.get("alpha").artifact) {
+        assert!(!fetched.contains(&layer), "C fetched layer {layer}");
+    }
+    assert!(c.cli_ok(&["verify", "got"]).contains("verified"));
+
+    // Node B shares into another repository of the same registry. It pulls A's snapshot
+    // (the cache named after the manifest's digest) and pushes it to its own repository by
+    // mounting every chunk from A's, uploading none.
+    let b = TestDaemon::start_sharing(
+        &scratch.path().join("b"),
+        &[&img_addr, &share_addr],
+        &format!("{share_addr}/team-b/snapshots"),
+    );
+    let hex = shared_as.rsplit_once("@sha256:").unwrap().1;
+    let name = format!("shared-{}", &hex[..12]);
+    let out = b.cli_ok(&["pull", &shared_as]);
+    assert!(
+        out.contains(&format!("{name}: imported")),
+        "{out}\n{}",
+        b.log()
+    );
+    let mark = share.log_mark();
+    let out = b.cli_ok(&["push", &name]);
+    assert_eq!(
+        out.trim(),
+        format!("{name}: pushed as {share_addr}/team-b/snapshots@sha256:{hex}")
+    );
+    let pushed_event = &events(&b.get_json(&name), "Pushed")[0];
+    let chunks = number_before(pushed_event, "mounted from imagecache/snapshots");
+    assert!(chunks > 0, "{pushed_event}");
+    assert_eq!(
+        number_before(pushed_event, "chunk(s) uploaded"),
+        0,
+        "{pushed_event}"
+    );
+    let uploads = share
+        .requests_since(mark)
+        .into_iter()
+        .filter(|(method, path, _)| method == "PUT" && path.contains("/blobs/uploads/"))
+        .count();
+    assert_eq!(
+        uploads, 1,
+        "only the config blob is uploaded: {pushed_event}"
+    );
+
+    // There, the image's tag alone finds the snapshot.
+    let held = &built["status"]["images"][0];
+    let image_tag = imagecache::share::tag_for_image(
+        &imagecache::registry::Platform::host().to_string(),
+        held["resolvedDigest"]
+            .as_str()
+            .or(held["digest"].as_str())
+            .unwrap(),
+    );
+    let out = b.cli_ok(&["pull", &image_tag, "--name", "again"]);
+    assert!(out.contains("again: imported"), "{out}\n{}", b.log());
+    assert_eq!(
+        b.get_json("again")["status"]["snapshotDigest"],
+        built["status"]["snapshotDigest"]
+    );
+
+    // Refused, naming what was wrong; nothing is created.
+    let missing = format!("{share_addr}/{SHARE_REPO}:sha256-0000");
+    for (node, reference, says) in [
+        (&c, image_tag.as_str(), "share_registry is not set"),
+        (&c, missing.as_str(), "not found"),
+        (&c, refs[0].as_str(), "is not an imagecache snapshot"),
+        (&b, "127.0.0.1:1/x", "names no tag or digest"),
+    ] {
+        let out = node.cli(&["pull", reference, "--name", "refused"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{reference}: {err}"
+        );
+    }
+    assert_eq!(c.list_names(), vec!["got".to_owned()]);
+    drop((a, b, c));
+    for node in ["a", "b", "c"] {
+        assert_no_leaks(&scratch.path().join(node));
+    }
 }

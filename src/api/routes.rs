@@ -7,11 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::error::Cause;
 use super::parse::{parse_body, ImageCacheManifest};
 use super::peer::Access;
-use super::validate::validate_image_cache;
+use super::validate::{check_name, validate_image_cache};
 use super::validate_disk::{parse_disk_request, validate_disk};
-use super::{ApiError, ImageCache, Status};
+use super::{ApiError, ImageCache, SnapshotPull, Status, KIND_IMAGE_CACHE};
 use crate::daemon::{Action, Daemon, Reply};
 
 pub const IMAGECACHES: &str = "/apis/imagecache.io/v1/imagecaches";
@@ -21,6 +22,8 @@ pub const ECI_IMAGECACHES: &str = "/apis/eci.alibabacloud.com/v1/imagecaches";
 pub const EKS_IMAGECACHES: &str = "/apis/eks.cloud.tencent.com/v1/imagecaches";
 pub const DISKS: &str = "/apis/imagecache.io/v1/disks";
 pub const INFO: &str = "/apis/imagecache.io/v1/info";
+/// `imagecache pull`: a cache made from a shared snapshot named by reference.
+pub const PULLS: &str = "/apis/imagecache.io/v1/pulls";
 
 /// Every route, behind the caller check of `access`. Serve it with
 /// `into_make_service_with_connect_info::<Peer>()`: the check needs each connection's peer.
@@ -40,6 +43,7 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
             post(verify_cache),
         )
         .route(&format!("{IMAGECACHES}/{{name}}/push"), post(push_cache))
+        .route(PULLS, post(pull_snapshot))
         .route(DISKS, post(create_disk).get(list_disks))
         .route(
             &format!("{DISKS}/{{id}}"),
@@ -134,7 +138,10 @@ fn render(reply: Reply, created: bool) -> Response {
 }
 
 async fn run(d: &Daemon, action: Action) -> Response {
-    let created = matches!(action, Action::CreateImageCache(_) | Action::CreateDisk(_));
+    let created = matches!(
+        action,
+        Action::CreateImageCache(_) | Action::CreateDisk(_) | Action::PullSnapshot(_)
+    );
     match d.dispatch(action).await {
         Ok(reply) => render(reply, created),
         Err(e) => ApiError::from(e).into_response(),
@@ -186,6 +193,30 @@ async fn verify_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Resp
 
 async fn push_cache(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
     run(&d, Action::PushImageCache(name)).await
+}
+
+async fn pull_snapshot(State(d): State<Daemon>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parsed = parse_body::<SnapshotPull>(&body, content_type).and_then(|pull| {
+        match pull.name.as_deref().map(check_name) {
+            Some(Err(message)) => Err(ApiError::Invalid {
+                kind: KIND_IMAGE_CACHE.into(),
+                name: pull.name.clone().unwrap_or_default(),
+                causes: vec![Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message,
+                    field: "name".into(),
+                }],
+            }),
+            _ => Ok(pull),
+        }
+    });
+    match parsed {
+        Ok(pull) => run(&d, Action::PullSnapshot(pull)).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn create_disk(State(d): State<Daemon>, headers: HeaderMap, body: Bytes) -> Response {

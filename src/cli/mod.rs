@@ -9,6 +9,7 @@ pub mod disk;
 pub mod get;
 pub mod info;
 pub mod output;
+mod pull;
 mod push;
 pub mod verify;
 
@@ -44,6 +45,9 @@ pub enum Command {
     Verify(verify::Args),
     /// Push a Ready cache's snapshot to the daemon's share_registry now.
     Push(push::Args),
+    /// Make a cache from a shared snapshot named by reference (imported, or built here when
+    /// it does not match what this node resolves).
+    Pull(pull::Args),
     /// Per-pod disks cloned from caches.
     #[command(subcommand)]
     Disk(disk::Command),
@@ -62,6 +66,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Delete(a) => delete::run(&client, a).await,
         Command::Verify(a) => verify::run(&client, a).await,
         Command::Push(a) => push::run(&client, a).await,
+        Command::Pull(a) => pull::run(&client, a).await,
         Command::Disk(c) => disk::run(&client, c).await,
         Command::Info(a) => info::run(&client, a).await,
         Command::ContainerdConfig(a) => containerd_config::run(&client, a).await,

@@ -22,6 +22,9 @@ pub enum Action {
     VerifyImageCache(String),
     /// Push a Ready cache's snapshot to `share_registry` now, and answer the cache.
     PushImageCache(String),
+    /// Read the shared snapshot a reference names and create a cache of its images that
+    /// imports it (`imagecache pull`); answers the cache as created.
+    PullSnapshot(crate::objects::SnapshotPull),
     /// Select a cache for a pod (matching.rs), clone it into a new disk, attach and mount it;
     /// images the cache lacks are pulled into the disk in the background.
     CreateDisk(Box<ValidDisk>),

@@ -29,6 +29,7 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> 
         Action::DeleteImageCache(name) => delete_cache(d, &name).await,
         Action::VerifyImageCache(name) => verify(d, &name).await,
         Action::PushImageCache(name) => push(d, &name).await,
+        Action::PullSnapshot(request) => super::share::pull::pull(d, request).await,
         Action::CreateDisk(req) => super::disks::create(d, *req).await,
         Action::GetDisk(id) => Ok(Reply::Disk(Box::new(super::disks::get(d, &id)?))),
         Action::ListDisks => super::disks::list(d),
@@ -72,6 +73,16 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
             e.to_string(),
         )
     })?;
+    let share = d.inner.share.as_deref().map(|r| &r.target);
+    let import_from =
+        super::build::import_asked(&object.metadata.annotations, share).map_err(|e| {
+            DaemonError::invalid_field(
+                KIND_IMAGE_CACHE,
+                &object.metadata.name,
+                &format!("metadata.annotations[{}]", super::build::IMPORT_ANNOTATION),
+                e,
+            )
+        })?;
     let now = clock::now();
     let now_s = clock::format(now);
     object.metadata.uid = Some(uuid_like());
@@ -117,6 +128,7 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
         size_gib,
         reuse,
         size_from_images: super::build::is_auto_created(&object.metadata.annotations),
+        import_from,
     };
     let image_count = spec.images.len();
     // Recorded under the queue's lock, with the phase the queue decides: a full queue

@@ -81,6 +81,17 @@ pub struct ImageCacheSpec {
     pub retention_days: Option<u32>,
 }
 
+/// `POST /apis/imagecache.io/v1/pulls` (`imagecache pull`): a cache made from the shared
+/// snapshot `reference` names, called `name` (by default `shared-` and 12 hex digits of the
+/// snapshot's manifest digest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotPull {
+    pub reference: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     Pending,

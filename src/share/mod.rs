@@ -8,13 +8,15 @@
 mod artifact;
 mod error;
 mod key;
+mod reference;
 mod remote;
 
-pub(crate) use artifact::{manifest_bytes, parse_manifest};
+pub(crate) use artifact::manifest_bytes;
 pub use artifact::{
     ChunkBlob, ShareConfig, SharedImage, ARTIFACT_TYPE, CHUNK_MEDIA_TYPE, CONFIG_MEDIA_TYPE,
     FORMAT_VERSION,
 };
 pub use error::ShareError;
 pub use key::{content_key, tag_for_image, tag_for_key, KeyedImage};
-pub use remote::{ShareRemote, ShareTarget};
+pub use reference::SnapshotRef;
+pub use remote::{Artifact, ShareRemote, ShareTarget};

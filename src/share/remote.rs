@@ -11,7 +11,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 
-use super::artifact::{MANIFEST_MEDIA_TYPE, MAX_METADATA};
+use super::artifact::{parse_manifest, ChunkBlob, ShareConfig, MANIFEST_MEDIA_TYPE, MAX_METADATA};
 use super::error::ShareError;
 use crate::registry::bounded::{self, ReadError};
 use crate::registry::Keyring;
@@ -76,6 +76,15 @@ impl std::fmt::Display for ShareTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.registry, self.repository)
     }
+}
+
+/// A shared snapshot's artifact as read from a registry.
+#[derive(Debug)]
+pub struct Artifact {
+    pub manifest_digest: String,
+    pub config: ShareConfig,
+    /// The chunks' blobs, in the chunk manifest's order.
+    pub chunks: Vec<ChunkBlob>,
 }
 
 /// One endpoint: a mirror (pulls only) or the registry itself.
@@ -249,6 +258,23 @@ impl ShareRemote {
         .await
     }
 
+    /// Mounts the blob `digest` into the repository from `from`, another repository of the
+    /// same registry, without uploading it; false when the registry did not (one that does
+    /// not mount, or will not for these credentials, answers with an upload session).
+    pub async fn mount_blob(&self, digest: &str, from: &str) -> Result<bool, ShareError> {
+        let o = self.origin();
+        let reference = self.target.reference(&o.host, digest);
+        let source = Reference::with_digest(o.host.clone(), from.to_owned(), digest.to_owned());
+        self.bounded(async {
+            o.client.store_auth_if_needed(&o.host, &o.auth).await;
+            Ok(o.client
+                .mount_blob(&reference, &source, digest)
+                .await
+                .is_ok())
+        })
+        .await
+    }
+
     /// Uploads `bytes` as the blob `digest`.
     pub async fn push_blob(&self, bytes: Vec<u8>, digest: &str) -> Result<(), ShareError> {
         let o = self.origin();
@@ -312,7 +338,10 @@ impl ShareRemote {
                         bytes.len()
                     )))
                 }
-                Ok(Some((bytes, digest))) if sha256(&bytes) != digest => {
+                Ok(Some((bytes, digest)))
+                    if sha256(&bytes) != digest
+                        || (tag.starts_with("sha256:") && digest != tag) =>
+                {
                     return Err(ShareError::Invalid(format!(
                         "manifest served as {digest} hashes to {}",
                         sha256(&bytes)
@@ -326,6 +355,29 @@ impl ShareRemote {
             }
         }
         unreachable!("the registry itself is always the last endpoint")
+    }
+
+    /// The shared snapshot tagged (or of digest) `tag_or_digest`: its manifest's digest, its
+    /// config and its chunks' blobs, each checked to be of this format; `None` when the
+    /// registry has no such tag.
+    pub async fn pull_artifact(&self, tag_or_digest: &str) -> Result<Option<Artifact>, ShareError> {
+        let Some((manifest, manifest_digest)) = self.pull_manifest(tag_or_digest).await? else {
+            return Ok(None);
+        };
+        let (config_blob, chunks) = parse_manifest(&manifest)?;
+        let config = ShareConfig::from_bytes(
+            &self
+                .pull_blob(
+                    &config_blob.digest,
+                    config_blob.size.min(MAX_METADATA as u64),
+                )
+                .await?,
+        )?;
+        Ok(Some(Artifact {
+            manifest_digest,
+            config,
+            chunks,
+        }))
     }
 
     /// The blob `digest` of at most `size` bytes, checked against its digest, through the

@@ -183,6 +183,16 @@ impl TestRegistry {
         sent
     }
 
+    /// Every request since `mark` as (method, path with its query, status), in order.
+    pub fn requests_since(&self, mark: LogMark) -> Vec<(String, String, u16)> {
+        let log = fs::read(self.log_path()).unwrap_or_default();
+        let start = usize::try_from(mark.0).unwrap().min(log.len());
+        String::from_utf8_lossy(&log[start..])
+            .lines()
+            .filter_map(request)
+            .collect()
+    }
+
     /// The access log's lines for manifests (any repository, any answer) since `mark`.
     pub fn manifest_requests_since(&self, mark: LogMark) -> Vec<String> {
         let log = fs::read(self.log_path()).unwrap_or_default();
@@ -415,6 +425,20 @@ fn blob_get(line: &str) -> Option<String> {
     }
     let status: u16 = after.split_whitespace().next()?.parse().ok()?;
     (200..400).contains(&status).then(|| digest.to_string())
+}
+
+/// The method, path and status of one access-log line
+/// (`... "<METHOD> /v2/<path> HTTP/1.1" <status> ...`).
+fn request(line: &str) -> Option<(String, String, u16)> {
+    let (_, rest) = line.split_once(" \"")?;
+    let (request, after) = rest.split_once('"')?;
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next()?, parts.next()?);
+    if !path.starts_with("/v2/") {
+        return None;
+    }
+    let status: u16 = after.split_whitespace().next()?.parse().ok()?;
+    Some((method.to_owned(), path.to_owned(), status))
 }
 
 /// Bytes a registry sent, from [`TestRegistry::bytes_sent_since`].

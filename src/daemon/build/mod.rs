@@ -49,6 +49,25 @@ pub struct BuildSpec {
     /// An auto-created cache: `size_gib` is a floor, raised to what the images need once
     /// their manifests are resolved (auto_size.rs).
     pub size_from_images: bool,
+    /// Import this shared snapshot (`imagecache pull`, [`IMPORT_ANNOTATION`]) rather than
+    /// look the content key up in `share_registry`.
+    pub import_from: Option<crate::share::SnapshotRef>,
+}
+
+/// On an ImageCache: the shared snapshot (`host[:port]/repository@sha256:…`) to import
+/// instead of building, used only if it records exactly the images this node resolves;
+/// `imagecache pull` sets it.
+pub const IMPORT_ANNOTATION: &str = "imagecache.io/import-from";
+
+/// The snapshot an ImageCache's [`IMPORT_ANNOTATION`] names, if any.
+pub fn import_asked(
+    annotations: &std::collections::BTreeMap<String, String>,
+    share: Option<&crate::share::ShareTarget>,
+) -> Result<Option<crate::share::SnapshotRef>, String> {
+    annotations
+        .get(IMPORT_ANNOTATION)
+        .map(|r| crate::share::SnapshotRef::parse(r, share))
+        .transpose()
 }
 
 /// On an ImageCache: build it from a clone of the best-matching Ready cache, pulling only
@@ -166,14 +185,29 @@ struct Built {
 async fn import_shared(
     d: &Daemon,
     spec: &BuildSpec,
-    remote: &crate::share::ShareRemote,
+    (remote, tag): (&crate::share::ShareRemote, &str),
     shareable: &Shareable,
     resolved: &[crate::registry::ResolvedImage],
     keyring: &crate::registry::Keyring,
     cancel: &CancellationToken,
 ) -> Result<Option<Built>, BuildError> {
     let owner = Owner::Cache(spec.name.clone());
-    match share::import::import(d, remote, shareable, cancel).await {
+    match share::import::import(d, remote, tag, shareable, cancel).await {
+        Ok(None) if spec.import_from.is_some() => {
+            let named = spec
+                .import_from
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            warn!(cache = %spec.name, snapshot = %named, "the snapshot to import is gone: building instead");
+            owner.event(
+                d,
+                WARNING,
+                "ImportFailed",
+                format!("{named} is not in its registry any more; building this cache instead"),
+            );
+            Ok(None)
+        }
         Ok(None) => {
             info!(cache = %spec.name, key = %shareable.key, share = %remote.target, "no shared snapshot of this cache: building it");
             Ok(None)
@@ -231,7 +265,8 @@ async fn build(
     };
     // An auto-created cache's size comes from its manifests, and a shared snapshot is found
     // by them, so then they resolve before mkfs.
-    let sized = match spec.size_from_images || d.inner.share.is_some() {
+    let sized = match spec.size_from_images || d.inner.share.is_some() || spec.import_from.is_some()
+    {
         true => {
             let resolved =
                 cancellable(cancel, plan::resolve_all(d, &spec.images, &keyring)).await?;
@@ -254,16 +289,35 @@ async fn build(
         }
         None => spec,
     };
-    if let (Some(remote), Some((resolved, _))) = (d.inner.share.as_deref(), &sized) {
+    if let Some((resolved, _)) = &sized {
         let shareable = Shareable::of(
             &d.inner.registry.platform().to_string(),
             spec.size_gib,
             resolved,
         );
-        if let Some(built) =
-            import_shared(d, spec, remote, &shareable, resolved, &keyring, cancel).await?
-        {
-            return Ok(built);
+        let named;
+        let lookup = match (&spec.import_from, d.inner.share.as_deref()) {
+            (Some(r), _) => {
+                named = share::remote_of(&d.inner.config, r.target.clone());
+                Some((&named, r.tag_or_digest.clone()))
+            }
+            (None, Some(remote)) => Some((remote, crate::share::tag_for_key(&shareable.key))),
+            (None, None) => None,
+        };
+        if let Some((remote, tag)) = lookup {
+            let found = import_shared(
+                d,
+                spec,
+                (remote, &tag),
+                &shareable,
+                resolved,
+                &keyring,
+                cancel,
+            )
+            .await?;
+            if let Some(built) = found {
+                return Ok(built);
+            }
         }
     }
     let (work, made) = WorkImage::start(d, work_dir, spec.size_gib, parent.as_ref())?;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shareable;
 use crate::daemon::Daemon;
-use crate::share::{parse_manifest, tag_for_key, ChunkBlob, ShareConfig, ShareError, ShareRemote};
+use crate::share::{Artifact, ChunkBlob, ShareConfig, ShareError, ShareRemote};
 use crate::snapshot::{parse_digest, Chunk, Snapshot, DEFAULT_CHUNK_SIZE};
 
 /// Where partial imports live, beside `snapshots/` on the same filesystem.
@@ -44,16 +44,18 @@ pub(crate) struct Imported {
     pub secs: f64,
 }
 
-/// The shared snapshot of `shareable`, imported into `work_dir`; `None` when the share
-/// registry has none.
+/// The shared snapshot `tag_or_digest` names in `remote` (the content key's tag of
+/// `shareable`, or what `imagecache pull` named), imported if it records exactly
+/// `shareable`'s images; `None` when the registry has no such tag.
 pub(crate) async fn import(
     d: &Daemon,
     remote: &ShareRemote,
+    tag_or_digest: &str,
     shareable: &Shareable,
     cancel: &CancellationToken,
 ) -> Result<Option<Imported>, ShareError> {
     tokio::select! {
-        r = import_inner(d, remote, shareable) => r,
+        r = import_inner(d, remote, tag_or_digest, shareable) => r,
         () = cancel.cancelled() => Err(ShareError::Cancelled),
     }
 }
@@ -117,19 +119,18 @@ pub(crate) fn remove_stale_partials(root: &Path) {
 async fn import_inner(
     d: &Daemon,
     remote: &ShareRemote,
+    tag_or_digest: &str,
     shareable: &Shareable,
 ) -> Result<Option<Imported>, ShareError> {
     let started = Instant::now();
-    let tag = tag_for_key(&shareable.key);
-    let Some((manifest, manifest_digest)) = remote.pull_manifest(&tag).await? else {
+    let Some(Artifact {
+        manifest_digest,
+        config,
+        chunks: blobs,
+    }) = remote.pull_artifact(tag_or_digest).await?
+    else {
         return Ok(None);
     };
-    let (config_blob, blobs) = parse_manifest(&manifest)?;
-    let config = ShareConfig::from_bytes(
-        &remote
-            .pull_blob(&config_blob.digest, config_blob.size.min(16 << 20))
-            .await?,
-    )?;
     same_build(&config, shareable)?;
     let m = &config.chunk_manifest;
     if m.chunk_size != DEFAULT_CHUNK_SIZE || m.size != u64::from(config.size_gib) << 30 {

@@ -4,6 +4,7 @@
 //! failure.
 
 pub(crate) mod import;
+pub(crate) mod pull;
 pub(crate) mod push;
 
 use std::time::Duration;
@@ -19,13 +20,19 @@ pub(crate) fn remote(config: &Config) -> Option<ShareRemote> {
     }
     // Checked when the config was read.
     let target = ShareTarget::parse(&config.share_registry).ok()?;
-    Some(ShareRemote::new(
+    Some(remote_of(config, target))
+}
+
+/// `target` with the node's registry settings: its mirrors, plain HTTP where the config
+/// allows it, credentials from `docker_config`, `registry_timeout_secs`.
+pub(crate) fn remote_of(config: &Config, target: ShareTarget) -> ShareRemote {
+    ShareRemote::new(
         target,
         &config.insecure_registries,
         &config.registry_mirrors,
         config.docker_config.as_deref(),
         Duration::from_secs(config.registry_timeout_secs),
-    ))
+    )
 }
 
 /// What a cache of `resolved` at `size_gib` is shared as: its content key and the images as

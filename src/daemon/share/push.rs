@@ -26,7 +26,36 @@ const ZSTD_LEVEL: i32 = 3;
 struct Pushed {
     uploaded_bytes: u64,
     uploaded: usize,
+    /// Mounted from the repository the snapshot came from, not uploaded.
+    mounted: usize,
     present: usize,
+}
+
+/// How one chunk got into the registry.
+enum ChunkPush {
+    Uploaded(u64),
+    Mounted,
+    Present,
+}
+
+/// Another repository of the share registry that holds this cache's blobs already: the one
+/// it was pulled from (`imagecache pull`) or last pushed to (before `share_registry` named
+/// another repository). Blobs missing from the target are mounted from there.
+fn mount_source(d: &Daemon, name: &str, remote: &ShareRemote) -> Option<String> {
+    let cache = d.inner.store.get_cache(name).ok().flatten()?;
+    let pulled = cache
+        .metadata
+        .annotations
+        .get(crate::daemon::build::IMPORT_ANNOTATION)
+        .cloned();
+    let pushed = cache.status.and_then(|s| s.shared_as);
+    [pulled, pushed]
+        .into_iter()
+        .flatten()
+        .filter_map(|r| crate::share::SnapshotRef::parse(&r, None).ok())
+        .map(|r| r.target)
+        .find(|t| t.registry == remote.target.registry && t.repository != remote.target.repository)
+        .map(|t| t.repository)
 }
 
 /// Pushes `snapshot` of cache `name` in the background; its outcome is an event.
@@ -60,7 +89,8 @@ pub(crate) async fn push_and_record(
     };
     let started = Instant::now();
     let owner = Owner::Cache(name.to_owned());
-    let result = push(d, &remote, snapshot, shareable).await;
+    let mount_from = mount_source(d, name, &remote);
+    let result = push(d, &remote, snapshot, shareable, mount_from.as_deref()).await;
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok((shared_as, done)) => {
@@ -68,7 +98,7 @@ pub(crate) async fn push_and_record(
             m.share_pushed_chunks.inc_by(done.uploaded as u64);
             m.share_pushed_bytes.inc_by(done.uploaded_bytes);
             m.share_push_seconds.observe(secs);
-            info!(cache = %name, %shared_as, uploaded = done.uploaded, present = done.present, bytes = done.uploaded_bytes, secs, "snapshot pushed");
+            info!(cache = %name, %shared_as, uploaded = done.uploaded, mounted = done.mounted, present = done.present, bytes = done.uploaded_bytes, secs, "snapshot pushed");
             let written = d.inner.store.update_cache(name, |c| {
                 if let Some(s) = c.status.as_mut() {
                     s.shared_as = Some(shared_as.clone());
@@ -80,8 +110,13 @@ pub(crate) async fn push_and_record(
                 NORMAL,
                 "Pushed",
                 format!(
-                    "Pushed snapshot {} as {shared_as} in {secs:.1}s: {} chunk(s) uploaded ({} bytes compressed), {} already there",
-                    snapshot.digest, done.uploaded, done.uploaded_bytes, done.present
+                    "Pushed snapshot {} as {shared_as} in {secs:.1}s: {} chunk(s) uploaded ({} bytes compressed), {} mounted from {}, {} already there",
+                    snapshot.digest,
+                    done.uploaded,
+                    done.uploaded_bytes,
+                    done.mounted,
+                    mount_from.as_deref().unwrap_or("no other repository"),
+                    done.present
                 ),
             );
             Ok(shared_as)
@@ -107,26 +142,28 @@ async fn push(
     remote: &ShareRemote,
     snapshot: &Snapshot,
     shareable: &Shareable,
+    mount_from: Option<&str>,
 ) -> Result<(String, Pushed), ShareError> {
     let manifest = d.inner.snapshots.manifest(&snapshot.digest)?;
     let image = Arc::new(snapshot.image_path.clone());
     let width = d.inner.config.max_concurrent_downloads;
-    let outcomes: Vec<(ChunkBlob, Option<u64>)> = stream::iter(manifest.chunks.iter().cloned())
+    let outcomes: Vec<(ChunkBlob, ChunkPush)> = stream::iter(manifest.chunks.iter().cloned())
         .map(|chunk| {
             let image = image.clone();
-            async move { push_chunk(remote, image, chunk).await }
+            async move { push_chunk(remote, image, chunk, mount_from).await }
         })
         .buffered(width)
         .try_collect()
         .await?;
     let mut done = Pushed::default();
-    for (_, uploaded) in &outcomes {
-        match uploaded {
-            Some(bytes) => {
+    for (_, how) in &outcomes {
+        match how {
+            ChunkPush::Uploaded(bytes) => {
                 done.uploaded += 1;
                 done.uploaded_bytes += bytes;
             }
-            None => done.present += 1,
+            ChunkPush::Mounted => done.mounted += 1,
+            ChunkPush::Present => done.present += 1,
         }
     }
     let config = ShareConfig {
@@ -174,13 +211,14 @@ async fn push(
     Ok((format!("{}@{digest}", remote.target), done))
 }
 
-/// Compresses one chunk and uploads it unless the registry has it; the blob, and the bytes
-/// uploaded (`None`: already there).
+/// Compresses one chunk and, unless the registry has it, mounts it from `mount_from` or
+/// uploads it; the blob, and how it got there.
 async fn push_chunk(
     remote: &ShareRemote,
     image: Arc<PathBuf>,
     chunk: Chunk,
-) -> Result<(ChunkBlob, Option<u64>), ShareError> {
+    mount_from: Option<&str>,
+) -> Result<(ChunkBlob, ChunkPush), ShareError> {
     let (bytes, digest) = tokio::task::spawn_blocking(move || -> Result<_, ShareError> {
         let io = |source| ShareError::Io {
             what: "read",
@@ -201,9 +239,14 @@ async fn push_chunk(
         size: bytes.len() as u64,
     };
     if remote.has_blob(&digest).await? {
-        return Ok((blob, None));
+        return Ok((blob, ChunkPush::Present));
+    }
+    if let Some(from) = mount_from {
+        if remote.mount_blob(&digest, from).await? {
+            return Ok((blob, ChunkPush::Mounted));
+        }
     }
     let size = blob.size;
     remote.push_blob(bytes, &digest).await?;
-    Ok((blob, Some(size)))
+    Ok((blob, ChunkPush::Uploaded(size)))
 }
