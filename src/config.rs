@@ -54,6 +54,10 @@ pub struct Config {
     /// The containerd proxy snapshotter's socket (`[proxy_plugins.imagecache]` in
     /// containerd's config); an empty string turns the snapshotter off.
     pub snapshotter_socket: PathBuf,
+    /// A CRI pull of an image no cache holds goes through the daemon's own puller: the
+    /// snapshotter gets the whole image into an auto-created cache before containerd fetches
+    /// a layer (daemon/snapshots/cold_pull.rs). Only with the snapshotter on.
+    pub snapshotter_pulls: bool,
     /// The node's default for pods that say nothing (ECI's `eci-auto-imc`): `true` matches a
     /// cache automatically and builds one when none matches; `false` (as on Tencent EKS) gives
     /// a cache only to pods whose annotations ask for one.
@@ -117,6 +121,7 @@ impl Default for Config {
             default_cache_size_gib: 20,
             backing_image: None,
             snapshotter_socket: PathBuf::from(DEFAULT_SNAPSHOTTER_SOCKET),
+            snapshotter_pulls: true,
             auto_match: true,
             sandbox_image: None,
             auto_cache_retention_days: 7,
@@ -426,6 +431,13 @@ mod tests {
         );
         let off = Config::parse("snapshotter_socket = \"\"", Path::new("c.toml")).unwrap();
         assert_eq!(off.snapshotter(), None);
+    }
+
+    #[test]
+    fn cold_pulls_through_the_snapshotter_are_on_by_default() {
+        assert!(Config::default().snapshotter_pulls);
+        let off = Config::parse("snapshotter_pulls = false", Path::new("c.toml")).unwrap();
+        assert!(!off.snapshotter_pulls);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! containerd 1.6 on imagecache's snapshotter, driven over CRI as the kubelet drives it:
 //! an image a Ready cache holds is pulled with no layer blob fetched and its containers run
-//! from the cache's layers; images the caches hold in part or not at all pull only what is
-//! missing; removing the pod and the image leaves no snapshot, mount or loop device.
+//! from the cache's layers; images the caches hold in part or not at all are pulled by the
+//! daemon (cold pulls, snapshotter_pulls), fetching only what no cache holds; removing the pod and the image leaves no snapshot, mount or loop device.
 
 mod snapshotter_util;
 mod support;
@@ -119,9 +119,21 @@ fn partly_cached_and_uncached_images_fetch_only_what_no_cache_holds() {
         let pod_config = cri.pod_config("mixed", "uid-mixed", "default");
         let pod = cri.run_pod_sandbox_with(&pod_config);
 
+        // Each pull goes through the daemon (snapshotter_pulls): its auto-created cache
+        // starts from a clone of the cache holding the base, so only the layer no cache holds
+        // is fetched, by the daemon; containerd fetches none.
         let mark = node.registry.log_mark();
         cri.pull_image(&node.image_ref("partial"));
         let fetched = node.registry.blobs_fetched_since(mark);
+        let layers = layer_digests(&[&partial, &uncached]);
+        let by_containerd = |mark| {
+            node.registry
+                .blobs_fetched_by_since(mark)
+                .into_iter()
+                .filter(|(digest, who)| layers.contains(digest) && who.starts_with("containerd/"))
+                .count()
+        };
+        assert_eq!(by_containerd(mark), 0, "{fetched:?}");
         let top = &partial.layers.last().unwrap().digest;
         assert!(
             fetched.contains(top),
@@ -139,6 +151,7 @@ fn partly_cached_and_uncached_images_fetch_only_what_no_cache_holds() {
         cri.pull_image(&node.image_ref("uncached"));
         let fetched = node.registry.blobs_fetched_since(mark);
         assert!(fetched.contains(&uncached.layers[0].digest), "{fetched:?}");
+        assert_eq!(by_containerd(mark), 0, "{fetched:?}");
 
         let lines = run(
             &cri,

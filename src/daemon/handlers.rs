@@ -127,6 +127,11 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
         pull_secrets: object.spec.image_pull_secrets.clone(),
         size_gib,
         reuse,
+        reuse_from: object
+            .metadata
+            .annotations
+            .get(super::build::REUSE_FROM_ANNOTATION)
+            .cloned(),
         size_from_images: super::build::is_auto_created(&object.metadata.annotations),
         import_from,
     };

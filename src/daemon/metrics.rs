@@ -40,6 +40,8 @@ pub struct Metrics {
     pub pulled_bytes: Counter,
     pub layers_unpacked: Counter,
     pub credentials_refused: Counter,
+    /// Cold pulls through the snapshotter by how they ended (daemon/snapshots/cold_pull.rs).
+    snapshotter_pulls: Family<KindLabel, Counter>,
     /// Shared snapshots (daemon/share): chunks and compressed bytes uploaded, fetched, and
     /// chunks taken from a local snapshot instead of fetched.
     pub share_pushed_chunks: Counter,
@@ -68,6 +70,7 @@ impl Default for Metrics {
             pulled_bytes: Counter::default(),
             layers_unpacked: Counter::default(),
             credentials_refused: Counter::default(),
+            snapshotter_pulls: Family::default(),
             share_pushed_chunks: Counter::default(),
             share_pushed_bytes: Counter::default(),
             share_fetched_chunks: Counter::default(),
@@ -102,6 +105,11 @@ impl Default for Metrics {
             "credentials_refused",
             "Cached images not served (disk clones, snapshotter layers) because the request's credentials could not read them",
             m.credentials_refused.clone(),
+        );
+        m.registry.register(
+            "snapshotter_pulls",
+            "CRI pulls of images no cache held, by how they ended: cached (containerd fetched no layer) or fallback_<reason> (containerd pulled the image itself)",
+            m.snapshotter_pulls.clone(),
         );
         for (name, help, counter) in [
             ("share_pushed_chunks", "Snapshot chunks uploaded to share_registry", &m.share_pushed_chunks),
@@ -167,6 +175,12 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    pub fn snapshotter_pull(&self, kind: &str) {
+        self.snapshotter_pulls
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
     pub fn error(&self, kind: &str) {
         self.errors
             .get_or_create(&KindLabel { kind: kind.into() })

@@ -187,6 +187,22 @@ impl TestDaemon {
             .expect("imagecache runs")
     }
 
+    /// `GET /metrics`: the exposition text.
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--unix-socket"])
+            .arg(&self.socket)
+            .arg("http://localhost/metrics")
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Runs the CLI and asserts it succeeded; returns its standard output.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

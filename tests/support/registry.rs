@@ -183,6 +183,21 @@ impl TestRegistry {
         sent
     }
 
+    /// Like [`Self::blobs_fetched_since`], each digest with the client's User-Agent: who
+    /// downloaded it (`containerd/…`, `imagecache/…`).
+    pub fn blobs_fetched_by_since(&self, mark: LogMark) -> Vec<(String, String)> {
+        let log = fs::read(self.log_path()).unwrap_or_default();
+        let start = usize::try_from(mark.0).unwrap().min(log.len());
+        String::from_utf8_lossy(&log[start..])
+            .lines()
+            .filter_map(|line| {
+                let digest = blob_get(line)?;
+                let agent = line.trim_end().strip_suffix('"')?.rsplit_once('"')?.1;
+                Some((digest, agent.to_owned()))
+            })
+            .collect()
+    }
+
     /// Every request since `mark` as (method, path with its query, status), in order.
     pub fn requests_since(&self, mark: LogMark) -> Vec<(String, String, u16)> {
         let log = fs::read(self.log_path()).unwrap_or_default();

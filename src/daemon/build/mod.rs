@@ -46,6 +46,8 @@ pub struct BuildSpec {
     pub size_gib: u32,
     /// Start from a clone of the best-matching Ready cache (`imc-enable-reuse`).
     pub reuse: bool,
+    /// With `reuse`: the cache to clone, when it is eligible ([`REUSE_FROM_ANNOTATION`]).
+    pub reuse_from: Option<String>,
     /// An auto-created cache: `size_gib` is a floor, raised to what the images need once
     /// their manifests are resolved (auto_size.rs).
     pub size_from_images: bool,
@@ -73,6 +75,12 @@ pub fn import_asked(
 /// On an ImageCache: build it from a clone of the best-matching Ready cache, pulling only
 /// the images that one lacks; the new snapshot shares its unchanged blocks with the parent.
 pub const REUSE_ANNOTATION: &str = "k8s.aliyun.com/imc-enable-reuse";
+
+/// On an ImageCache with [`REUSE_ANNOTATION`]: the name of the cache to clone, if it is
+/// Ready, no larger and holds no image that needed credentials; otherwise the best-matching
+/// one is. A cold pull names the cache holding the layers below the image's first missing
+/// one, which matching by image names cannot find.
+pub const REUSE_FROM_ANNOTATION: &str = "imagecache.io/reuse-from";
 
 /// On an ImageCache the daemon created for a pod that matched none: sized from its images,
 /// retention from `auto_cache_retention_days`, and counted against `max_cache_space_gib`.

@@ -62,6 +62,29 @@ pub fn parent(d: &Daemon, spec: &BuildSpec) -> Option<Parent> {
         })
         .filter_map(Candidate::from_cache)
         .collect();
+    if let Some(named) = spec.reuse_from.as_deref() {
+        // Eligible as any candidate is: no larger, no image that needed credentials, Ready.
+        let eligible = candidates
+            .iter()
+            .find(|k| k.name == named && k.phase == crate::objects::Phase::Ready)
+            .and_then(|_| caches.iter().find(|c| c.metadata.name == named));
+        let snapshot = eligible
+            .and_then(|c| c.status.as_ref()?.snapshot_digest.as_deref())
+            .and_then(|digest| d.inner.snapshots.image_path(digest).ok());
+        match (eligible, snapshot) {
+            (Some(_), Some(image)) => {
+                return Some(Parent {
+                    image,
+                    message: format!(
+                        "Reusing cache {named}: it holds the layers below the first one no cache holds"
+                    ),
+                });
+            }
+            _ => {
+                tracing::info!(cache = %spec.name, parent = %named, "the cache to reuse is not eligible (gone, not Ready, larger, or holding an image that needed credentials): matching by images")
+            }
+        }
+    }
     let annotations = Default::default();
     let request = DiskRequest {
         images: spec.images.clone(),

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::auto_budget;
 use super::select::Plan;
-use crate::daemon::build::AUTO_CREATED_ANNOTATION;
+use crate::daemon::build::{AUTO_CREATED_ANNOTATION, REUSE_ANNOTATION, REUSE_FROM_ANNOTATION};
 use crate::daemon::events::{self, NORMAL, WARNING};
 use crate::daemon::{clock, handlers, Daemon, DaemonError};
 use crate::objects::*;
@@ -44,11 +44,39 @@ pub(super) async fn on_create(
         auto_budget::renew(d, id);
     }
     let auto_created = match plan.auto_create {
-        true => ensure_cache_of(d, req, plan.size_gib, &mut notes).await,
+        true => {
+            let floor = plan.size_gib;
+            let (images, secrets) = (&req.images, &req.pull_secrets);
+            ensure_cache_of(d, images, secrets, floor, Reuse::No, &mut notes).await
+        }
         false => None,
     };
     notes.extend(auto_budget::enforce(d, cloned).await);
     (auto_created, notes)
+}
+
+/// Where a new auto-created cache starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// An empty filesystem.
+    No,
+    /// A clone of the Ready cache holding most of its images (`imc-enable-reuse`).
+    Matching,
+    /// A clone of this Ready cache (`imagecache.io/reuse-from`), else as `Matching`.
+    From(String),
+}
+
+impl Reuse {
+    fn annotations(&self) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::from([(AUTO_CREATED_ANNOTATION.to_owned(), "true".to_owned())]);
+        if *self != Reuse::No {
+            a.insert(REUSE_ANNOTATION.to_owned(), "true".to_owned());
+        }
+        if let Reuse::From(name) = self {
+            a.insert(REUSE_FROM_ANNOTATION.to_owned(), name.clone());
+        }
+        a
+    }
 }
 
 /// Adds `notes` to the disk's events, after those of its creation.
@@ -63,13 +91,17 @@ pub(super) fn add_notes(disk: &mut Disk, notes: Vec<Note>, now: &str) {
 /// The cache's name, made from the images so pods with the same images share one; `None`
 /// when there is none being built for them (logged and noted: the disk itself is fine
 /// without it). `disk_gib` is the size of the disk that asked: the cache is never smaller.
-async fn ensure_cache_of(
+/// The containerd snapshotter's cold pulls (daemon/snapshots/cold_pull.rs) come here too,
+/// with `reuse`, so the layers other caches hold are cloned rather than fetched again.
+pub(crate) async fn ensure_cache_of(
     d: &Daemon,
-    req: &ValidDisk,
+    images: &[crate::registry::ImageReference],
+    pull_secrets: &[String],
     disk_gib: u32,
+    reuse: Reuse,
     notes: &mut Vec<Note>,
 ) -> Option<String> {
-    let mut names: Vec<String> = req.images.iter().map(|r| r.to_string()).collect();
+    let mut names: Vec<String> = images.iter().map(|r| r.to_string()).collect();
     names.sort();
     let digest = hex::encode(sha2::Sha256::digest(names.join("\n").as_bytes()));
     let name = format!("auto-{}", &digest[..16]);
@@ -139,12 +171,12 @@ async fn ensure_cache_of(
         kind: KIND_IMAGE_CACHE.into(),
         metadata: ObjectMeta {
             name: name.clone(),
-            annotations: BTreeMap::from([(AUTO_CREATED_ANNOTATION.to_owned(), "true".to_owned())]),
+            annotations: reuse.annotations(),
             ..Default::default()
         },
         spec: ImageCacheSpec {
             images: names,
-            image_pull_secrets: req.pull_secrets.clone(),
+            image_pull_secrets: pull_secrets.to_vec(),
             image_cache_size: Some(size_gib),
             retention_days: Some(d.inner.config.auto_cache_retention_days),
         },
@@ -152,7 +184,7 @@ async fn ensure_cache_of(
     };
     let valid = ValidImageCache {
         object,
-        images: req.images.clone(),
+        images: images.to_vec(),
         size_gib,
     };
     match handlers::create_cache(d, valid) {

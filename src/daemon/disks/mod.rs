@@ -4,8 +4,8 @@
 //! the digest of the disk's bind token, token.rs), pull.
 
 mod adopt;
-mod auto_budget;
-mod auto_cache;
+pub(crate) mod auto_budget;
+pub(crate) mod auto_cache;
 mod clone;
 mod create;
 mod grown;

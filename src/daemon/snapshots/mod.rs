@@ -8,12 +8,14 @@
 //! | request | what happens |
 //! |---|---|
 //! | Prepare with `containerd.io/snapshot.ref=<chainID>` held by a Ready cache | a committed snapshot named `<chainID>` backed by the cache's layer directory (the frozen image mounted read-only once); answers AlreadyExists so containerd fetches nothing |
+//! | Prepare of a layer no Ready cache holds, with CRI's `cri.image-ref` and `cri.manifest-digest` labels | first the whole image into an auto-created cache (imported or built; cold_pull.rs), then as above; containerd's own pull when that fails |
 //! | Prepare with `containerd.io/snapshot/imagecache.io/disk=<disk id>` and `…/disk-token=<the disk's bindToken>` | lowers from the disk's own layer directories, upper and work on the disk; without the right token, refused before anything is recorded or made (bind.rs) |
 //! | any other Prepare | an active snapshot on node storage, an overlay of its parents' directories, as containerd's overlayfs snapshotter makes it |
 //! | Remove | refused while children exist; the last snapshot on a cache unmounts its image |
 
 mod bind;
 mod cachemount;
+mod cold_pull;
 mod filter;
 mod mounts;
 mod ops;
@@ -167,6 +169,9 @@ impl Daemon {
     /// Carries out one snapshotter request on a blocking thread (it mounts and walks
     /// directories), one at a time.
     pub async fn snapshot(&self, request: SnapshotRequest) -> Result<SnapshotReply> {
+        if let SnapshotRequest::Prepare { parent, labels, .. } = &request {
+            cold_pull::before_prepare(self, parent, labels).await;
+        }
         let d = self.clone();
         tokio::task::spawn_blocking(move || {
             let _serial = d

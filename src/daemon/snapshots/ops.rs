@@ -332,7 +332,7 @@ pub(super) fn recorded_over(
 
 /// The chainID of a committed snapshot: the label containerd's unpacker put on it, or the
 /// name a cache-backed layer carries.
-fn chain_id_of(r: &SnapshotRecord) -> Option<&str> {
+pub(super) fn chain_id_of(r: &SnapshotRecord) -> Option<&str> {
     if let Backing::Cache { chain_id, .. } = &r.backing {
         return Some(chain_id);
     }
