@@ -20,6 +20,14 @@
 //!   (annotations `containerd.io/snapshot/imagecache.io/disk` and `…/disk-token`, the
 //!   disk's bind token); the disk's create through the daemon's API is inside the time,
 //!   before RunPodSandbox.
+//! - (a2) `cold`: containerd on the snapshotter of a daemon that holds no cache: both pulls go
+//!   through the daemon's cold path (an auto-created cache of each image, built, then every
+//!   layer answered present). No layer blob may be fetched by containerd (checked, by
+//!   User-Agent in the registry's access log); the daemon's caches are deleted after each run.
+//! - (a3) `shared`: as (a2) on a daemon whose `share_registry` holds snapshots of both
+//!   auto-created caches (a builder daemon made them, before the runs, by the same cold
+//!   pulls): the cold path imports them. Neither containerd nor the daemon may fetch a layer
+//!   blob from the image registry (checked).
 //!
 //! The page cache is dropped before each timed run (after containerd has started), as in
 //! scripts/bench-vs-containerd.sh; `--keep-page-cache` skips that.
@@ -92,16 +100,26 @@ enum Case {
     Overlayfs,
     Cache,
     Disk,
+    Cold,
+    Shared,
 }
 
 impl Case {
-    const ALL: [Case; 3] = [Case::Overlayfs, Case::Cache, Case::Disk];
+    const ALL: [Case; 5] = [
+        Case::Overlayfs,
+        Case::Cache,
+        Case::Disk,
+        Case::Cold,
+        Case::Shared,
+    ];
 
     fn key(self) -> &'static str {
         match self {
             Case::Overlayfs => "a",
             Case::Cache => "b",
             Case::Disk => "c",
+            Case::Cold => "a2",
+            Case::Shared => "a3",
         }
     }
 
@@ -110,6 +128,18 @@ impl Case {
             Case::Overlayfs => "(a) overlayfs, cold",
             Case::Cache => "(b) imagecache, Ready cache",
             Case::Disk => "(c) imagecache, per-pod disk",
+            Case::Cold => "(a2) imagecache, cold pull",
+            Case::Shared => "(a3) imagecache, cold pull, shared snapshot",
+        }
+    }
+
+    /// The daemon whose snapshotter containerd uses, if any.
+    fn daemon<'a>(self, env: &'a Env) -> Option<&'a TestDaemon> {
+        match self {
+            Case::Overlayfs => None,
+            Case::Cache | Case::Disk => Some(env.daemon),
+            Case::Cold => Some(env.cold),
+            Case::Shared => Some(env.shared),
         }
     }
 }
@@ -126,13 +156,20 @@ struct Steps {
     total: Duration,
     /// The daemon's own clone / grow / attach / mount time of the disk, ms.
     disk_daemon: Option<[f64; 4]>,
+    /// Layer blobs containerd downloaded.
     layer_blobs_fetched: usize,
+    /// Layer blobs the daemon downloaded (its cold pulls).
+    daemon_layer_blobs: usize,
 }
 
 /// What every run shares.
 struct Env<'a> {
     registry: &'a TestRegistry,
     daemon: &'a TestDaemon,
+    /// (a2): no cache, no share registry.
+    cold: &'a TestDaemon,
+    /// (a3): no cache, a share registry holding both images' snapshots.
+    shared: &'a TestDaemon,
     scratch: &'a Path,
     app_ref: String,
     pause_ref: String,
@@ -189,9 +226,31 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    let cold = TestDaemon::start(&scratch.path().join("state-cold"), &[&addr]);
+    let share = TestRegistry::start();
+    let share_repo = format!("{}/imagecache/snapshots", share.addr());
+    let registries = [addr.as_str(), &share.addr()];
+    let t = Instant::now();
+    share_both_images(
+        &scratch.path().join("state-builder"),
+        &registries,
+        &share_repo,
+        &registry,
+        &pause_ref,
+        &app_ref,
+    );
+    eprintln!(
+        "snapshots of both images shared in {:.2} s (not timed)",
+        t.elapsed().as_secs_f64()
+    );
+    let shared =
+        TestDaemon::start_sharing(&scratch.path().join("state-shared"), &registries, &share_repo);
+
     let env = Env {
         registry: &registry,
         daemon: &daemon,
+        cold: &cold,
+        shared: &shared,
         scratch: scratch.path(),
         app_ref,
         pause_ref,
@@ -231,9 +290,12 @@ fn main() {
     report(&results, &args);
 
     drop(env);
-    let state = daemon.root.clone();
-    drop(daemon);
-    assert_no_leaks(&state);
+    for d in [daemon, cold, shared] {
+        let state = d.root.clone();
+        drop(d);
+        assert_no_leaks(&state);
+    }
+    drop(share);
     // Every containerd's directory went with its run; nothing may be mounted on the scratch
     // filesystem but itself.
     let left: Vec<_> = LinuxSys
@@ -244,6 +306,64 @@ fn main() {
         .collect();
     assert!(left.is_empty(), "mounts left: {left:?}");
     drop(registry);
+}
+
+/// A builder node: a daemon sharing through `share_repo` whose own cold pulls of both images
+/// (through a containerd of its own) make the auto-created caches the (a3) node then finds,
+/// and push them. Returns once both are pushed; everything it made is gone.
+fn share_both_images(
+    root: &Path,
+    registries: &[&str],
+    share_repo: &str,
+    registry: &TestRegistry,
+    pause_ref: &str,
+    app_ref: &str,
+) {
+    let builder = TestDaemon::start_sharing(root, registries, share_repo);
+    let dir = root.with_file_name("cd-builder");
+    {
+        let containerd = TestContainerd::start(
+            &dir,
+            &ContainerdOptions {
+                registry: registry.addr(),
+                sandbox_image: pause_ref.to_owned(),
+                proxy_snapshotter: Some(builder.snapshotter_socket()),
+            },
+        );
+        let cri = containerd.cri();
+        cri.pull_image(pause_ref);
+        cri.pull_image(app_ref);
+        cri.remove_image(app_ref);
+        cri.remove_image(pause_ref);
+        wait_for("containerd to remove every snapshot", GC_TIMEOUT, || {
+            snapshot_names(&containerd).is_empty()
+        });
+    }
+    std::fs::remove_dir_all(&dir).expect("remove containerd's state");
+    let names = builder.list_names();
+    assert_eq!(names.len(), 2, "one auto-created cache per image: {names:?}");
+    for name in &names {
+        let cache = builder.wait_until(name, Duration::from_secs(300), |c| {
+            c["status"]["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["reason"] == "Pushed" || e["reason"] == "PushFailed"))
+        });
+        assert!(
+            cache["status"]["sharedAs"].is_string(),
+            "{name} was not pushed: {cache:#}"
+        );
+    }
+    let state = builder.root.clone();
+    drop(builder);
+    assert_no_leaks(&state);
+}
+
+/// After a cold-pull run: every cache the daemon made for it deleted, so the next run is as
+/// cold as this one (the snapshots go with their last cache).
+fn forget_caches(daemon: &TestDaemon) {
+    for name in daemon.list_names() {
+        daemon.cli_ok(&["delete", &name]);
+    }
 }
 
 /// The existing benchmark's 4 layers with a busybox layer on top. The busybox layer carries a
@@ -267,10 +387,7 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
         &ContainerdOptions {
             registry: env.registry.addr(),
             sandbox_image: env.pause_ref.clone(),
-            proxy_snapshotter: match case {
-                Case::Overlayfs => None,
-                Case::Cache | Case::Disk => Some(env.daemon.snapshotter_socket()),
-            },
+            proxy_snapshotter: case.daemon(env).map(TestDaemon::snapshotter_socket),
         },
     );
     let cri = containerd.cri();
@@ -323,30 +440,56 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     lap(t, &mut s.first_line);
     s.total = t0.elapsed();
     assert_eq!(line, FIRST_LINE, "the container's first line");
-    s.layer_blobs_fetched = env
-        .registry
-        .blobs_fetched_since(mark)
-        .iter()
-        .filter(|d| env.layer_digests.contains(*d))
-        .count();
-    if case != Case::Overlayfs {
-        assert_eq!(
+    let fetched = env.registry.blobs_fetched_by_since(mark);
+    let layers_by = |agent: &str| {
+        fetched
+            .iter()
+            .filter(|(d, who)| env.layer_digests.contains(d) && who.starts_with(agent))
+            .count()
+    };
+    s.layer_blobs_fetched = layers_by("containerd/");
+    s.daemon_layer_blobs = layers_by("imagecache/");
+    match case {
+        // The positive control: the access log read this way sees containerd's downloads.
+        Case::Overlayfs => assert_eq!(
+            s.layer_blobs_fetched,
+            env.layer_digests.len(),
+            "(a) fetches every layer of both images: {fetched:?}"
+        ),
+        _ => assert_eq!(
             s.layer_blobs_fetched,
             0,
-            "{}: layer blobs were downloaded, so the cache was not used",
+            "{}: containerd downloaded layer blobs, so the snapshotter did not serve them",
             case.title()
-        );
+        ),
+    }
+    match case {
+        Case::Cold => assert_eq!(
+            s.daemon_layer_blobs,
+            env.layer_digests.len(),
+            "(a2): the daemon pulls every layer of both images"
+        ),
+        Case::Cache | Case::Disk | Case::Shared => assert_eq!(
+            s.daemon_layer_blobs,
+            0,
+            "{}: the daemon downloaded layer blobs",
+            case.title()
+        ),
+        Case::Overlayfs => {}
     }
 
     cri.stop_pod_sandbox(&pod);
     cri.remove_pod_sandbox(&pod);
-    if case != Case::Overlayfs {
+    if let Some(daemon) = case.daemon(env) {
         // The snapshotter's state outlives this containerd: leave it empty for the next one.
         cri.remove_image(&env.app_ref);
         cri.remove_image(&env.pause_ref);
         wait_for("containerd to remove every snapshot", GC_TIMEOUT, || {
             snapshot_names(&containerd).is_empty()
         });
+        if matches!(case, Case::Cold | Case::Shared) {
+            forget_caches(daemon);
+        }
     }
     if let Some(BenchDisk { id, root, .. }) = disk {
         wait_for(
@@ -557,6 +700,7 @@ fn report(results: &[(Case, Vec<Steps>)], args: &Args) {
                 "total_runs": list(total),
                 "pull_runs": list(pull),
                 "layer_blobs_fetched": steps.iter().map(|s| s.layer_blobs_fetched).collect::<Vec<_>>(),
+                "daemon_layer_blobs": steps.iter().map(|s| s.daemon_layer_blobs).collect::<Vec<_>>(),
             }),
         );
     }
