@@ -243,8 +243,11 @@ fn main() {
         "snapshots of both images shared in {:.2} s (not timed)",
         t.elapsed().as_secs_f64()
     );
-    let shared =
-        TestDaemon::start_sharing(&scratch.path().join("state-shared"), &registries, &share_repo);
+    let shared = TestDaemon::start_sharing(
+        &scratch.path().join("state-shared"),
+        &registries,
+        &share_repo,
+    );
 
     let env = Env {
         registry: &registry,
@@ -341,12 +344,17 @@ fn share_both_images(
     }
     std::fs::remove_dir_all(&dir).expect("remove containerd's state");
     let names = builder.list_names();
-    assert_eq!(names.len(), 2, "one auto-created cache per image: {names:?}");
+    assert_eq!(
+        names.len(),
+        2,
+        "one auto-created cache per image: {names:?}"
+    );
     for name in &names {
         let cache = builder.wait_until(name, Duration::from_secs(300), |c| {
-            c["status"]["events"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|e| e["reason"] == "Pushed" || e["reason"] == "PushFailed"))
+            c["status"]["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["reason"] == "Pushed" || e["reason"] == "PushFailed")
+            })
         });
         assert!(
             cache["status"]["sharedAs"].is_string(),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imagecache/config.toml";
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/imagecache/snapshotter.sock";
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// Half the state root's filesystem for auto-created caches (see `max_cache_space_percent`).
 pub const DEFAULT_MAX_CACHE_SPACE_PERCENT: u32 = 50;
 /// Two builds at once: on a 2-core node the unpacking of two builds already keeps both cores
@@ -58,6 +59,9 @@ pub struct Config {
     /// snapshotter gets the whole image into an auto-created cache before containerd fetches
     /// a layer (daemon/snapshots/cold_pull.rs). Only with the snapshotter on.
     pub snapshotter_pulls: bool,
+    /// containerd's own socket (its gRPC API, CRI included), which the CRI image service
+    /// forwards to.
+    pub containerd_socket: PathBuf,
     /// The node's default for pods that say nothing (ECI's `eci-auto-imc`): `true` matches a
     /// cache automatically and builds one when none matches; `false` (as on Tencent EKS) gives
     /// a cache only to pods whose annotations ask for one.
@@ -104,6 +108,10 @@ pub struct Config {
     /// artifacts and looked up before a build (src/share); empty: sharing off. Credentials
     /// come from `docker_config`; `insecure_registries` and `registry_mirrors` apply.
     pub share_registry: String,
+    /// Publish a Ready cache's images into containerd's image store (namespace `k8s.io`, on
+    /// `containerd_socket`, layers served by the snapshotter) so the kubelet finds them
+    /// present (daemon/publish.rs). Only with the snapshotter on and containerd's socket there.
+    pub publish_images: bool,
 }
 
 impl Default for Config {
@@ -122,6 +130,7 @@ impl Default for Config {
             backing_image: None,
             snapshotter_socket: PathBuf::from(DEFAULT_SNAPSHOTTER_SOCKET),
             snapshotter_pulls: true,
+            containerd_socket: PathBuf::from(DEFAULT_CONTAINERD_SOCKET),
             auto_match: true,
             sandbox_image: None,
             auto_cache_retention_days: 7,
@@ -135,6 +144,7 @@ impl Default for Config {
             disk_mount_root: None,
             credential_check_ttl_secs: 300,
             share_registry: String::new(),
+            publish_images: true,
         }
     }
 }

@@ -175,6 +175,7 @@ pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, Daemon
     )
     .await?;
     d.inner.store.delete_cache(name).map_err(internal)?;
+    super::publish::unpublish(d, name).await;
     d.unrecorded()
         .forget(&super::owner::Owner::Cache(name.to_owned()));
     crate::fault::point("cache.delete");

@@ -17,6 +17,7 @@ pub mod metrics;
 mod owner;
 mod pipe;
 mod progress;
+pub(crate) mod publish;
 mod record;
 mod recovery;
 mod share;

@@ -165,6 +165,7 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
             d.inner.metrics.build_seconds.observe(secs);
             info!(cache = %spec.name, digest = %built.snapshot.digest, secs, "cache ready");
             // After Ready is recorded: a push never delays it, nor fails the cache.
+            crate::daemon::publish::spawn(d, &spec.name, built.images);
             if let Some(shareable) = built.share {
                 share::push::spawn(d, &spec.name, built.snapshot, shareable);
             }
@@ -186,6 +187,8 @@ struct Built {
     snapshot: Snapshot,
     /// What to push it as, when it was built here and sharing is on.
     share: Option<Shareable>,
+    /// The images this build resolved, to publish into containerd's image store.
+    images: Vec<crate::registry::ResolvedImage>,
 }
 
 /// The cache from a snapshot another node shared, when `share_registry` has one for it;
@@ -237,6 +240,7 @@ async fn import_shared(
             Ok(Some(Built {
                 snapshot: imported.snapshot,
                 share: None,
+                images: resolved.to_vec(),
             }))
         }
         Err(ShareError::Cancelled) => Err(BuildError::Cancelled),
@@ -369,6 +373,7 @@ async fn build(
     .await?;
     let t_layers = started.elapsed();
     status::record_images(d, &spec.name, &filled, &needed_credentials)?;
+    let images: Vec<_> = filled.images.iter().map(|p| p.resolved.clone()).collect();
     status::set_phase(d, &spec.name, Phase::Freezing, Some("100%".into()))?;
     // syncfs writes back what the layers left dirty, then unmount and detach.
     crate::fault::point("build.sync");
@@ -399,7 +404,11 @@ async fn build(
         data_bytes,
         started.elapsed().as_secs_f64(),
     )?;
-    Ok(Built { snapshot, share })
+    Ok(Built {
+        snapshot,
+        share,
+        images,
+    })
 }
 
 /// The Reusing and Pulling events that open a build.
