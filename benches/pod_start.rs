@@ -24,6 +24,13 @@
 //!   through the daemon's cold path (an auto-created cache of each image, built, then every
 //!   layer answered present). No layer blob may be fetched by containerd (checked, by
 //!   User-Agent in the registry's access log); the daemon's caches are deleted after each run.
+//! - (w) `warm`: containerd's overlayfs snapshotter with both images already pulled (not
+//!   timed): a kubelet with `IfNotPresent` finds them present and starts the pod without a
+//!   PullImage (none is timed).
+//! - (b2) `published`: containerd on imagecache's snapshotter, both images in a cache made
+//!   after containerd started (not timed) and published into containerd's image store: the
+//!   pod starts as in (w), without a PullImage; containerd may send the registry nothing
+//!   (checked).
 //! - (a3) `shared`: as (a2) on a daemon whose `share_registry` holds snapshots of both
 //!   auto-created caches (a builder daemon made them, before the runs, by the same cold
 //!   pulls): the cold path imports them. Neither containerd nor the daemon may fetch a layer
@@ -102,15 +109,19 @@ enum Case {
     Disk,
     Cold,
     Shared,
+    Warm,
+    Published,
 }
 
 impl Case {
-    const ALL: [Case; 5] = [
+    const ALL: [Case; 7] = [
         Case::Overlayfs,
         Case::Cache,
         Case::Disk,
         Case::Cold,
         Case::Shared,
+        Case::Warm,
+        Case::Published,
     ];
 
     fn key(self) -> &'static str {
@@ -120,6 +131,8 @@ impl Case {
             Case::Disk => "c",
             Case::Cold => "a2",
             Case::Shared => "a3",
+            Case::Warm => "w",
+            Case::Published => "b2",
         }
     }
 
@@ -130,16 +143,33 @@ impl Case {
             Case::Disk => "(c) imagecache, per-pod disk",
             Case::Cold => "(a2) imagecache, cold pull",
             Case::Shared => "(a3) imagecache, cold pull, shared snapshot",
+            Case::Warm => "(w) overlayfs, images present",
+            Case::Published => "(b2) imagecache, published cache",
         }
     }
 
     /// The daemon whose snapshotter containerd uses, if any.
     fn daemon<'a>(self, env: &'a Env) -> Option<&'a TestDaemon> {
         match self {
-            Case::Overlayfs => None,
+            Case::Overlayfs | Case::Warm => None,
             Case::Cache | Case::Disk => Some(env.daemon),
             Case::Cold => Some(env.cold),
             Case::Shared => Some(env.shared),
+            Case::Published => Some(env.publisher),
+        }
+    }
+
+    /// Whether the images are in containerd before the timed part, so no PullImage is timed.
+    fn present(self) -> bool {
+        matches!(self, Case::Warm | Case::Published)
+    }
+
+    /// containerd's directory for run `run`: one fixed path for (b2), whose daemon is
+    /// configured with its socket.
+    fn containerd_dir(self, scratch: &Path, run: usize) -> PathBuf {
+        match self {
+            Case::Published => scratch.join("cd-b2"),
+            _ => scratch.join(format!("cd-{}{run}", self.key())),
         }
     }
 }
@@ -170,6 +200,8 @@ struct Env<'a> {
     cold: &'a TestDaemon,
     /// (a3): no cache, a share registry holding both images' snapshots.
     shared: &'a TestDaemon,
+    /// (b2): publishes its caches into (b2)'s containerd.
+    publisher: &'a TestDaemon,
     scratch: &'a Path,
     app_ref: String,
     pause_ref: String,
@@ -249,11 +281,18 @@ fn main() {
         &share_repo,
     );
 
+    let publisher = publishing_daemon(
+        &scratch.path().join("state-pub"),
+        &addr,
+        &Case::Published.containerd_dir(scratch.path(), 0),
+    );
+
     let env = Env {
         registry: &registry,
         daemon: &daemon,
         cold: &cold,
         shared: &shared,
+        publisher: &publisher,
         scratch: scratch.path(),
         app_ref,
         pause_ref,
@@ -293,7 +332,7 @@ fn main() {
     report(&results, &args);
 
     drop(env);
-    for d in [daemon, cold, shared] {
+    for d in [daemon, cold, shared, publisher] {
         let state = d.root.clone();
         drop(d);
         assert_no_leaks(&state);
@@ -366,6 +405,57 @@ fn share_both_images(
     assert_no_leaks(&state);
 }
 
+/// A daemon that publishes its Ready caches into the containerd whose directory is `dir`.
+fn publishing_daemon(root: &Path, registry: &str, dir: &Path) -> TestDaemon {
+    let mut daemon = TestDaemon::start(root, &[registry]);
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    daemon.stop();
+    std::fs::write(
+        &daemon.config_path,
+        format!("{config}containerd_socket = {:?}\n", dir.join("containerd.sock")),
+    )
+    .unwrap();
+    daemon.spawn();
+    daemon
+}
+
+/// Before a timed run of a case whose images are present: (w) pulls them through CRI,
+/// (b2) makes a cache of them and waits until it is published.
+fn make_present(env: &Env, case: Case, cri: &Cri) {
+    match case {
+        Case::Warm => {
+            cri.pull_image(&env.pause_ref);
+            cri.pull_image(&env.app_ref);
+        }
+        Case::Published => {
+            let out = env.publisher.create(
+                &cache_yaml(
+                    "published",
+                    &[env.pause_ref.clone(), env.app_ref.clone()],
+                    "",
+                ),
+                true,
+            );
+            assert!(out.status.success(), "{}", env.publisher.log());
+            let cache = env
+                .publisher
+                .wait_until("published", Duration::from_secs(60), |c| {
+                    c["status"]["events"].as_array().is_some_and(|e| {
+                        e.iter()
+                            .any(|e| e["reason"] == "Published" || e["reason"] == "PublishFailed")
+                    })
+                });
+            let events = cache["status"]["events"].to_string();
+            assert!(events.contains("\"Published\""), "{events}");
+            wait_for("CRI to list both images", GC_TIMEOUT, || {
+                let tags: Vec<String> = cri.list_images().into_iter().flat_map(|i| i.repo_tags).collect();
+                tags.contains(&env.app_ref) && tags.contains(&env.pause_ref)
+            });
+        }
+        _ => {}
+    }
+}
+
 /// After a cold-pull run: every cache the daemon made for it deleted, so the next run is as
 /// cold as this one (the snapshots go with their last cache).
 fn forget_caches(daemon: &TestDaemon) {
@@ -389,7 +479,7 @@ fn app_image(bytes: u64, files: u64) -> Image {
 /// (outside the timed part) so the next run starts as cold as this one.
 fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     // Short: containerd's sockets live in this directory, and unix socket paths are short.
-    let dir = env.scratch.join(format!("cd-{}{run}", case.key()));
+    let dir = case.containerd_dir(env.scratch, run);
     let containerd = TestContainerd::start(
         &dir,
         &ContainerdOptions {
@@ -403,6 +493,9 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     let pod_config = cri.pod_config(&name, &format!("uid-{name}"), "default");
     let log_path = "app/0.log";
     let log = Cri::log_file(&pod_config, log_path);
+    if case.present() {
+        make_present(env, case, &cri);
+    }
     if env.drop_page_cache {
         drop_page_cache();
     }
@@ -418,7 +511,10 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     let t = lap(t0, &mut s.disk);
     let pod = cri.run_pod_sandbox_with(&pod_config);
     let t = lap(t, &mut s.sandbox);
-    cri.pull_image(&env.app_ref);
+    // A kubelet with IfNotPresent pulls only what containerd does not have.
+    if !case.present() {
+        cri.pull_image(&env.app_ref);
+    }
     let t = lap(t, &mut s.pull);
     let annotations: Vec<(&str, &str)> = match &disk {
         Some(disk) => vec![
@@ -457,6 +553,18 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     };
     s.layer_blobs_fetched = layers_by("containerd/");
     s.daemon_layer_blobs = layers_by("imagecache/");
+    if let (true, Some(d)) = (std::env::var_os("POD_START_LOG").is_some(), case.daemon(env)) {
+        eprintln!("--- {} daemon log ---\n{}", case.title(), d.log());
+    }
+    if case == Case::Published {
+        let asked: Vec<_> = env
+            .registry
+            .requests_since(mark)
+            .into_iter()
+            .filter(|(_, path, _)| path != "/v2/")
+            .collect();
+        assert!(asked.is_empty(), "(b2): containerd asked the registry: {asked:?}");
+    }
     match case {
         // The positive control: the access log read this way sees containerd's downloads.
         Case::Overlayfs => assert_eq!(
@@ -464,6 +572,7 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
             env.layer_digests.len(),
             "(a) fetches every layer of both images: {fetched:?}"
         ),
+        // (w) pulled its images before the timed part.
         _ => assert_eq!(
             s.layer_blobs_fetched,
             0,
@@ -477,13 +586,13 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
             env.layer_digests.len(),
             "(a2): the daemon pulls every layer of both images"
         ),
-        Case::Cache | Case::Disk | Case::Shared => assert_eq!(
+        Case::Cache | Case::Disk | Case::Shared | Case::Published => assert_eq!(
             s.daemon_layer_blobs,
             0,
             "{}: the daemon downloaded layer blobs",
             case.title()
         ),
-        Case::Overlayfs => {}
+        Case::Overlayfs | Case::Warm => {}
     }
 
     cri.stop_pod_sandbox(&pod);
@@ -495,7 +604,7 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
         wait_for("containerd to remove every snapshot", GC_TIMEOUT, || {
             snapshot_names(&containerd).is_empty()
         });
-        if matches!(case, Case::Cold | Case::Shared) {
+        if matches!(case, Case::Cold | Case::Shared | Case::Published) {
             forget_caches(daemon);
         }
     }
@@ -693,6 +802,15 @@ fn report(results: &[(Case, Vec<Steps>)], args: &Args) {
             case.title(),
             ratio(steps, total),
             ratio(steps, pull)
+        );
+    }
+
+    let of = |c: Case| results.iter().find(|(k, _)| *k == c).map(|(_, s)| s);
+    if let (Some(w), Some(b2)) = (of(Case::Warm), of(Case::Published)) {
+        println!(
+            "{}: pod start {:.3}× of (w)'s",
+            Case::Published.title(),
+            med(b2, total) / med(w, total)
         );
     }
 
