@@ -17,6 +17,7 @@ pub mod metrics;
 mod owner;
 mod pipe;
 mod progress;
+pub mod pull_auth;
 mod record;
 mod recovery;
 mod share;
@@ -76,6 +77,8 @@ struct Inner {
     unrecorded: record::Unrecorded,
     /// Registry answers that a request's credentials may read a cached image.
     grants: image_access::Grants,
+    /// The credentials of CRI PullImage calls in flight (src/cri), for cold pulls.
+    pull_auths: Arc<pull_auth::PullAuths>,
     /// `share_registry`, when sharing is on.
     share: Option<Arc<crate::share::ShareRemote>>,
     /// The runtime that carries out changes (creates, deletes, builds, pulls): the one the
@@ -151,6 +154,7 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             unrecorded: record::Unrecorded::default(),
             grants: image_access::Grants::default(),
+            pull_auths: Arc::default(),
             share,
             work: tokio::runtime::Handle::try_current().ok(),
         };
@@ -161,6 +165,21 @@ impl Daemon {
         snapshots::recover(&daemon)
             .map_err(|e| DaemonError::Setup(format!("snapshotter recovery: {e}")))?;
         Ok(daemon)
+    }
+
+    /// Lends `credentials` to the snapshotter's cold pull of `image` until the guard drops:
+    /// the CRI image service holds one for each PullImage it forwards (daemon/pull_auth.rs).
+    pub fn hold_pull_credentials(
+        &self,
+        image: &crate::registry::ImageReference,
+        credentials: crate::registry::Credentials,
+    ) -> pull_auth::HeldPullCredentials {
+        self.inner.pull_auths.hold(image, credentials)
+    }
+
+    /// How many PullImage calls hold credentials now.
+    pub fn pull_credentials_held(&self) -> usize {
+        self.inner.pull_auths.len()
     }
 
     pub fn config(&self) -> &Config {

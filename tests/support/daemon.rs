@@ -19,6 +19,11 @@ impl TestDaemon {
     /// Starts a daemon whose state root is `root` (created if needed), trusting `registries`
     /// over plain HTTP.
     pub fn start(root: &Path, registries: &[&str]) -> TestDaemon {
+        TestDaemon::start_with_config(root, registries, "")
+    }
+
+    /// Like [`TestDaemon::start`], with `extra` (TOML lines) added to its config.
+    pub fn start_with_config(root: &Path, registries: &[&str], extra: &str) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let secrets_dir = dir.path().join("secrets");
         std::fs::create_dir_all(&secrets_dir).unwrap();
@@ -28,11 +33,12 @@ impl TestDaemon {
         std::fs::write(
             &config_path,
             format!(
-                "root = {:?}\nsocket = {:?}\nsnapshotter_socket = {:?}\nsecrets_dir = {:?}\n\
-                 insecure_registries = [{}]\n",
+                "root = {:?}\nsocket = {:?}\nsnapshotter_socket = {:?}\ncri_image_socket = {:?}\n\
+                 secrets_dir = {:?}\ninsecure_registries = [{}]\n{extra}",
                 root,
                 socket,
                 dir.path().join("snapshotter.sock"),
+                dir.path().join("cri-image.sock"),
                 secrets_dir,
                 insecure.join(", ")
             ),
@@ -69,6 +75,11 @@ impl TestDaemon {
     /// The containerd snapshotter's socket.
     pub fn snapshotter_socket(&self) -> PathBuf {
         self.dir.path().join("snapshotter.sock")
+    }
+
+    /// The CRI image service's socket (the kubelet's `--image-service-endpoint`).
+    pub fn cri_image_socket(&self) -> PathBuf {
+        self.dir.path().join("cri-image.sock")
     }
 
     fn log_path(&self) -> PathBuf {
