@@ -13,6 +13,10 @@
 //! been asked: containerd then pulls the layers itself, and the reason is logged and counted.
 //!
 //! The wait happens before the snapshotter's lock is taken, so other requests go on meanwhile.
+//!
+//! The build pulls with the node's credentials and, when the kubelet's PullImage came through
+//! the CRI image service (src/cri), with that pull's own, which the service holds in memory
+//! while the call runs (daemon/pull_auth.rs): the Prepare happens inside that call.
 
 use std::collections::BTreeMap;
 use std::str::FromStr as _;
