@@ -177,11 +177,6 @@ impl Daemon {
         self.inner.pull_auths.hold(image, credentials)
     }
 
-    /// How many PullImage calls hold credentials now.
-    pub fn pull_credentials_held(&self) -> usize {
-        self.inner.pull_auths.len()
-    }
-
     pub fn config(&self) -> &Config {
         &self.inner.config
     }

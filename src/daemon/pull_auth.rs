@@ -108,8 +108,9 @@ impl PullAuths {
             .map(|(_, creds)| creds.clone())
     }
 
-    /// How many pulls hold credentials now (for tests: none once every pull returned).
-    pub(crate) fn len(&self) -> usize {
+    /// How many pulls hold credentials now: none once every pull returned.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
     }
 
