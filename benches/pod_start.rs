@@ -407,16 +407,11 @@ fn share_both_images(
 
 /// A daemon that publishes its Ready caches into the containerd whose directory is `dir`.
 fn publishing_daemon(root: &Path, registry: &str, dir: &Path) -> TestDaemon {
-    let mut daemon = TestDaemon::start(root, &[registry]);
-    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
-    daemon.stop();
-    std::fs::write(
-        &daemon.config_path,
-        format!("{config}containerd_socket = {:?}\n", dir.join("containerd.sock")),
+    TestDaemon::start_with_config(
+        root,
+        &[registry],
+        &format!("containerd_socket = {:?}", dir.join("containerd.sock")),
     )
-    .unwrap();
-    daemon.spawn();
-    daemon
 }
 
 /// Before a timed run of a case whose images are present: (w) pulls them through CRI,
@@ -448,7 +443,11 @@ fn make_present(env: &Env, case: Case, cri: &Cri) {
             let events = cache["status"]["events"].to_string();
             assert!(events.contains("\"Published\""), "{events}");
             wait_for("CRI to list both images", GC_TIMEOUT, || {
-                let tags: Vec<String> = cri.list_images().into_iter().flat_map(|i| i.repo_tags).collect();
+                let tags: Vec<String> = cri
+                    .list_images()
+                    .into_iter()
+                    .flat_map(|i| i.repo_tags)
+                    .collect();
                 tags.contains(&env.app_ref) && tags.contains(&env.pause_ref)
             });
         }
@@ -553,7 +552,10 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     };
     s.layer_blobs_fetched = layers_by("containerd/");
     s.daemon_layer_blobs = layers_by("imagecache/");
-    if let (true, Some(d)) = (std::env::var_os("POD_START_LOG").is_some(), case.daemon(env)) {
+    if let (true, Some(d)) = (
+        std::env::var_os("POD_START_LOG").is_some(),
+        case.daemon(env),
+    ) {
         eprintln!("--- {} daemon log ---\n{}", case.title(), d.log());
     }
     if case == Case::Published {
@@ -563,7 +565,10 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
             .into_iter()
             .filter(|(_, path, _)| path != "/v2/")
             .collect();
-        assert!(asked.is_empty(), "(b2): containerd asked the registry: {asked:?}");
+        assert!(
+            asked.is_empty(),
+            "(b2): containerd asked the registry: {asked:?}"
+        );
     }
     match case {
         // The positive control: the access log read this way sees containerd's downloads.

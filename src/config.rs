@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imagecache/config.toml";
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/imagecache/snapshotter.sock";
+pub const DEFAULT_CRI_IMAGE_SOCKET: &str = "/run/imagecache/cri-image.sock";
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// Half the state root's filesystem for auto-created caches (see `max_cache_space_percent`).
 pub const DEFAULT_MAX_CACHE_SPACE_PERCENT: u32 = 50;
@@ -62,6 +63,11 @@ pub struct Config {
     /// containerd's own socket (its gRPC API, CRI included), which the CRI image service
     /// forwards to.
     pub containerd_socket: PathBuf,
+    /// The CRI ImageService the kubelet is pointed at (`--image-service-endpoint`): every
+    /// call is forwarded to containerd's CRI on `containerd_socket`, and a PullImage's
+    /// credentials are lent, in memory and for that pull only, to the snapshotter's fetch of
+    /// that image (src/cri). An empty string turns it off.
+    pub cri_image_socket: PathBuf,
     /// The node's default for pods that say nothing (ECI's `eci-auto-imc`): `true` matches a
     /// cache automatically and builds one when none matches; `false` (as on Tencent EKS) gives
     /// a cache only to pods whose annotations ask for one.
@@ -131,6 +137,7 @@ impl Default for Config {
             snapshotter_socket: PathBuf::from(DEFAULT_SNAPSHOTTER_SOCKET),
             snapshotter_pulls: true,
             containerd_socket: PathBuf::from(DEFAULT_CONTAINERD_SOCKET),
+            cri_image_socket: PathBuf::from(DEFAULT_CRI_IMAGE_SOCKET),
             auto_match: true,
             sandbox_image: None,
             auto_cache_retention_days: 7,
@@ -177,6 +184,11 @@ impl Config {
     pub fn snapshotter(&self) -> Option<&Path> {
         (!self.snapshotter_socket.as_os_str().is_empty())
             .then_some(self.snapshotter_socket.as_path())
+    }
+
+    /// The CRI image service's socket, or `None` when the config turns it off.
+    pub fn cri_image(&self) -> Option<&Path> {
+        (!self.cri_image_socket.as_os_str().is_empty()).then_some(self.cri_image_socket.as_path())
     }
 
     /// Where caller-given disk mount paths must lie: `disk_mount_root`, else `<root>/disks`.
@@ -289,6 +301,27 @@ impl Config {
             crate::share::ShareTarget::parse(&self.share_registry)
                 .map_err(|e| format!("share_registry = {:?}: {e}", self.share_registry))?;
         }
+        if self.cri_image().is_some() && self.containerd_socket.as_os_str().is_empty() {
+            return Err(format!(
+                "cri_image_socket = {:?} forwards to containerd, and containerd_socket is empty: name containerd's socket, or set cri_image_socket = \"\" to turn the CRI image service off",
+                self.cri_image_socket
+            ));
+        }
+        let sockets = [
+            ("socket", Some(self.socket.as_path())),
+            ("snapshotter_socket", self.snapshotter()),
+            ("cri_image_socket", self.cri_image()),
+        ];
+        for (i, (key, path)) in sockets.iter().enumerate() {
+            let Some(path) = path else { continue };
+            for (other, other_path) in &sockets[i + 1..] {
+                if *other_path == Some(*path) {
+                    return Err(format!(
+                        "{key} and {other} are both {path:?}: each socket needs a path of its own"
+                    ));
+                }
+            }
+        }
         // Both reach mount targets and, through the snapshotter's layer paths, overlayfs
         // option strings.
         for (key, path) in [
@@ -326,6 +359,8 @@ mod tests {
             default_cache_size_gib = 30
             backing_image = "/var/lib/imagecache.xfs"
             snapshotter_socket = "/run/ic/snap.sock"
+            containerd_socket = "/run/k3s/containerd/containerd.sock"
+            cri_image_socket = "/run/ic/cri.sock"
             auto_match = false
             sandbox_image = "registry.k8s.io/pause:3.9"
             auto_cache_retention_days = 3
@@ -345,6 +380,11 @@ mod tests {
         assert_eq!(c.max_concurrent_downloads, 4);
         assert_eq!(c.default_cache_size_gib, 30);
         assert_eq!(c.snapshotter(), Some(Path::new("/run/ic/snap.sock")));
+        assert_eq!(c.cri_image(), Some(Path::new("/run/ic/cri.sock")));
+        assert_eq!(
+            c.containerd_socket,
+            Path::new("/run/k3s/containerd/containerd.sock")
+        );
         assert!(!c.auto_match);
         assert_eq!(
             c.sandbox_image.as_deref(),
@@ -448,6 +488,29 @@ mod tests {
         assert!(Config::default().snapshotter_pulls);
         let off = Config::parse("snapshotter_pulls = false", Path::new("c.toml")).unwrap();
         assert!(!off.snapshotter_pulls);
+    }
+
+    #[test]
+    fn the_cri_image_service_is_on_by_default_forwarding_to_containerds_socket() {
+        let c = Config::default();
+        assert_eq!(c.cri_image(), Some(Path::new(DEFAULT_CRI_IMAGE_SOCKET)));
+        assert_eq!(c.containerd_socket, Path::new(DEFAULT_CONTAINERD_SOCKET));
+        let off = Config::parse("cri_image_socket = \"\"", Path::new("c.toml")).unwrap();
+        assert_eq!(off.cri_image(), None);
+        let err = Config::parse("containerd_socket = \"\"", Path::new("c.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("containerd_socket is empty"),
+            "{err}"
+        );
+        let both_off = "containerd_socket = \"\"\ncri_image_socket = \"\"";
+        assert!(Config::parse(both_off, Path::new("c.toml")).is_ok());
+        let clash = "cri_image_socket = \"/run/imagecache/snapshotter.sock\"";
+        let err = Config::parse(clash, Path::new("c.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("snapshotter_socket and cri_image_socket"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -416,7 +416,7 @@ fn run_daemon(dir: &Path, config: &str) -> Option<(std::process::ExitStatus, Str
     std::fs::write(
         &path,
         format!(
-            "{config}\nsocket = {:?}\nsnapshotter_socket = \"\"\n",
+            "{config}\nsocket = {:?}\nsnapshotter_socket = \"\"\ncri_image_socket = \"\"\n",
             dir.join("api.sock")
         ),
     )

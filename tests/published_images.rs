@@ -39,17 +39,10 @@ fn a_ready_caches_images_are_present_in_containerd_and_a_pod_runs_without_a_pull
     let (app, pause) = (node.image_ref("published"), node.image_ref("pause"));
     let dir = node.scratch.path().join("containerd");
     // The daemon knows containerd's socket; containerd is up before the cache is made.
-    let config = std::fs::read_to_string(&node.daemon.config_path).unwrap();
-    node.daemon.stop();
-    std::fs::write(
-        &node.daemon.config_path,
-        format!(
-            "{config}containerd_socket = {:?}\n",
-            dir.join("containerd.sock")
-        ),
-    )
-    .unwrap();
-    node.daemon.spawn();
+    node.daemon.reconfigure(&format!(
+        "containerd_socket = {:?}",
+        dir.join("containerd.sock")
+    ));
     let containerd = TestContainerd::start(
         &dir,
         &ContainerdOptions {

@@ -70,7 +70,10 @@ fn a_cached_image_is_pulled_without_a_layer_and_runs_from_the_cache() {
         // (the image's three layers, the pause image's one shared with it).
         assert_eq!(
             node.daemon.cli_ok(&["containerd-config"]),
-            imagecache::snapshotter::containerd_config(&node.daemon.snapshotter_socket())
+            imagecache::snapshotter::containerd_config(
+                &node.daemon.snapshotter_socket(),
+                Some(&node.daemon.cri_image_socket())
+            )
         );
         let info: serde_json::Value =
             serde_json::from_str(&node.daemon.cli_ok(&["info", "-o", "json"])).unwrap();

@@ -32,7 +32,7 @@ fn write_config(dir: &Path, root: &Path, socket: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "root = {root:?}\nsocket = {socket:?}\nsnapshotter_socket = \"\"\nsecrets_dir = {secrets:?}\n"
+            "root = {root:?}\nsocket = {socket:?}\nsnapshotter_socket = \"\"\ncri_image_socket = \"\"\nsecrets_dir = {secrets:?}\n"
         ),
     )
     .unwrap();

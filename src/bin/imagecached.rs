@@ -48,6 +48,13 @@ struct Args {
     /// The containerd snapshotter's socket ("" turns the snapshotter off).
     #[arg(long)]
     snapshotter_socket: Option<PathBuf>,
+    /// The CRI image service's socket, the kubelet's --image-service-endpoint ("" turns it
+    /// off).
+    #[arg(long)]
+    cri_image_socket: Option<PathBuf>,
+    /// containerd's socket, which the CRI image service forwards to.
+    #[arg(long)]
+    containerd_socket: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -122,6 +129,12 @@ fn load_config(args: &Args) -> Result<Config> {
     if let Some(socket) = &args.snapshotter_socket {
         config.snapshotter_socket = socket.clone();
     }
+    if let Some(socket) = &args.cri_image_socket {
+        config.cri_image_socket = socket.clone();
+    }
+    if let Some(socket) = &args.containerd_socket {
+        config.containerd_socket = socket.clone();
+    }
     // Flags go through the same checks as the file.
     let text = toml::to_string(&config).context("cannot render the effective config")?;
     Ok(Config::parse(&text, Path::new("<flags>"))?)
@@ -131,6 +144,8 @@ fn load_config(args: &Args) -> Result<Config> {
 async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
     let socket = config.socket.clone();
     let snapshotter_socket = config.snapshotter().map(Path::to_owned);
+    let cri_image_socket = config.cri_image().map(Path::to_owned);
+    let containerd_socket = config.containerd_socket.clone();
     let access = access_of(&config)?;
     imagecache::fault::init();
     let daemon = Daemon::start(config, Arc::new(LinuxSys)).context("cannot start the daemon")?;
@@ -153,6 +168,19 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
             info!(socket = %path.display(), "containerd snapshotter serving");
             Some(tokio::spawn(async move {
                 imagecache::snapshotter::serve(daemon, listener, stop.cancelled_owned()).await
+            }))
+        }
+        None => None,
+    };
+    // Before the API socket too: a kubelet that saw the daemon up may pull at once.
+    let cri_image = match &cri_image_socket {
+        Some(path) => {
+            let listener = imagecache::cri::bind(path)?;
+            let (daemon, stop) = (daemon.clone(), stop.clone());
+            let containerd = containerd_socket.clone();
+            info!(socket = %path.display(), containerd = %containerd.display(), "CRI image service serving");
+            Some(tokio::spawn(async move {
+                imagecache::cri::serve(daemon, listener, &containerd, stop.cancelled_owned()).await
             }))
         }
         None => None,
@@ -194,13 +222,21 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
             .context("snapshotter task panicked")?
             .context("snapshotter server failed")?;
     }
+    if let Some(task) = cri_image {
+        task.await
+            .context("CRI image service task panicked")?
+            .context("CRI image service failed")?;
+    }
     info!("stopping: cancelling builds");
     daemon.shutdown().await;
     // A socket systemd passed is systemd's: it keeps it for the next start.
     if ours {
         let _ = std::fs::remove_file(&socket);
     }
-    if let Some(path) = &snapshotter_socket {
+    for path in [&snapshotter_socket, &cri_image_socket]
+        .into_iter()
+        .flatten()
+    {
         let _ = std::fs::remove_file(path);
     }
     info!("stopped");

@@ -1,5 +1,6 @@
 //! `imagecache containerd-config`: the lines to add to containerd's config.toml so that
-//! containerd and its CRI plugin use imagecache as their snapshotter.
+//! containerd and its CRI plugin use imagecache as their snapshotter, and the kubelet flag
+//! that sends its image calls through the daemon's CRI image service.
 
 use std::path::PathBuf;
 
@@ -13,23 +14,41 @@ pub struct Args {
     /// The snapshotter socket to name (default: the running daemon's, from its info).
     #[arg(long)]
     pub snapshotter_socket: Option<PathBuf>,
+    /// The CRI image service socket to name in the kubelet flag (default: the running
+    /// daemon's, from its info; "" leaves the flag out).
+    #[arg(long)]
+    pub cri_image_socket: Option<PathBuf>,
 }
 
 pub async fn run(client: &Client, args: Args) -> Result<()> {
-    let socket = match args.snapshotter_socket {
-        Some(socket) => socket,
-        None => {
-            let info: serde_json::Value = client.get(INFO).await?.json()?;
-            match info["snapshotterSocket"].as_str() {
-                Some(s) => PathBuf::from(s),
-                None => bail!(
-                    "the daemon's containerd snapshotter is off (snapshotter_socket = \"\" in its \
-                     config): set snapshotter_socket and restart imagecached, or name a socket \
-                     with --snapshotter-socket"
-                ),
-            }
-        }
+    let info: Option<serde_json::Value> =
+        match args.snapshotter_socket.is_some() && args.cri_image_socket.is_some() {
+            true => None,
+            false => Some(client.get(INFO).await?.json()?),
+        };
+    let from_info = |key: &str| {
+        info.as_ref()
+            .and_then(|i| i[key].as_str())
+            .map(PathBuf::from)
     };
-    print!("{}", crate::snapshotter::containerd_config(&socket));
+    let socket = match args
+        .snapshotter_socket
+        .or_else(|| from_info("snapshotterSocket"))
+    {
+        Some(socket) => socket,
+        None => bail!(
+            "the daemon's containerd snapshotter is off (snapshotter_socket = \"\" in its \
+             config): set snapshotter_socket and restart imagecached, or name a socket \
+             with --snapshotter-socket"
+        ),
+    };
+    let cri_image = args
+        .cri_image_socket
+        .or_else(|| from_info("criImageSocket"))
+        .filter(|p| !p.as_os_str().is_empty());
+    print!(
+        "{}",
+        crate::snapshotter::containerd_config(&socket, cri_image.as_deref())
+    );
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! One handler per action.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::build::{self, BuildSpec};
 use super::events::NORMAL;
+use super::pull_auth::PullCredentials;
 use super::{clock, ids, Action, Daemon, DaemonError, Reply};
 use crate::objects::*;
 use crate::store::StoreError;
@@ -15,7 +17,7 @@ pub(super) const CANCEL_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> {
     match action {
-        Action::CreateImageCache(valid) => create_cache(d, *valid),
+        Action::CreateImageCache(valid) => create_cache(d, *valid, None),
         Action::GetImageCache(name) => Ok(Reply::ImageCache(Box::new(get(d, &name)?))),
         Action::ListImageCaches => Ok(Reply::ImageCacheList(ImageCacheList {
             api_version: API_VERSION.into(),
@@ -51,7 +53,13 @@ fn get(d: &Daemon, name: &str) -> Result<ImageCache, DaemonError> {
         .ok_or_else(|| DaemonError::not_found(KIND_IMAGE_CACHE, name))
 }
 
-pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, DaemonError> {
+/// Creates an ImageCache and queues its build; `pulled_with`, the credentials of the CRI pull
+/// a cold pull creates it for, go to the build alone (see `BuildSpec::pulled_with`).
+pub(super) fn create_cache(
+    d: &Daemon,
+    valid: ValidImageCache,
+    pulled_with: Option<Arc<PullCredentials>>,
+) -> Result<Reply, DaemonError> {
     let ValidImageCache {
         mut object,
         mut images,
@@ -125,6 +133,7 @@ pub(super) fn create_cache(d: &Daemon, valid: ValidImageCache) -> Result<Reply, 
         name: object.metadata.name.clone(),
         images,
         pull_secrets: object.spec.image_pull_secrets.clone(),
+        pulled_with,
         size_gib,
         reuse,
         reuse_from: object

@@ -37,6 +37,7 @@ pub fn info(d: &Daemon) -> Result<serde_json::Value, Box<dyn std::error::Error>>
         "disks": disks.len(),
         "snapshots": d.inner.snapshots.list().map(|l| l.len()).unwrap_or(0),
         "snapshotterSocket": cfg.snapshotter(),
+        "criImageSocket": cfg.cri_image(),
         "containerdSnapshots": d.snapshot_counts()?,
     }))
 }

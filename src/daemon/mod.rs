@@ -18,6 +18,7 @@ mod owner;
 mod pipe;
 mod progress;
 pub(crate) mod publish;
+pub mod pull_auth;
 mod record;
 mod recovery;
 mod share;
@@ -77,6 +78,8 @@ struct Inner {
     unrecorded: record::Unrecorded,
     /// Registry answers that a request's credentials may read a cached image.
     grants: image_access::Grants,
+    /// The credentials of CRI PullImage calls in flight (src/cri), for cold pulls.
+    pull_auths: Arc<pull_auth::PullAuths>,
     /// `share_registry`, when sharing is on.
     share: Option<Arc<crate::share::ShareRemote>>,
     /// The runtime that carries out changes (creates, deletes, builds, pulls): the one the
@@ -152,6 +155,7 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             unrecorded: record::Unrecorded::default(),
             grants: image_access::Grants::default(),
+            pull_auths: Arc::default(),
             share,
             work: tokio::runtime::Handle::try_current().ok(),
         };
@@ -162,6 +166,16 @@ impl Daemon {
         snapshots::recover(&daemon)
             .map_err(|e| DaemonError::Setup(format!("snapshotter recovery: {e}")))?;
         Ok(daemon)
+    }
+
+    /// Lends `credentials` to the snapshotter's cold pull of `image` until the guard drops:
+    /// the CRI image service holds one for each PullImage it forwards (daemon/pull_auth.rs).
+    pub fn hold_pull_credentials(
+        &self,
+        image: &crate::registry::ImageReference,
+        credentials: crate::registry::Credentials,
+    ) -> pull_auth::HeldPullCredentials {
+        self.inner.pull_auths.hold(image, credentials)
     }
 
     pub fn config(&self) -> &Config {

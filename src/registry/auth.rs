@@ -62,6 +62,8 @@ impl fmt::Debug for Credentials {
 /// Where a build's credentials come from, in priority order.
 #[derive(Debug, Default)]
 pub struct Keyring {
+    /// A CRI pull's own credentials (the kubelet's AuthConfig), for its image's registry.
+    pull: Option<(String, Credentials)>,
     secrets: Vec<PullSecret>,
     docker_config: Option<DockerConfig>,
 }
@@ -104,9 +106,18 @@ impl Keyring {
             .map(|secret| load_pull_secret(secrets_dir, secret))
             .collect::<Result<_, _>>()?;
         Ok(Keyring {
+            pull: None,
             secrets,
             docker_config: None,
         })
+    }
+
+    /// Puts the credentials a CRI PullImage came with (the kubelet's `AuthConfig`, from the
+    /// pod's pull secrets or the node's) first for `registry`: they are what containerd
+    /// itself pulls that image with.
+    pub fn with_pull_credentials(mut self, registry: &str, credentials: Credentials) -> Self {
+        self.pull = Some((normalize_registry_host(registry), credentials));
+        self
     }
 
     /// Adds the node's docker config.json as the fallback after pull secrets. A missing file is
@@ -135,6 +146,9 @@ impl Keyring {
     /// does: what [`Keyring::credentials_for`] would use first.
     pub fn secret_for(&self, registry: &str) -> Option<&str> {
         let host = normalize_registry_host(registry);
+        if self.pull.as_ref().is_some_and(|(h, _)| *h == host) {
+            return None;
+        }
         self.secrets
             .iter()
             .find(|s| s.auths.iter().any(|(h, _)| *h == host))
@@ -144,6 +158,10 @@ impl Keyring {
     /// Credentials for `registry` (a host as in [`super::ImageReference::registry`]).
     pub fn credentials_for(&self, registry: &str) -> Credentials {
         let host = normalize_registry_host(registry);
+        if let Some((_, creds)) = self.pull.as_ref().filter(|(h, _)| *h == host) {
+            tracing::debug!(registry = %host, "using the CRI pull's own credentials");
+            return creds.clone();
+        }
         for secret in &self.secrets {
             if let Some((_, creds)) = secret.auths.iter().find(|(h, _)| *h == host) {
                 tracing::debug!(registry = %host, secret = %secret.name, "using image pull secret");
@@ -276,24 +294,30 @@ fn parse_dockerconfigjson(contents: &[u8]) -> Result<Vec<(String, Credentials)>,
 
 fn entry_credentials(entry: AuthEntry) -> Result<Credentials, String> {
     if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {
-        // Docker writes standard base64 with padding; some tools drop the padding.
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(auth.trim()))
-            .map_err(|_| "`auth` is not valid base64".to_string())?;
-        let decoded = String::from_utf8(decoded).map_err(|_| "`auth` is not UTF-8".to_string())?;
-        let (username, password) = decoded
-            .split_once(':')
-            .ok_or_else(|| "`auth` must encode `username:password`".to_string())?;
-        return Ok(Credentials::Basic {
-            username: username.to_string(),
-            password: password.to_string(),
-        });
+        return decode_basic_auth(&auth);
     }
     match (entry.username, entry.password) {
         (Some(username), Some(password)) => Ok(Credentials::Basic { username, password }),
         _ => Err("needs `auth` or both `username` and `password`".into()),
     }
+}
+
+/// An `auth` value as docker config and CRI's AuthConfig write it: base64 of
+/// `username:password`. Errors never echo it.
+pub fn decode_basic_auth(auth: &str) -> Result<Credentials, String> {
+    // Docker writes standard base64 with padding; some tools drop the padding.
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(auth.trim()))
+        .map_err(|_| "`auth` is not valid base64".to_string())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| "`auth` is not UTF-8".to_string())?;
+    let (username, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| "`auth` must encode `username:password`".to_string())?;
+    Ok(Credentials::Basic {
+        username: username.to_string(),
+        password: password.to_string(),
+    })
 }
 
 /// `auths` keys may be a host, a host with path, or a URL (`https://index.docker.io/v1/`).
@@ -383,6 +407,26 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         let e = parse_dockerconfigjson(br#"{"auths": hunter2"#).unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_cri_pulls_own_credentials_come_first_for_its_registry_only() {
+        let dir = tempfile::tempdir().unwrap();
+        write_secret(
+            dir.path(),
+            "team",
+            "regcred",
+            r#"{"auths":{"reg:5000":{"username":"secret","password":"a"},
+                         "other:5000":{"username":"secret","password":"b"}}}"#,
+        );
+        let keyring = Keyring::from_pull_secrets(dir.path(), &["team:regcred".to_string()])
+            .unwrap()
+            .with_pull_credentials("reg:5000", basic("pod", "p"));
+        assert_eq!(keyring.credentials_for("reg:5000"), basic("pod", "p"));
+        assert_eq!(keyring.secret_for("reg:5000"), None);
+        assert_eq!(keyring.credentials_for("other:5000"), basic("secret", "b"));
+        assert_eq!(keyring.secret_for("other:5000"), Some("team/regcred"));
+        assert_eq!(keyring.credentials_for("quay.io"), Credentials::Anonymous);
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod reference;
 mod retry;
 mod stream;
 
-pub use auth::{split_secret_ref, Credentials, Keyring};
+pub use auth::{decode_basic_auth, split_secret_ref, Credentials, Keyring};
 pub use chain::{chain_id_over, chain_ids};
 pub use client::{
     RegistryClient, RegistryConfig, ResolvedImage, DEFAULT_TIMEOUT as DEFAULT_REGISTRY_TIMEOUT,

@@ -6,7 +6,6 @@
 mod convert;
 mod service;
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use tokio_stream::StreamExt;
@@ -15,78 +14,41 @@ use tracing::warn;
 pub use service::SnapshotsService;
 
 use crate::daemon::Daemon;
+use crate::root_socket::{Refused, RootSocketError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotterError {
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("snapshotter socket {0} is in use by a running process: stop it or set another snapshotter_socket")]
-    InUse(String),
-    #[error("cannot listen on snapshotter socket {path}: {source}")]
-    Listen {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Socket(#[from] RootSocketError),
     #[error("snapshotter server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
 
+/// The config key of the snapshotter's socket, in messages about it.
+const KEY: &str = "snapshotter_socket";
+
 /// Binds `socket` (replacing a stale file, never a live socket) and returns the listener;
-/// root only may connect, as containerd runs as root.
-///
-/// The socket is bound inside a fresh 0700 directory beside its final path, made 0600 there
-/// and then renamed into place: it is never connectable by anyone but root, whatever the
-/// process umask, and no umask is changed under the daemon's other threads.
+/// root only may connect, as containerd runs as root (see [`crate::root_socket::bind`]).
 pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, SnapshotterError> {
-    let shown = socket.display().to_string();
-    let listen_err = |source| SnapshotterError::Listen {
-        path: shown.clone(),
-        source,
-    };
-    let dir = socket.parent().unwrap_or(Path::new("/"));
-    crate::access::create_socket_dir(dir).map_err(|source| SnapshotterError::Dir {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        return Err(SnapshotterError::InUse(shown));
-    }
-    let private = dir.join(format!(".snapshotter-bind.{}", std::process::id()));
-    // A directory left by a daemon killed between the two steps below.
-    let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&private)
-        .map_err(|source| SnapshotterError::Dir {
-            path: private.display().to_string(),
-            source,
-        })?;
-    let staged = private.join("snapshotter.sock");
-    let bound = tokio::net::UnixListener::bind(&staged)
-        .and_then(|listener| {
-            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-            std::fs::rename(&staged, socket)?;
-            Ok(listener)
-        })
-        .map_err(listen_err);
-    let _ = std::fs::remove_dir_all(&private);
-    bound
+    Ok(crate::root_socket::bind(socket, KEY)?)
 }
 
 /// Whether a connection may speak to the snapshotter: its peer is root (containerd). Anyone
 /// else is dropped before a byte of it is read: the snapshotter mounts, binds disks and
 /// removes snapshots on request, which is root's alone.
 fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
-    match stream.peer_cred() {
-        Ok(cred) if cred.uid() == 0 => true,
-        Ok(cred) => {
-            warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "snapshotter connection refused: only root (containerd) may use the snapshotter");
+    match crate::root_socket::peer_is_root(stream) {
+        Ok(()) => true,
+        Err(Refused::NotRoot { uid, gid, pid }) => {
+            warn!(
+                uid,
+                gid,
+                ?pid,
+                "snapshotter connection refused: only root (containerd) may use the snapshotter"
+            );
             false
         }
-        Err(e) => {
+        Err(Refused::Unknown(e)) => {
             warn!(error = %e, "cannot read a snapshotter caller's credentials; refusing it");
             false
         }
@@ -111,8 +73,22 @@ pub async fn serve(
 }
 
 /// The lines an operator adds to containerd's config.toml (version 2, containerd 1.6) so
-/// that containerd and its CRI plugin use imagecache as their snapshotter.
-pub fn containerd_config(socket: &Path) -> String {
+/// that containerd and its CRI plugin use imagecache as their snapshotter; with
+/// `cri_image_socket`, a comment naming the kubelet flag that sends its image calls (and the
+/// pods' pull credentials) through the daemon's CRI image service (src/cri).
+pub fn containerd_config(socket: &Path, cri_image_socket: Option<&Path>) -> String {
+    let kubelet = match cri_image_socket {
+        Some(cri) => format!(
+            r#"
+# The kubelet's image calls go through imagecache, which forwards each one to containerd
+# and lends a pull's credentials to the snapshotter's own fetch of that image. Start the
+# kubelet with:
+#   {}
+"#,
+            kubelet_flag(cri)
+        ),
+        None => String::new(),
+    };
     format!(
         r#"# imagecache: containerd's snapshotter, so images held by a Ready cache are "pulled"
 # without fetching a layer, and containers bound to a per-pod disk run from it.
@@ -126,7 +102,15 @@ pub fn containerd_config(socket: &Path) -> String {
   # Pass the container annotations containerd.io/snapshot/imagecache.io/disk and
   # .../disk-token (and CRI's layer annotations) to the snapshotter as labels.
   disable_snapshot_annotations = false
-"#,
+{kubelet}"#,
         toml::Value::String(socket.display().to_string())
+    )
+}
+
+/// The kubelet flag that makes the daemon's CRI image service the kubelet's.
+pub fn kubelet_flag(cri_image_socket: &Path) -> String {
+    format!(
+        "--image-service-endpoint=unix://{}",
+        cri_image_socket.display()
     )
 }

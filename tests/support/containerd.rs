@@ -40,8 +40,9 @@ pub struct ContainerdOptions {
 /// snapshot with its image and chainID, and pass `containerd.io/snapshot/*` annotations of a
 /// container to its rootfs snapshot.
 pub fn cri_snapshotter_config(socket: &Path) -> String {
-    // Exactly what `imagecache containerd-config` prints for an operator.
-    imagecache::snapshotter::containerd_config(socket)
+    // Exactly what `imagecache containerd-config` prints for an operator (the kubelet flag
+    // is a comment there: containerd has no part in it).
+    imagecache::snapshotter::containerd_config(socket, None)
 }
 
 /// The whole containerd configuration `TestContainerd::start(dir, opts)` runs with.

@@ -312,6 +312,41 @@ impl Cri {
             .unwrap_or_else(|e| panic!("CRI RemoveImage {image}: {e}"));
     }
 
+    /// ImageStatus: the image, or `None` when the runtime has none of that name.
+    pub fn try_image_status(&self, image: &str) -> Result<Option<Image>, tonic::Status> {
+        let mut c = self.images.clone();
+        Ok(self
+            .rt
+            .block_on(c.image_status(k8s_cri::v1::ImageStatusRequest {
+                image: Some(image_spec(image)),
+                verbose: false,
+            }))?
+            .into_inner()
+            .image)
+    }
+
+    pub fn try_remove_image(&self, image: &str) -> Result<(), tonic::Status> {
+        let mut c = self.images.clone();
+        self.rt.block_on(c.remove_image(RemoveImageRequest {
+            image: Some(image_spec(image)),
+        }))?;
+        Ok(())
+    }
+
+    /// ImageFsInfo: the mountpoints of the filesystems images are kept on.
+    pub fn image_fs_mountpoints(&self) -> Vec<String> {
+        let mut c = self.images.clone();
+        let info = self
+            .rt
+            .block_on(c.image_fs_info(k8s_cri::v1::ImageFsInfoRequest {}))
+            .unwrap_or_else(|e| panic!("CRI ImageFsInfo: {e}"))
+            .into_inner();
+        info.image_filesystems
+            .into_iter()
+            .filter_map(|f| f.fs_id.map(|id| id.mountpoint))
+            .collect()
+    }
+
     pub fn list_images(&self) -> Vec<Image> {
         let mut c = self.images.clone();
         self.rt

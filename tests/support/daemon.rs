@@ -19,25 +19,32 @@ impl TestDaemon {
     /// Starts a daemon whose state root is `root` (created if needed), trusting `registries`
     /// over plain HTTP.
     pub fn start(root: &Path, registries: &[&str]) -> TestDaemon {
+        TestDaemon::start_with_config(root, registries, "")
+    }
+
+    /// Like [`TestDaemon::start`], with `extra` (TOML lines) added to its config; a key it
+    /// names replaces the base config's.
+    pub fn start_with_config(root: &Path, registries: &[&str], extra: &str) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let secrets_dir = dir.path().join("secrets");
         std::fs::create_dir_all(&secrets_dir).unwrap();
         let socket = dir.path().join("imagecache.sock");
         let config_path = dir.path().join("config.toml");
         let insecure: Vec<String> = registries.iter().map(|r| format!("{r:?}")).collect();
-        std::fs::write(
-            &config_path,
-            format!(
-                "root = {:?}\nsocket = {:?}\nsnapshotter_socket = {:?}\nsecrets_dir = {:?}\n\
-                 insecure_registries = [{}]\n",
-                root,
-                socket,
-                dir.path().join("snapshotter.sock"),
-                secrets_dir,
-                insecure.join(", ")
-            ),
-        )
-        .unwrap();
+        // containerd's socket is one no containerd listens on, unless a test names its own:
+        // a test daemon must never publish into, or forward to, the host's containerd.
+        let base = format!(
+            "root = {:?}\nsocket = {:?}\nsnapshotter_socket = {:?}\ncri_image_socket = {:?}\n\
+             containerd_socket = {:?}\nsecrets_dir = {:?}\ninsecure_registries = [{}]\n",
+            root,
+            socket,
+            dir.path().join("snapshotter.sock"),
+            dir.path().join("cri-image.sock"),
+            dir.path().join("no-containerd.sock"),
+            secrets_dir,
+            insecure.join(", ")
+        );
+        std::fs::write(&config_path, merged(&base, extra)).unwrap();
         let mut d = TestDaemon {
             root: root.to_owned(),
             socket,
@@ -51,24 +58,32 @@ impl TestDaemon {
     }
 
     /// Like [`TestDaemon::start`], sharing frozen snapshots through `share_registry`
-    /// ("host:port/repository"): the daemon starts once to write its config, then again with
-    /// the key added.
+    /// ("host:port/repository").
     pub fn start_sharing(root: &Path, registries: &[&str], share_registry: &str) -> TestDaemon {
-        let mut daemon = TestDaemon::start(root, registries);
-        let base = std::fs::read_to_string(&daemon.config_path).unwrap();
-        daemon.stop();
-        std::fs::write(
-            &daemon.config_path,
-            format!("{base}share_registry = \"{share_registry}\"\n"),
+        TestDaemon::start_with_config(
+            root,
+            registries,
+            &format!("share_registry = \"{share_registry}\"\n"),
         )
-        .unwrap();
-        daemon.spawn();
-        daemon
+    }
+
+    /// Stops the daemon, puts `extra` (TOML lines; its keys replace the config's) into its
+    /// config, and starts it again.
+    pub fn reconfigure(&mut self, extra: &str) {
+        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        self.stop();
+        std::fs::write(&self.config_path, merged(&config, extra)).unwrap();
+        self.spawn();
     }
 
     /// The containerd snapshotter's socket.
     pub fn snapshotter_socket(&self) -> PathBuf {
         self.dir.path().join("snapshotter.sock")
+    }
+
+    /// The CRI image service's socket (the kubelet's `--image-service-endpoint`).
+    pub fn cri_image_socket(&self) -> PathBuf {
+        self.dir.path().join("cri-image.sock")
     }
 
     fn log_path(&self) -> PathBuf {
@@ -324,4 +339,14 @@ pub fn cache_yaml(name: &str, images: &[String], extra_spec: &str) -> String {
         "apiVersion: imagecache.io/v1\nkind: ImageCache\nmetadata:\n  name: {name}\nspec:\n  images:\n{}\n{extra_spec}",
         list.join("\n")
     )
+}
+
+/// `base` with the keys of `extra` (TOML both) set over it.
+fn merged(base: &str, extra: &str) -> String {
+    let mut table: toml::Table = base.parse().expect("the base config is TOML");
+    let extra: toml::Table = extra
+        .parse()
+        .unwrap_or_else(|e| panic!("extra config is not TOML ({e}):\n{extra}"));
+    table.extend(extra);
+    toml::to_string(&table).expect("a TOML table serialises")
 }

@@ -43,6 +43,10 @@ pub struct BuildSpec {
     pub name: String,
     pub images: Vec<ImageReference>,
     pub pull_secrets: Vec<String>,
+    /// The credentials of the CRI pull whose cold pull asked for this cache: in memory only
+    /// (never in the ImageCache object or state.db), so a build restarted after the daemon
+    /// restarts goes without them. `Debug` names only their registry.
+    pub pulled_with: Option<std::sync::Arc<crate::daemon::pull_auth::PullCredentials>>,
     pub size_gib: u32,
     /// Start from a clone of the best-matching Ready cache (`imc-enable-reuse`).
     pub reuse: bool,
@@ -266,7 +270,7 @@ async fn build(
     cancel: &CancellationToken,
 ) -> Result<Built, BuildError> {
     let started = Instant::now();
-    let keyring = keyring_for(d, &spec.pull_secrets)?;
+    let keyring = keyring::keyring_for_build(d, spec)?;
     status::set_phase(d, &spec.name, Phase::Pulling, None)?;
 
     // mkfs while the manifests resolve: both take a few hundred ms.

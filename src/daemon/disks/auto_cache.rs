@@ -47,7 +47,7 @@ pub(super) async fn on_create(
         true => {
             let floor = plan.size_gib;
             let (images, secrets) = (&req.images, &req.pull_secrets);
-            ensure_cache_of(d, images, secrets, floor, Reuse::No, &mut notes).await
+            ensure_cache_of(d, images, secrets, None, floor, Reuse::No, &mut notes).await
         }
         false => None,
     };
@@ -92,11 +92,13 @@ pub(super) fn add_notes(disk: &mut Disk, notes: Vec<Note>, now: &str) {
 /// when there is none being built for them (logged and noted: the disk itself is fine
 /// without it). `disk_gib` is the size of the disk that asked: the cache is never smaller.
 /// The containerd snapshotter's cold pulls (daemon/snapshots/cold_pull.rs) come here too,
-/// with `reuse`, so the layers other caches hold are cloned rather than fetched again.
+/// with `reuse`, so the layers other caches hold are cloned rather than fetched again, and
+/// with `pulled_with`, the credentials of the CRI pull, which only a build it starts gets.
 pub(crate) async fn ensure_cache_of(
     d: &Daemon,
     images: &[crate::registry::ImageReference],
     pull_secrets: &[String],
+    pulled_with: Option<std::sync::Arc<crate::daemon::pull_auth::PullCredentials>>,
     disk_gib: u32,
     reuse: Reuse,
     notes: &mut Vec<Note>,
@@ -187,7 +189,7 @@ pub(crate) async fn ensure_cache_of(
         images: images.to_vec(),
         size_gib,
     };
-    match handlers::create_cache(d, valid) {
+    match handlers::create_cache(d, valid, pulled_with) {
         Ok(_) => Some(name),
         Err(DaemonError::AlreadyExists { .. }) => Some(name),
         // A full build queue among them: the pod goes without, as while a cache builds.

@@ -99,6 +99,7 @@ pub(crate) async fn pull(d: &Daemon, request: SnapshotPull) -> Result<Reply, Dae
             images,
             size_gib: config.size_gib,
         },
+        None,
     )
 }
 

@@ -13,6 +13,10 @@
 //! been asked: containerd then pulls the layers itself, and the reason is logged and counted.
 //!
 //! The wait happens before the snapshotter's lock is taken, so other requests go on meanwhile.
+//!
+//! The build pulls with the node's credentials and, when the kubelet's PullImage came through
+//! the CRI image service (src/cri), with that pull's own, which the service holds in memory
+//! while the call runs (daemon/pull_auth.rs): the Prepare happens inside that call.
 
 use std::collections::BTreeMap;
 use std::str::FromStr as _;
@@ -128,11 +132,19 @@ async fn pull(d: &Daemon, image: &str, manifest: &str, parent: Option<String>) -
             return Outcome::BadReference;
         }
     };
+    // The kubelet's own credentials for this pull, when it came through the CRI image
+    // service (src/cri): the build uses them, and records which images needed them.
+    let pulled_with = ImageReference::from_str(image)
+        .ok()
+        .and_then(|unpinned| d.inner.pull_auths.for_image(&unpinned));
     let mut notes = Vec::new();
     let floor = d.inner.config.default_cache_size_gib;
     // The layers other caches hold are cloned, not fetched again.
     let reuse = parent.map_or(Reuse::Matching, Reuse::From);
-    let name = auto_cache::ensure_cache_of(d, &[reference], &[], floor, reuse, &mut notes).await;
+    let lent = pulled_with.is_some();
+    let name =
+        auto_cache::ensure_cache_of(d, &[reference], &[], pulled_with, floor, reuse, &mut notes)
+            .await;
     for note in &notes {
         info!(%image, reason = note.reason, message = %note.message, "cold pull");
     }
@@ -140,7 +152,7 @@ async fn pull(d: &Daemon, image: &str, manifest: &str, parent: Option<String>) -
         warn!(%image, "no cache is built for this image now: containerd pulls it itself");
         return Outcome::NotCreated;
     };
-    info!(%image, cache = %name, "cold pull: the image goes into an auto-created cache first");
+    info!(%image, cache = %name, with_pull_credentials = lent, "cold pull: the image goes into an auto-created cache first");
     let outcome = wait_ready(d, &name).await;
     if outcome == Outcome::Cached {
         for note in auto_budget::enforce(d, None).await {
