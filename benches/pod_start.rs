@@ -97,6 +97,10 @@ struct Args {
     /// Files in the generated image's 4 layers.
     #[arg(long, default_value_t = REALISTIC_FILES)]
     files: u64,
+    /// Only these cases, by key (a, b, c, a2, a3, w, b2), comma-separated; (a) always runs,
+    /// the others' ratios are to it.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
     /// `cargo bench` passes this to a bench without a harness.
     #[arg(long, hide = true)]
     bench: bool,
@@ -310,7 +314,14 @@ fn main() {
         api: Client::new(&daemon.socket),
     };
 
-    let mut results: Vec<(Case, Vec<Steps>)> = Case::ALL.iter().map(|c| (*c, vec![])).collect();
+    let wanted = |c: &Case| {
+        *c == Case::Overlayfs || args.cases.is_empty() || args.cases.iter().any(|k| k == c.key())
+    };
+    let mut results: Vec<(Case, Vec<Steps>)> = Case::ALL
+        .iter()
+        .filter(|c| wanted(c))
+        .map(|c| (*c, vec![]))
+        .collect();
     for run in 1..=args.runs {
         for (case, steps) in results.iter_mut() {
             let s = pod_start(&env, *case, run);

@@ -3,7 +3,9 @@
 # in /var/lib/imagecache on the embedded XFS backing image /var/lib/imagecache.xfs, so disks
 # are reflink clones even on an ext4 host; API on /run/imagecache/imagecache.sock), push a
 # generated ~420 MB image to a registry on 127.0.0.1, build an ImageCache of it through the
-# CLI, clone a per-pod disk from it, and show, verify and delete both. Run as root.
+# CLI, clone a per-pod disk from it, and show, verify and delete both; then pod start through
+# containerd's CRI, cold with containerd alone, cold through imagecache and from a published
+# cache, with the ratios. Run as root.
 # Pass --keep to leave the daemon, the cache and the disk in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,4 +85,11 @@ if [ "$keep" = 0 ]; then
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   umount /var/lib/imagecache 2>/dev/null || true
+  # Pod start as the kubelet sees it, with a containerd 1.6 of its own on 127.0.0.1, its own
+  # registry, daemons and scratch filesystem (benches/pod_start.rs): the image cold with
+  # containerd alone (a), cold through imagecache's snapshotter with no cache anywhere (a2),
+  # and from a cache published into containerd (b2, beside (w): containerd with the image
+  # already present).
+  echo "== pod start through CRI: containerd alone, cold through imagecache, from a published cache"
+  bash scripts/bench-pod-start.sh --runs 1 --cases a2,w,b2
 fi

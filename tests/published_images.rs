@@ -69,10 +69,20 @@ fn a_ready_caches_images_are_present_in_containerd_and_a_pod_runs_without_a_pull
     let published = events(&node.daemon, "present", "Published");
     assert_eq!(published.len(), 1, "{}", node.daemon.log());
     // CRI's image list follows containerd's image events, a moment after the records exist.
-    wait_for("CRI to list both images", Duration::from_secs(10), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
         let images = listed(&cri);
-        images.contains(&app) && images.contains(&pause)
-    });
+        if images.contains(&app) && images.contains(&pause) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRI lists {images:?}\n--- containerd ---\n{}\n--- daemon ---\n{}",
+            containerd.log(),
+            node.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The kubelet with IfNotPresent: ImageStatus says present, so no PullImage.
     let mark = node.registry.log_mark();

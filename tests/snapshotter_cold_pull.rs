@@ -183,3 +183,79 @@ fn a_failed_build_falls_back_to_containerds_own_pull() {
     }
     assert_node_clean(node);
 }
+
+/// The daemon killed half way through a cold pull's build (a fault point in its second
+/// layer): containerd's pull fails as a pull fails when its snapshotter goes away, and the
+/// kubelet's retry, once the daemon is back, completes by containerd's own pull (the killed
+/// build's cache is Failed, not left half made). Nothing is left: no snapshot, no work file.
+#[test]
+fn a_daemon_killed_mid_cold_pull_leaves_a_retry_that_completes() {
+    let mut node = node_with_cache(&[]);
+    let own = files_layer(&[("etc/retried", "pulled on the retry\n")]).to_layer();
+    let top = files_layer(&[("etc/top", "second layer\n")]).to_layer();
+    let image = image_with_cmd(vec![busybox_layer().to_layer(), own, top], &["/bin/sh"]);
+    push_image(&node.addr(), "killed", "v1", &image, None);
+    let image_ref = node.image_ref("killed");
+    node.daemon.stop();
+    assert!(node
+        .daemon
+        .spawn_with_env(&[("IMAGECACHE_FAULT_POINT", "build.layer:2")]));
+    {
+        let containerd = node.containerd();
+        let cri = containerd.cri();
+        let pod_config = cri.pod_config("killed", "uid-killed", "default");
+        let pod = cri.run_pod_sandbox_with(&pod_config);
+        let first = cri.try_pull_image(&image_ref);
+        assert!(
+            node.daemon
+                .wait_exit(std::time::Duration::from_secs(30))
+                .is_some(),
+            "the fault point did not fire:\n{}",
+            node.daemon.log()
+        );
+        assert!(first.is_err(), "the pull went on without its snapshotter");
+        assert!(node.daemon.log().contains("fault point build.layer"));
+
+        // Back up, unarmed: the interrupted cache is Failed, none is left building.
+        node.daemon.spawn();
+        let caches: serde_json::Value =
+            serde_json::from_str(&node.daemon.cli_ok(&["get", "-o", "json"])).unwrap();
+        for cache in caches["items"].as_array().unwrap() {
+            let phase = &cache["status"]["phase"];
+            assert!(phase == "Ready" || phase == "Failed", "{cache:#}");
+        }
+        // The kubelet retries; containerd redials the snapshotter within a second or so.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let retried = loop {
+            match cri.try_pull_image(&image_ref) {
+                Ok(id) => break id,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("retry: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(e) => panic!("the retried pull failed: {e}\n{}", node.daemon.log()),
+            }
+        };
+        assert!(!retried.is_empty());
+        let lines = run(
+            &cri,
+            &pod,
+            &pod_config,
+            "runs",
+            &image_ref,
+            "cat /etc/retried",
+            &[],
+        );
+        assert_eq!(lines, vec!["pulled on the retry"]);
+        remove_pod_and_images(
+            &containerd,
+            &cri,
+            &pod,
+            &[image_ref, node.image_ref("pause")],
+        );
+    }
+    let work = node.daemon.root.join("work");
+    let left = std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "work files left under {}", work.display());
+    assert_node_clean(node);
+}

@@ -17,13 +17,14 @@
 
 use std::collections::HashMap;
 
+use containerd_client::services::v1 as leases;
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
     CreateImageRequest, DeleteImageRequest, Image, ListImagesRequest, WriteAction,
     WriteContentRequest,
 };
 use containerd_client::types::Descriptor;
-use containerd_client::with_namespace;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tracing::{info, warn};
@@ -58,6 +59,19 @@ pub enum PublishError {
     },
     #[error("the snapshotter did not serve layer {0} from the cache")]
     NotServed(String),
+}
+
+/// A request in CRI's namespace, under `lease` when there is one: what a publish writes is
+/// held by it until the image records reference it, so containerd's garbage collector cannot
+/// take a blob or snapshot written a moment before its record exists.
+fn request<T>(message: T, lease: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    let md = request.metadata_mut();
+    md.insert("containerd-namespace", NAMESPACE.parse().expect("ascii"));
+    if let Some(lease) = lease.and_then(|l| l.parse().ok()) {
+        md.insert("containerd-lease", lease);
+    }
+    request
 }
 
 fn call(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> PublishError {
@@ -131,12 +145,43 @@ async fn publish(
     images: &[ResolvedImage],
 ) -> Result<Vec<String>, PublishError> {
     let channel = connect(d).await?;
+    let mut leases = LeasesClient::new(channel.clone());
+    // Expires by itself should the daemon die before deleting it.
+    let expire = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let create = leases::CreateRequest {
+        id: String::new(),
+        labels: HashMap::from([(
+            "containerd.io/gc.expire".to_owned(),
+            expire
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        )]),
+    };
+    let lease = leases
+        .create(request(create, None))
+        .await
+        .map_err(call("lease create"))?
+        .into_inner()
+        .lease
+        .map(|l| l.id)
+        .unwrap_or_default();
     let mut published = Vec::new();
+    let mut result = Ok(());
     for image in images {
-        publish_one(&channel, cache, image).await?;
+        result = publish_one(&channel, &lease, cache, image).await;
+        if result.is_err() {
+            break;
+        }
         published.extend(record_names(image));
     }
-    Ok(published)
+    let delete = leases::DeleteRequest {
+        id: lease.clone(),
+        sync: false,
+    };
+    if let Err(s) = leases.delete(request(delete, None)).await {
+        warn!(%lease, error = %s, "could not delete the publish lease; it expires within the hour");
+    }
+    result.map(|()| published)
 }
 
 /// The names CRI gives an image it pulled: the reference as asked (tag or digest), and
@@ -160,14 +205,16 @@ fn record_names(image: &ResolvedImage) -> Vec<String> {
 
 async fn publish_one(
     channel: &Channel,
+    lease: &str,
     cache: &str,
     image: &ResolvedImage,
 ) -> Result<(), PublishError> {
+    let lease = Some(lease);
     let chains = chain_ids(&image.diff_ids());
     // Layers bottom up: each registered over the one below, as an unpack would.
     let mut parent = String::new();
     for chain in &chains {
-        register_layer(channel, chain, &parent, &image.manifest.digest).await?;
+        register_layer(channel, lease, chain, &parent, &image.manifest.digest).await?;
         parent.clone_from(chain);
     }
     let config_labels = chains
@@ -181,6 +228,7 @@ async fn publish_one(
         .unwrap_or_default();
     write_blob(
         channel,
+        lease,
         &image.config.bytes,
         &image.config.digest,
         config_labels,
@@ -198,6 +246,7 @@ async fn publish_one(
     }
     write_blob(
         channel,
+        lease,
         &image.manifest.bytes,
         &image.manifest.digest,
         manifest_labels,
@@ -209,7 +258,7 @@ async fn publish_one(
                 "containerd.io/gc.ref.content.m.0".to_owned(),
                 image.manifest.digest.clone(),
             )];
-            write_blob(channel, &index.bytes, &index.digest, labels).await?;
+            write_blob(channel, lease, &index.bytes, &index.digest, labels).await?;
             descriptor(&index.media_type, &index.digest, index.bytes.len())
         }
         None => descriptor(
@@ -219,7 +268,7 @@ async fn publish_one(
         ),
     };
     for name in record_names(image) {
-        create_record(channel, &name, &target, cache).await?;
+        create_record(channel, lease, &name, &target, cache).await?;
     }
     Ok(())
 }
@@ -238,6 +287,7 @@ fn descriptor(media_type: &str, digest: &str, size: usize) -> Descriptor {
 /// from the cache, whereupon containerd records the committed snapshot under that name.
 async fn register_layer(
     channel: &Channel,
+    lease: Option<&str>,
     chain: &str,
     parent: &str,
     manifest: &str,
@@ -256,13 +306,13 @@ async fn register_layer(
             manifest.to_owned(),
         ),
     ]);
-    let request = PrepareSnapshotRequest {
+    let prepare = PrepareSnapshotRequest {
         snapshotter: SNAPSHOTTER.to_owned(),
         key: key.clone(),
         parent: parent.to_owned(),
         labels,
     };
-    match client.prepare(with_namespace!(request, NAMESPACE)).await {
+    match client.prepare(self::request(prepare, lease)).await {
         Err(s) if s.code() == Code::AlreadyExists => Ok(()),
         Err(s) => Err(call(format!("prepare of layer {chain}"))(s)),
         Ok(_) => {
@@ -271,7 +321,7 @@ async fn register_layer(
                 snapshotter: SNAPSHOTTER.to_owned(),
                 key,
             };
-            let _ = client.remove(with_namespace!(remove, NAMESPACE)).await;
+            let _ = client.remove(self::request(remove, lease)).await;
             Err(PublishError::NotServed(chain.to_owned()))
         }
     }
@@ -280,13 +330,14 @@ async fn register_layer(
 /// Writes `bytes` as the blob `digest` with `labels`, committed in one message.
 async fn write_blob(
     channel: &Channel,
+    lease: Option<&str>,
     bytes: &[u8],
     digest: &str,
     labels: Vec<(String, String)>,
 ) -> Result<(), PublishError> {
     let mut client =
         containerd_client::services::v1::content_client::ContentClient::new(channel.clone());
-    let request = WriteContentRequest {
+    let write = WriteContentRequest {
         action: WriteAction::Commit.into(),
         r#ref: format!("imagecache-publish-{digest}"),
         total: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
@@ -295,12 +346,10 @@ async fn write_blob(
         data: bytes.to_vec(),
         labels: labels.into_iter().collect(),
     };
-    let stream = tokio_stream::once(request);
-    let mut request = Request::new(stream);
-    request
-        .metadata_mut()
-        .insert("containerd-namespace", NAMESPACE.parse().expect("ascii"));
-    match client.write(request).await {
+    match client
+        .write(self::request(tokio_stream::once(write), lease))
+        .await
+    {
         Ok(mut answers) => {
             while answers
                 .get_mut()
@@ -320,13 +369,14 @@ async fn write_blob(
 /// Creates the image record `name` → `target`; one containerd has already is left alone.
 async fn create_record(
     channel: &Channel,
+    lease: Option<&str>,
     name: &str,
     target: &Descriptor,
     cache: &str,
 ) -> Result<(), PublishError> {
     let mut client =
         containerd_client::services::v1::images_client::ImagesClient::new(channel.clone());
-    let request = CreateImageRequest {
+    let create = CreateImageRequest {
         image: Some(Image {
             name: name.to_owned(),
             labels: HashMap::from([
@@ -339,7 +389,7 @@ async fn create_record(
         }),
         source_date_epoch: None,
     };
-    match client.create(with_namespace!(request, NAMESPACE)).await {
+    match client.create(self::request(create, lease)).await {
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::AlreadyExists => Ok(()),
         Err(s) => Err(call(format!("create of image {name}"))(s)),
@@ -360,18 +410,21 @@ pub(crate) async fn unpublish(d: &Daemon, name: &str) {
             filters: vec![filter],
         };
         let images = client
-            .list(with_namespace!(list, NAMESPACE))
+            .list(request(list, None))
             .await
             .map_err(call("list of images"))?
             .into_inner()
             .images;
         for image in &images {
+            // Synchronous, as CRI's RemoveImage: containerd's collector then runs at once and
+            // takes the blobs and snapshots nothing else uses, instead of at some later
+            // mutation.
             let delete = DeleteImageRequest {
                 name: image.name.clone(),
-                sync: false,
+                sync: true,
                 target: None,
             };
-            match client.delete(with_namespace!(delete, NAMESPACE)).await {
+            match client.delete(request(delete, None)).await {
                 Ok(_) => {}
                 Err(s) if s.code() == Code::NotFound => {}
                 Err(s) => return Err(call(format!("delete of image {}", image.name))(s)),
