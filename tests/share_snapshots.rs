@@ -583,3 +583,54 @@ fn a_snapshot_is_pulled_by_reference() {
         assert_no_leaks(&scratch.path().join(node));
     }
 }
+
+/// A cache of an image its registry serves only with credentials is never pushed: the share
+/// registry's readers would get files that registry refuses them.
+#[test]
+fn a_cache_of_an_image_that_needed_credentials_is_not_pushed() {
+    let scratch = ScratchXfs::new(64 << 30);
+    let private = TestRegistry::start_with_htpasswd("alice", "alice-pass");
+    let share = TestRegistry::start();
+    let (priv_addr, share_addr) = (private.addr(), share.addr());
+    let set = feature_set(7);
+    let refs = set.push_all(&priv_addr, Some(("alice", "alice-pass")));
+    let a = node(
+        &scratch.path().join("a"),
+        &[&priv_addr, &share_addr],
+        &share_addr,
+    );
+    a.write_pull_secret("shop", "alice-cred", &priv_addr, "alice", "alice-pass");
+    let mark = share.log_mark();
+    let out = a.create(
+        &cache_yaml(
+            "private",
+            &refs[..1],
+            "  imageCacheSize: 20\n  imagePullSecrets: [\"shop:alice-cred\"]\n",
+        ),
+        true,
+    );
+    assert!(out.status.success(), "{}", a.log());
+    let cache = a.wait_until("private", Duration::from_secs(30), |c| {
+        !events(c, "NotShared").is_empty() || !events(c, "Pushed").is_empty()
+    });
+    assert_eq!(
+        cache["status"]["images"][0]["credentialsRequired"], true,
+        "{cache:#}"
+    );
+    assert!(events(&cache, "Pushed").is_empty(), "{cache:#}");
+    assert!(cache["status"]["sharedAs"].is_null(), "{cache:#}");
+    let refused = a.cli(&["push", "private"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("serves only with credentials"),
+        "{err}"
+    );
+    let uploads = share
+        .requests_since(mark)
+        .into_iter()
+        .filter(|(method, _, _)| method == "PUT" || method == "POST")
+        .count();
+    assert_eq!(uploads, 0, "the share registry was written to");
+    drop(a);
+    assert_no_leaks(&scratch.path().join("a"));
+}

@@ -225,6 +225,13 @@ async fn push(d: &Daemon, name: &str) -> Result<Reply, DaemonError> {
         )))
         }
     };
+    let private = super::share::push::private_images(d, name);
+    if !private.is_empty() {
+        return Err(DaemonError::Conflict(format!(
+            "ImageCache {name:?} holds {}, which its registry serves only with credentials: it is not pushed, so the share registry's readers get no image its own registry would refuse them",
+            private.join(", ")
+        )));
+    }
     let snapshot = d.inner.snapshots.get(&digest).map_err(internal)?;
     let size_gib = cache
         .spec

@@ -58,9 +58,40 @@ fn mount_source(d: &Daemon, name: &str, remote: &ShareRemote) -> Option<String> 
         .map(|t| t.repository)
 }
 
+/// The images of cache `name` whose registry served them only with credentials. A snapshot
+/// holding one is never pushed: whoever reads the share registry would get files that image's
+/// own registry refuses them.
+pub(crate) fn private_images(d: &Daemon, name: &str) -> Vec<String> {
+    let Ok(Some(cache)) = d.inner.store.get_cache(name) else {
+        return Vec::new();
+    };
+    cache
+        .status
+        .map(|s| s.images)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.credentials_required)
+        .map(|i| i.image)
+        .collect()
+}
+
 /// Pushes `snapshot` of cache `name` in the background; its outcome is an event.
 pub(crate) fn spawn(d: &Daemon, name: &str, snapshot: Snapshot, shareable: Shareable) {
     if d.inner.share.is_none() {
+        return;
+    }
+    let private = private_images(d, name);
+    if !private.is_empty() {
+        info!(cache = %name, images = ?private, "not pushed: it holds images that needed credentials");
+        Owner::Cache(name.to_owned()).event(
+            d,
+            NORMAL,
+            "NotShared",
+            format!(
+                "Not pushed to the share registry: {} needed credentials, and the share registry's readers may not have them",
+                private.join(", ")
+            ),
+        );
         return;
     }
     let d2 = d.clone();
