@@ -88,3 +88,25 @@ pub fn peer_is_root(stream: &tokio::net::UnixStream) -> Result<(), Refused> {
         Err(e) => Err(Refused::Unknown(e)),
     }
 }
+
+/// Whether a connection to the socket of `service` may go on: its peer is root (`client`,
+/// the one caller the service has). Anyone else is dropped before a byte of it is read, and
+/// the refusal is logged with who it was.
+pub fn admit(stream: &tokio::net::UnixStream, service: &str, client: &str) -> bool {
+    match peer_is_root(stream) {
+        Ok(()) => true,
+        Err(Refused::NotRoot { uid, gid, pid }) => {
+            tracing::warn!(
+                uid,
+                gid,
+                ?pid,
+                "{service} connection refused: only root ({client}) may use the {service}"
+            );
+            false
+        }
+        Err(Refused::Unknown(e)) => {
+            tracing::warn!(error = %e, "cannot read a {service} caller's credentials; refusing it");
+            false
+        }
+    }
+}

@@ -12,13 +12,12 @@ mod unix;
 use std::path::Path;
 
 use tokio_stream::StreamExt;
-use tracing::warn;
 
 pub use auth_config::credentials_of;
 pub use image_service::ImageProxy;
 
 use crate::daemon::Daemon;
-use crate::root_socket::{Refused, RootSocketError};
+use crate::root_socket::RootSocketError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {
@@ -37,28 +36,6 @@ pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, CriError> {
     Ok(crate::root_socket::bind(socket, KEY)?)
 }
 
-/// Whoever speaks to the image service can pull and remove the node's images and hands it
-/// registry credentials: the kubelet's, which runs as root. Anyone else is dropped before a
-/// byte of it is read.
-fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
-    match crate::root_socket::peer_is_root(stream) {
-        Ok(()) => true,
-        Err(Refused::NotRoot { uid, gid, pid }) => {
-            warn!(
-                uid,
-                gid,
-                ?pid,
-                "CRI image service connection refused: only root (the kubelet) may use it"
-            );
-            false
-        }
-        Err(Refused::Unknown(e)) => {
-            warn!(error = %e, "cannot read a CRI image service caller's credentials; refusing it");
-            false
-        }
-    }
-}
-
 /// Serves the CRI ImageService on `listener`, forwarding to containerd on `containerd`,
 /// until `stop` resolves. containerd need not be up yet: each call connects when it is
 /// made, and one made while containerd is down gets containerd's `Unavailable`, as the
@@ -71,7 +48,9 @@ pub async fn serve(
 ) -> Result<(), CriError> {
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter(|accepted| {
         // An accept error goes on to tonic, which logs it and goes on accepting.
-        accepted.as_ref().map_or(true, peer_allowed)
+        accepted.as_ref().map_or(true, |s| {
+            crate::root_socket::admit(s, "CRI image service", "the kubelet")
+        })
     });
     tonic::transport::Server::builder()
         .add_service(ImageProxy::new(daemon, containerd).into_service())

@@ -9,12 +9,11 @@ mod service;
 use std::path::Path;
 
 use tokio_stream::StreamExt;
-use tracing::warn;
 
 pub use service::SnapshotsService;
 
 use crate::daemon::Daemon;
-use crate::root_socket::{Refused, RootSocketError};
+use crate::root_socket::RootSocketError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotterError {
@@ -33,28 +32,6 @@ pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, SnapshotterError>
     Ok(crate::root_socket::bind(socket, KEY)?)
 }
 
-/// Whether a connection may speak to the snapshotter: its peer is root (containerd). Anyone
-/// else is dropped before a byte of it is read: the snapshotter mounts, binds disks and
-/// removes snapshots on request, which is root's alone.
-fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
-    match crate::root_socket::peer_is_root(stream) {
-        Ok(()) => true,
-        Err(Refused::NotRoot { uid, gid, pid }) => {
-            warn!(
-                uid,
-                gid,
-                ?pid,
-                "snapshotter connection refused: only root (containerd) may use the snapshotter"
-            );
-            false
-        }
-        Err(Refused::Unknown(e)) => {
-            warn!(error = %e, "cannot read a snapshotter caller's credentials; refusing it");
-            false
-        }
-    }
-}
-
 /// Serves the snapshots API on `listener` until `stop` resolves.
 pub async fn serve(
     daemon: Daemon,
@@ -63,7 +40,9 @@ pub async fn serve(
 ) -> Result<(), SnapshotterError> {
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter(|accepted| {
         // An accept error goes on to tonic, which logs it and goes on accepting.
-        accepted.as_ref().map_or(true, peer_allowed)
+        accepted.as_ref().map_or(true, |s| {
+            crate::root_socket::admit(s, "snapshotter", "containerd")
+        })
     });
     tonic::transport::Server::builder()
         .add_service(SnapshotsService::new(daemon))
