@@ -26,4 +26,5 @@ pub mod snapshot;
 pub mod snapshotter;
 pub mod store;
 pub mod sys;
+pub mod unix_grpc;
 pub mod unpack;

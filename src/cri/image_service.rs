@@ -53,7 +53,7 @@ pub struct ImageProxy {
 impl ImageProxy {
     /// Forwards to containerd's socket `containerd`, connecting on the first call.
     pub fn new(daemon: Daemon, containerd: &Path) -> Self {
-        let containerd = ImageServiceClient::new(super::unix::lazy_channel(containerd))
+        let containerd = ImageServiceClient::new(crate::unix_grpc::lazy_channel(containerd))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         ImageProxy { daemon, containerd }

@@ -7,7 +7,6 @@
 
 mod auth_config;
 mod image_service;
-mod unix;
 
 use std::path::Path;
 

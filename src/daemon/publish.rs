@@ -45,12 +45,6 @@ const CRI_MANAGED: (&str, &str) = ("io.cri-containerd.image", "managed");
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("containerd at {socket}: {source}")]
-    Connect {
-        socket: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
     #[error("containerd {what}: {status}")]
     Call {
         what: String,
@@ -129,13 +123,9 @@ async fn publish_and_record(d: &Daemon, name: &str, images: &[ResolvedImage]) {
 }
 
 async fn connect(d: &Daemon) -> Result<Channel, PublishError> {
-    let socket = &d.inner.config.containerd_socket;
-    containerd_client::connect(socket)
-        .await
-        .map_err(|source| PublishError::Connect {
-            socket: socket.display().to_string(),
-            source,
-        })
+    Ok(crate::unix_grpc::lazy_channel(
+        &d.inner.config.containerd_socket,
+    ))
 }
 
 /// The image names published, or why not.

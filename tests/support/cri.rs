@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -16,29 +15,8 @@ use k8s_cri::v1::{
     PodSandboxMetadata, PullImageRequest, RemoveImageRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
-use tonic::codegen::{Context, Poll, Service};
-use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Connects every new HTTP/2 connection of the channel to one unix socket.
-#[derive(Clone)]
-struct UnixConnector(PathBuf);
-
-impl Service<Uri> for UnixConnector {
-    type Response = TokioIo<tokio::net::UnixStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let path = self.0.clone();
-        Box::pin(async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) })
-    }
-}
+use tonic::transport::{Channel, Endpoint};
 
 pub struct Cri {
     rt: tokio::runtime::Runtime,
@@ -59,7 +37,9 @@ impl Cri {
             .block_on(
                 Endpoint::from_static("http://[::]:50051")
                     .connect_timeout(Duration::from_secs(10))
-                    .connect_with_connector(UnixConnector(socket.to_owned())),
+                    .connect_with_connector(imagecache::unix_grpc::UnixConnector(
+                        socket.to_owned(),
+                    )),
             )
             .unwrap_or_else(|e| panic!("CRI connect to {}: {e}", socket.display()));
         Cri {

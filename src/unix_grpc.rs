@@ -1,4 +1,5 @@
-//! A tonic channel to a unix socket: every new HTTP/2 connection is a connect to the socket.
+//! gRPC over a unix socket: every new HTTP/2 connection of a tonic channel is a connect to
+//! the socket (containerd's API and CRI for the daemon, CRI and the snapshotter for tests).
 
 use std::path::{Path, PathBuf};
 
@@ -6,8 +7,9 @@ use hyper_util::rt::TokioIo;
 use tonic::codegen::{Context, Poll, Service};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// Connects every new HTTP/2 connection of a channel to one unix socket.
 #[derive(Clone)]
-struct UnixConnector(PathBuf);
+pub struct UnixConnector(pub PathBuf);
 
 impl Service<Uri> for UnixConnector {
     type Response = TokioIo<tokio::net::UnixStream>;
@@ -27,7 +29,7 @@ impl Service<Uri> for UnixConnector {
 }
 
 /// A channel to `socket` that connects on first use (and again after containerd restarts).
-pub(super) fn lazy_channel(socket: &Path) -> Channel {
+pub fn lazy_channel(socket: &Path) -> Channel {
     // The URI is never dialled: the connector decides where a connection goes.
     Endpoint::from_static("http://localhost")
         .connect_with_connector_lazy(UnixConnector(socket.to_owned()))
