@@ -11,9 +11,8 @@
 # Usage: scripts/bench-disk-size.sh [--check] [--runs N]
 #   --check  fail unless: disk ready p50 <= 15 ms at 1x, 2x and 10x and from the 1 TiB
 #            cache, <= 25 ms at 100x; the 1 TiB cache's frozen data within 1.10x and its
-#            build time within 1.20x of the 20 GiB cache's (medians of 7 builds each). The
-#            32 concurrent creates' p50/p99 are reported beside issue 3's 50 ms target, not
-#            checked: on this 2-core machine their tail moves with whatever else runs.
+#            build time within 1.20x of the 20 GiB cache's (medians of 7 builds each); 32
+#            concurrent creates' p99 <= 50 ms (issue 3's target; 15-19 ms measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,6 +96,6 @@ for c in 2x 10x 100x; do
 done
 limit "1 TiB cache's frozen data / 20 GiB cache's" "$(jq -r '.builds.data_ratio' <<<"$result")" 1.10 "x"
 limit "1 TiB cache's build time / 20 GiB cache's" "$(jq -r '.builds.build_ratio' <<<"$result")" 1.20 "x"
-printf '32 concurrent creates: p50 %.3f ms, p99 %.3f ms (issue 3: p99 at most 50 ms; reported, not checked)\n' \
-  "$(jq -r '.concurrent.p50_ms' <<<"$result")" "$(jq -r '.concurrent.p99_ms' <<<"$result")"
+printf '32 concurrent creates: p50 %.3f ms\n' "$(jq -r '.concurrent.p50_ms' <<<"$result")"
+limit "32 concurrent creates, p99" "$(jq -r '.concurrent.p99_ms' <<<"$result")" 50 " ms"
 if [ "$check" = 1 ]; then exit "$status"; fi

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::daemon::DaemonError;
 
 /// One invalid field of a request.
+/// `Retry-After` of a 503 whose cause names no better time: a registry or the node's
+/// resources that failed now, which a client asks again about a few seconds later.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cause {
     pub reason: String,
@@ -39,12 +43,12 @@ pub enum ApiError {
     #[error("internal error: {0}")]
     Internal(String),
     /// The node lacks a resource the request needs now (503): the same request can succeed
-    /// later, as for a Kubernetes API server's ServiceUnavailable. With `retry_after_secs`, the
-    /// answer carries a `Retry-After` header.
+    /// later, as for a Kubernetes API server's ServiceUnavailable. Every such answer carries a
+    /// `Retry-After` header: the bound's own hint, or [`RETRY_AFTER_SECS`].
     #[error("{message}")]
     Unavailable {
         message: String,
-        retry_after_secs: Option<u64>,
+        retry_after_secs: u64,
     },
     /// Too much work waits already (429), as a Kubernetes API server answers an overload:
     /// nothing was recorded; send the same request again after `Retry-After`.
@@ -77,14 +81,14 @@ impl From<DaemonError> for ApiError {
             DaemonError::Internal(message) => ApiError::Internal(message),
             DaemonError::Unavailable(message) => ApiError::Unavailable {
                 message,
-                retry_after_secs: None,
+                retry_after_secs: RETRY_AFTER_SECS,
             },
             DaemonError::AtLimit {
                 message,
                 retry_after_secs,
             } => ApiError::Unavailable {
                 message,
-                retry_after_secs: Some(retry_after_secs),
+                retry_after_secs,
             },
             DaemonError::QueueFull {
                 message,
@@ -134,7 +138,7 @@ impl ApiError {
         match self {
             ApiError::Unavailable {
                 retry_after_secs, ..
-            } => *retry_after_secs,
+            } => Some(*retry_after_secs),
             ApiError::TooManyRequests {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
@@ -213,5 +217,23 @@ impl Status {
             details: None,
             code: 200,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_503_says_when_to_retry() {
+        let generic: ApiError = DaemonError::Unavailable("registry down".into()).into();
+        assert_eq!(generic.code(), 503);
+        assert_eq!(generic.retry_after_secs(), Some(RETRY_AFTER_SECS));
+        let bound: ApiError = DaemonError::AtLimit {
+            message: "max_loop_devices".into(),
+            retry_after_secs: 10,
+        }
+        .into();
+        assert_eq!((bound.code(), bound.retry_after_secs()), (503, Some(10)));
     }
 }
