@@ -12,22 +12,12 @@ use std::time::Duration;
 
 use snapshotter_util::*;
 use support::containerd::{ContainerdOptions, TestContainerd};
-use support::daemon::{cache_yaml, TestDaemon};
+use support::daemon::{cache_yaml, events};
 
 fn listed(cri: &support::cri::Cri) -> Vec<String> {
     cri.list_images()
         .into_iter()
         .flat_map(|i| i.repo_tags)
-        .collect()
-}
-
-fn events(daemon: &TestDaemon, cache: &str, reason: &str) -> Vec<String> {
-    daemon.get_json(cache)["status"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["reason"] == reason)
-        .map(|e| e["message"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -66,7 +56,7 @@ fn a_ready_caches_images_are_present_in_containerd_and_a_pod_runs_without_a_pull
                     .any(|e| e["reason"] == "Published" || e["reason"] == "PublishFailed")
             })
         });
-    let published = events(&node.daemon, "present", "Published");
+    let published = events(&node.daemon.get_json("present"), "Published");
     assert_eq!(published.len(), 1, "{}", node.daemon.log());
     // CRI's image list follows containerd's image events, a moment after the records exist.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::cachefs::mount_chain;
-use support::daemon::{cache_yaml, TestDaemon};
+use support::daemon::{cache_yaml, events, TestDaemon};
 use support::gen::features::feature_set;
 use support::hostile_registry::{blob_path, manifest_path, HostileRegistry, Misbehaviour};
 use support::oci::Artifact;
@@ -44,16 +44,6 @@ fn ready(daemon: &TestDaemon, name: &str, images: &[String]) -> Value {
     let cache = daemon.get_json(name);
     assert_eq!(cache["status"]["phase"], "Ready", "{cache:#}");
     cache
-}
-
-fn events(cache: &Value, reason: &str) -> Vec<String> {
-    cache["status"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["reason"] == reason)
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Waits for the cache's push to end; its `sharedAs`.

@@ -122,10 +122,9 @@ async fn publish_and_record(d: &Daemon, name: &str, images: &[ResolvedImage]) {
     }
 }
 
-async fn connect(d: &Daemon) -> Result<Channel, PublishError> {
-    Ok(crate::unix_grpc::lazy_channel(
-        &d.inner.config.containerd_socket,
-    ))
+/// containerd's API; connected on the first call, whose failure names the socket's trouble.
+fn channel(d: &Daemon) -> Channel {
+    crate::unix_grpc::lazy_channel(&d.inner.config.containerd_socket)
 }
 
 /// The image names published, or why not.
@@ -134,7 +133,7 @@ async fn publish(
     cache: &str,
     images: &[ResolvedImage],
 ) -> Result<Vec<String>, PublishError> {
-    let channel = connect(d).await?;
+    let channel = channel(d);
     let mut leases = LeasesClient::new(channel.clone());
     // Expires by itself should the daemon die before deleting it.
     let expire = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
@@ -393,7 +392,7 @@ pub(crate) async fn unpublish(d: &Daemon, name: &str) {
         return;
     }
     let result: Result<usize, PublishError> = async {
-        let channel = connect(d).await?;
+        let channel = channel(d);
         let mut client = containerd_client::services::v1::images_client::ImagesClient::new(channel);
         let filter = format!("labels.\"{PUBLISHED_LABEL}\"=={name}");
         let list = ListImagesRequest {

@@ -341,6 +341,18 @@ pub fn cache_yaml(name: &str, images: &[String], extra_spec: &str) -> String {
     )
 }
 
+/// The messages of `object`'s events (a cache's or a disk's) with `reason`, oldest first.
+#[allow(dead_code)]
+pub fn events(object: &serde_json::Value, reason: &str) -> Vec<String> {
+    object["status"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events: {object:#}"))
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// `base` with the keys of `extra` (TOML both) set over it.
 fn merged(base: &str, extra: &str) -> String {
     let mut table: toml::Table = base.parse().expect("the base config is TOML");
