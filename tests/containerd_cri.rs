@@ -105,8 +105,7 @@ fn overlayfs_pod_runs_a_busybox_container_over_cri() {
         assert!(!listed.contains(&image_ref), "{listed:?}");
         assert!(cri.list_pod_sandboxes().is_empty());
         // Nothing mounted under containerd's dir once the pod is gone, before any cleanup.
-        let mounts = imagecache::sys::Sys::mounts_under(&imagecache::sys::LinuxSys, &dir)
-            .expect("mountinfo");
+        let mounts = support::oracle::held_under(&dir).1;
         assert!(mounts.is_empty(), "{mounts:?}");
     }
     assert_no_leaks(&dir);
@@ -150,8 +149,7 @@ fn dropping_the_kit_with_a_pod_running_cleans_up() {
             Duration::from_secs(30),
         );
         assert_eq!(line, "up");
-        let mounts = imagecache::sys::Sys::mounts_under(&imagecache::sys::LinuxSys, &dir)
-            .expect("mountinfo");
+        let mounts = support::oracle::held_under(&dir).1;
         assert!(mounts.len() >= 2, "two rootfs mounts and a shm: {mounts:?}");
     }
     assert_no_leaks(&dir);

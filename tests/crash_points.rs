@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use imagecache::fault;
-use imagecache::sys::{LinuxSys, Sys};
 use serde_json::Value;
 use support::daemon::{cache_yaml, TestDaemon};
 use support::gen::features::feature_set;
@@ -281,16 +280,17 @@ fn violations(d: &TestDaemon) -> Vec<String> {
             )),
         }
     }
-    for l in LinuxSys.loop_devices().unwrap() {
-        if l.backing_file.starts_with(&root) && !allowed_loops.contains(&l.backing_file) {
+    let (loops, mounts) = support::oracle::held_under(&root);
+    for l in loops {
+        if !allowed_loops.contains(&l.backing_file) {
             bad.push(format!(
                 "loop device {} on {} that no disk owns",
-                l.device.display(),
+                l.device,
                 l.backing_file.display()
             ));
         }
     }
-    for m in LinuxSys.mounts_under(&root).unwrap() {
+    for m in mounts {
         if !allowed_mounts.contains(&m) {
             bad.push(format!("mount {} that no disk owns", m.display()));
         }
@@ -1053,13 +1053,8 @@ fn empty_and_stop_soak(mut node: Node, tally: &mut Tally, failures: &mut Vec<Str
     }
     node.daemon.stop();
     let root = node.root().canonicalize().unwrap();
-    let loops = LinuxSys
-        .loop_devices()
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.backing_file.starts_with(&root))
-        .count();
-    let mounts = LinuxSys.mounts_under(&root).unwrap().len();
+    let (loops, mounts) = support::oracle::held_under(&root);
+    let (loops, mounts) = (loops.len(), mounts.len());
     if loops + mounts > 0 {
         tally.leaks += loops + mounts;
         failures.push(format!(

@@ -54,19 +54,7 @@ fn assert_snapshot_files(mnt: &Path) {
 /// device backed by a file in it. (`assert_no_leaks` on the scratch's parent after drop
 /// checks the scratch itself went too.)
 fn assert_clean(scratch: &ScratchXfs) {
-    let mounts = LinuxSys.mounts_under(scratch.path()).unwrap();
-    assert_eq!(
-        mounts,
-        [scratch.path().to_owned()],
-        "mounts left on the scratch"
-    );
-    let loops: Vec<_> = LinuxSys
-        .loop_devices()
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.backing_file.starts_with(scratch.path()))
-        .collect();
-    assert!(loops.is_empty(), "loop devices left: {loops:?}");
+    scratch.assert_nothing_left();
 }
 
 fn root_of(scratch: &ScratchXfs) -> PathBuf {

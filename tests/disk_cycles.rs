@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use disk_util::{make_snapshot, percentile, GIB};
 use imagecache::disk::{self, CloneMode, DiskOptions, DiskSource};
-use imagecache::sys::{LinuxSys, Sys};
+use imagecache::sys::LinuxSys;
 use support::scratch::{assert_no_leaks, ScratchXfs};
 
 const CYCLES: usize = 1000;
@@ -20,8 +20,7 @@ fn thousand_create_delete_cycles_leave_nothing() {
     let disks = scratch.path().join("disks");
     std::fs::create_dir(&disks).unwrap();
     let mountpoint = scratch.path().join("pods/disk");
-    let ours = |l: &imagecache::sys::LoopInfo| l.backing_file.starts_with(&disks);
-    let loops_before = LinuxSys.loop_devices().unwrap().len();
+    let loops_before = support::oracle::attached_loops().len();
     let sys = LinuxSys;
     let opts = DiskOptions {
         size_bytes: 20 * GIB,
@@ -61,17 +60,12 @@ fn thousand_create_delete_cycles_leave_nothing() {
     }
 
     // Autoclear runs when the unmount drops the device's last user; nothing should linger.
-    let left: Vec<_> = LinuxSys
-        .loop_devices()
-        .unwrap()
-        .into_iter()
-        .filter(ours)
-        .collect();
+    let (left, _) = support::oracle::held_under(&disks);
     assert!(left.is_empty(), "loop devices left: {left:?}");
-    let loops_after = LinuxSys.loop_devices().unwrap().len();
+    let loops_after = support::oracle::attached_loops().len();
     eprintln!("bound loop devices: {loops_before} before, {loops_after} after");
     // Only ours are checked (above): other work on the machine may attach devices meanwhile.
-    assert!(LinuxSys.mounts_under(&mountpoint).unwrap().is_empty());
+    assert!(support::oracle::held_under(&mountpoint).1.is_empty());
     assert_eq!(std::fs::read_dir(&disks).unwrap().count(), 0, "files left");
     create_ms.sort_by(f64::total_cmp);
     assert!(

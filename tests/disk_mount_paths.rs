@@ -134,8 +134,7 @@ fn mountpoint(disk: &Value) -> PathBuf {
 
 /// Mount points at or under `prefix`, from the kernel's own table.
 fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
-    use imagecache::sys::Sys;
-    imagecache::sys::LinuxSys.mounts_under(prefix).unwrap()
+    support::oracle::held_under(prefix).1
 }
 
 /// Mount points on the scratch filesystem (state root and victim alike), to compare before
@@ -339,15 +338,9 @@ fn a_symlink_swapped_in_during_creates_never_moves_a_mount_out() {
 /// close: when another process has the device open (one probing loop devices), that is when
 /// it closes it, a moment after the daemon. A device still bound after that is a leak.
 fn settle_loops(prefix: &Path) {
-    use imagecache::sys::Sys;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let bound: Vec<_> = imagecache::sys::LinuxSys
-            .loop_devices()
-            .unwrap()
-            .into_iter()
-            .filter(|l| l.backing_file.starts_with(prefix))
-            .collect();
+        let bound = support::oracle::held_under(prefix).0;
         if bound.is_empty() || Instant::now() > deadline {
             if !bound.is_empty() {
                 eprintln!("still bound after 5 s: {bound:?}");

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagecache::sys::{LinuxSys, Sys};
 use serde_json::Value;
 use support::daemon::{cache_yaml, TestDaemon};
 use support::gen::features::feature_set;
@@ -157,16 +156,11 @@ fn restart_with(daemon: &mut TestDaemon, lines: &str) {
 
 /// The loop devices whose backing file lies under `root`, as `losetup -a` shows them.
 fn loops_under(root: &Path) -> usize {
-    LinuxSys
-        .loop_devices()
-        .unwrap()
-        .iter()
-        .filter(|l| l.backing_file.starts_with(root))
-        .count()
+    support::oracle::held_under(root).0.len()
 }
 
 fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    LinuxSys.mounts_under(root).unwrap()
+    support::oracle::held_under(root).1
 }
 
 fn disk_files(root: &Path) -> usize {

@@ -758,3 +758,72 @@ fn artifacts_expose_their_images() {
         )
     );
 }
+
+#[test]
+fn the_leak_oracle_parses_what_losetup_and_the_kernel_write() {
+    use support::oracle::{parse_losetup_json, parse_mountinfo_points, AttachedLoop};
+    let json = r#"{"loopdevices": [
+        {"name": "/dev/loop3", "back-file": "/tmp/a b/xfs.img"},
+        {"name": "/dev/loop4", "back-file": "/tmp/gone.img (deleted)"}]}"#;
+    assert_eq!(
+        parse_losetup_json(json),
+        vec![
+            AttachedLoop {
+                device: "/dev/loop3".into(),
+                backing_file: "/tmp/a b/xfs.img".into()
+            },
+            AttachedLoop {
+                device: "/dev/loop4".into(),
+                backing_file: "/tmp/gone.img".into()
+            },
+        ]
+    );
+    assert!(parse_losetup_json("").is_empty());
+    let info = "36 35 98:0 /mnt1 /mnt/a\\040b\\134c rw,noatime master:1 - ext3 /dev/root rw\n";
+    assert_eq!(
+        parse_mountinfo_points(info),
+        vec![std::path::PathBuf::from("/mnt/a b\\c")]
+    );
+}
+
+/// The oracle sees a real loop device and mount the moment they exist, and the scratch's
+/// own check reports them while the scratch still stands.
+#[test]
+fn the_leak_oracle_sees_a_loop_device_and_a_mount() {
+    let scratch = support::scratch::ScratchXfs::new(512 << 20);
+    scratch.assert_nothing_left();
+    let inner = scratch.path().join("inner.img");
+    std::fs::File::create(&inner)
+        .and_then(|f| f.set_len(64 << 20))
+        .unwrap();
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&inner)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let at = scratch.path().join("at");
+    std::fs::create_dir(&at).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&inner)
+        .arg(&at)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (loops, mounts) = support::oracle::held_under(scratch.path());
+    assert!(loops.iter().any(|l| l.backing_file == inner), "{loops:?}");
+    assert!(mounts.contains(&at), "{mounts:?}");
+    let seen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        scratch.assert_nothing_left()
+    }));
+    assert!(
+        seen.is_err(),
+        "assert_nothing_left missed a mount and a loop device"
+    );
+    // The scratch's drop detaches and unmounts what is left on it.
+}

@@ -77,12 +77,10 @@ pub fn loop_attr(device: &Path, attr: &str) -> String {
 
 pub fn loops_backed_by(file: &Path) -> Vec<PathBuf> {
     let file = file.canonicalize().unwrap_or_else(|_| file.to_owned());
-    LinuxSys
-        .loop_devices()
-        .unwrap()
+    crate::support::oracle::attached_loops()
         .into_iter()
         .filter(|l| l.backing_file == file)
-        .map(|l| l.device)
+        .map(|l| PathBuf::from(l.device))
         .collect()
 }
 

@@ -138,7 +138,7 @@ pub fn snapshot_names(containerd: &TestContainerd) -> Vec<String> {
 }
 
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    imagecache::sys::Sys::mounts_under(&imagecache::sys::LinuxSys, dir).expect("mountinfo")
+    crate::support::oracle::held_under(dir).1
 }
 
 /// containerd's garbage collector removes snapshots in the background after an image goes.

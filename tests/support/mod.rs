@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod gen;
 pub mod hostile_registry;
 pub mod oci;
+pub mod oracle;
 pub mod proxy;
 pub mod registry;
 pub mod scratch;
