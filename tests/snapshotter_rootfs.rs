@@ -1,7 +1,9 @@
 //! A container's root filesystem, seen from inside it (`/proc/<pid>/root`), is the same on
 //! imagecache's snapshotter (layers from a Ready cache) as on containerd's own overlayfs
 //! snapshotter, entry by entry: type, mode, owner, size, content digest, symlink target,
-//! device numbers, xattrs, file mtimes and hardlink groups.
+//! device numbers, xattrs, file mtimes and hardlink groups. The imagecache run is also shown
+//! to be served from the cache: no layer fetched (where containerd alone fetched each one)
+//! and every lower directory of the container's overlay inside the cache's mounted image.
 
 mod snapshotter_util;
 mod support;
@@ -30,25 +32,67 @@ fn a_containers_root_filesystem_is_the_same_on_imagecache_as_on_overlayfs() {
     let image_ref = node.image_ref("features");
     let sandbox_image = node.image_ref("pause");
 
+    let layers = layer_digests(&[&image]);
     let overlayfs = ContainerdOptions {
         registry: node.addr(),
         sandbox_image: sandbox_image.clone(),
         proxy_snapshotter: None,
     };
+    let mark = node.registry.log_mark();
     let (expected, expected_links) = container_rootfs(
         &node.scratch.path().join("ctrd-overlayfs"),
         &overlayfs,
         &image_ref,
     );
+    // The control: containerd alone fetches every layer, so the registry's log is read
+    // right and the check below of the imagecache run means something.
+    let fetched = node.registry.blobs_fetched_since(mark);
+    for layer in &layers {
+        assert!(
+            fetched.contains(layer),
+            "containerd alone did not fetch layer {layer}: {fetched:?}"
+        );
+    }
     let imagecache = ContainerdOptions {
         proxy_snapshotter: Some(node.daemon.snapshotter_socket()),
         ..overlayfs
     };
-    let (got, got_links) = container_rootfs(
+    let mark = node.registry.log_mark();
+    let seen = container_rootfs_seen(
         &node.scratch.path().join("ctrd-imagecache"),
         &imagecache,
         &image_ref,
     );
+    let (got, got_links) = (seen.tree, seen.links);
+
+    // Served from the cache: no layer fetched, and every layer the container reads lies in
+    // the cache's mounted image.
+    let fetched = node.registry.blobs_fetched_since(mark);
+    let refetched: Vec<_> = layers.iter().filter(|l| fetched.contains(l)).collect();
+    assert!(
+        refetched.is_empty(),
+        "layers fetched with the cache Ready: {refetched:?}"
+    );
+    let caches = node
+        .scratch
+        .path()
+        .join("state/snapshotter/caches")
+        .canonicalize()
+        .unwrap();
+    assert_eq!(
+        seen.lowerdirs.len(),
+        layers.len(),
+        "one lower per layer: {:?}",
+        seen.lowerdirs
+    );
+    for lower in &seen.lowerdirs {
+        assert!(
+            lower.starts_with(&caches),
+            "layer read from {}, not from a cache under {}",
+            lower.display(),
+            caches.display()
+        );
+    }
 
     assert!(
         expected.len() > 50,

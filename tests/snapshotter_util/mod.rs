@@ -237,6 +237,18 @@ pub fn sleeper_rootfs(
     pod_config: &k8s_cri::v1::PodSandboxConfig,
     image: &str,
 ) -> (Tree, BTreeSet<BTreeSet<String>>) {
+    let seen = sleeper_rootfs_seen(containerd, cri, pod, pod_config, image);
+    (seen.tree, seen.links)
+}
+
+/// As `sleeper_rootfs`, and also where the container's layers were read from.
+pub fn sleeper_rootfs_seen(
+    containerd: &TestContainerd,
+    cri: &Cri,
+    pod: &str,
+    pod_config: &k8s_cri::v1::PodSandboxConfig,
+    image: &str,
+) -> RootfsSeen {
     let log_path = "sleeper/0.log";
     let id = cri.create_container(
         pod,
@@ -258,7 +270,32 @@ pub fn sleeper_rootfs(
         &Cri::log_file(pod_config, log_path),
         Duration::from_secs(30),
     );
-    rootfs(task_pid(containerd, &id))
+    let pid = task_pid(containerd, &id);
+    let (tree, links) = rootfs(pid);
+    RootfsSeen {
+        tree,
+        links,
+        lowerdirs: root_lowerdirs(pid),
+    }
+}
+
+/// The resolved `lowerdir`s of the overlay at `/` in process `pid`'s mount namespace.
+pub fn root_lowerdirs(pid: u32) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = text
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap_or_else(|| panic!("no root mount in pid {pid}'s mountinfo:\n{text}"));
+    let (_, fs) = root.split_once(" - ").expect("mountinfo separator");
+    let super_options = fs.split(' ').nth(2).unwrap_or_default();
+    let lowers = super_options
+        .split(',')
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap_or_else(|| panic!("the container's root is no overlay with lowers: {root}"));
+    lowers
+        .split(':')
+        .map(|l| std::fs::canonicalize(l).unwrap_or_else(|e| panic!("resolve {l}: {e}")))
+        .collect()
 }
 
 /// The host pid of container `id`'s task.
@@ -279,12 +316,27 @@ pub fn container_rootfs(
     opts: &ContainerdOptions,
     image: &str,
 ) -> (Tree, BTreeSet<BTreeSet<String>>) {
+    let seen = container_rootfs_seen(dir, opts, image);
+    (seen.tree, seen.links)
+}
+
+/// What a running container's root filesystem holds, and where its layers came from.
+pub struct RootfsSeen {
+    pub tree: Tree,
+    pub links: BTreeSet<BTreeSet<String>>,
+    /// The `lowerdir`s of the overlay mounted at the container's `/`, top first, resolved
+    /// through symlinks: the directories its image layers were read from.
+    pub lowerdirs: Vec<PathBuf>,
+}
+
+/// As `container_rootfs`, and also where the container's layers were read from.
+pub fn container_rootfs_seen(dir: &Path, opts: &ContainerdOptions, image: &str) -> RootfsSeen {
     let containerd = TestContainerd::start(dir, opts);
     let cri = containerd.cri();
     let pod_config = cri.pod_config("rootfs", "uid-rootfs", "default");
     let pod = cri.run_pod_sandbox_with(&pod_config);
     cri.pull_image(image);
-    let seen = sleeper_rootfs(&containerd, &cri, &pod, &pod_config, image);
+    let seen = sleeper_rootfs_seen(&containerd, &cri, &pod, &pod_config, image);
     cri.stop_pod_sandbox(&pod);
     cri.remove_pod_sandbox(&pod);
     for image in cri.list_images() {
