@@ -23,6 +23,7 @@ struct CreatedDisk {
     id: String,
     root: PathBuf,
     bind_token: String,
+    size_gib: u64,
 }
 
 impl CreatedDisk {
@@ -49,7 +50,14 @@ fn create_disk(node: &Node, args: &[&str]) -> CreatedDisk {
         id: disk["metadata"]["name"].as_str().unwrap().to_owned(),
         root: PathBuf::from(disk["status"]["mountpoint"].as_str().unwrap()),
         bind_token,
+        size_gib: disk["status"]["sizeGiB"].as_u64().unwrap(),
     }
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let st = rustix::fs::statvfs(path).unwrap();
+    st.f_bavail * st.f_frsize
 }
 
 /// Files called `name` under `dir/*/fs/`.
@@ -67,7 +75,9 @@ fn written_under(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
 #[test]
 fn a_disk_bound_container_runs_from_the_disk_and_its_writes_stay_there() {
     let image = layered_image();
-    let node = node_with_cache(&[("layered", &image)]);
+    // The disk (the cache's 20 GiB) is smaller than the node's free space, so the disk's
+    // bound, not the node's, is what a write past it meets.
+    let node = node_with_cache_on(&[("layered", &image)], 64 << 30);
     let image_ref = node.image_ref("layered");
     let state = node.scratch.path().join("state");
     let disk = create_disk(&node, &["--image", &image_ref]);
@@ -80,23 +90,45 @@ fn a_disk_bound_container_runs_from_the_disk_and_its_writes_stay_there() {
         let mark = node.registry.log_mark();
         cri.pull_image(&image_ref);
         let fetched = node.registry.blobs_fetched_since(mark);
-        for layer in layer_digests(&[&image]) {
+        let layers = layer_digests(&[&image]);
+        for layer in &layers {
             assert!(
-                !fetched.contains(&layer),
+                !fetched.contains(layer),
                 "layer {layer} fetched: {fetched:?}"
             );
         }
+        // The control: the same pull by containerd alone fetches each layer, so the check
+        // above reads the registry's log right.
+        let cold = node.cold_overlayfs_fetches("ctrd-control", &image_ref);
+        for layer in &layers {
+            assert!(
+                cold.contains(layer),
+                "containerd alone did not fetch layer {layer}: {cold:?}"
+            );
+        }
 
+        // One GiB past the disk's size, which the node's own filesystem has room for: the
+        // ENOSPC below can only be the disk's bound.
+        let too_big = (disk.size_gib + 1) << 30;
+        let node_free = free_bytes(node.scratch.path());
+        assert!(
+            node_free > too_big,
+            "the scratch filesystem ({node_free} bytes free) must hold more than the disk \
+             ({} GiB) for the bound to show",
+            disk.size_gib
+        );
         let lines = run(
             &cri,
             &pod,
             &pod_config,
             "writer",
             &image_ref,
-            "cat /etc/greeting; test -e /etc/doomed || echo doomed-absent; \
-             echo kept > /on-disk-file && echo wrote; \
-             fallocate -l 40G /too-big 2>&1 | grep -q 'No space left' && echo enospc; \
-             rm -f /too-big; echo after > /after-enospc && echo still-writable",
+            &format!(
+                "cat /etc/greeting; test -e /etc/doomed || echo doomed-absent; \
+                 echo kept > /on-disk-file && echo wrote; \
+                 fallocate -l {too_big} /too-big 2>&1 | grep -q 'No space left' && echo enospc; \
+                 rm -f /too-big; echo after > /after-enospc && echo still-writable"
+            ),
             &disk.annotations(),
         );
         assert_eq!(

@@ -35,6 +35,26 @@ impl Node {
         format!("{}/{repo}:v1", self.addr())
     }
 
+    /// The positive control of a "no layer fetched" check: the layer blobs containerd alone
+    /// (overlayfs, its own containerd under `dir` in the scratch) fetches for a CRI pull of
+    /// `image`, read from the registry's log the same way the check reads it.
+    pub fn cold_overlayfs_fetches(&self, dir: &str, image: &str) -> Vec<String> {
+        let mark = self.registry.log_mark();
+        {
+            let containerd = TestContainerd::start(
+                &self.scratch.path().join(dir),
+                &ContainerdOptions {
+                    registry: self.addr(),
+                    sandbox_image: self.image_ref("pause"),
+                    proxy_snapshotter: None,
+                },
+            );
+            containerd.cri().pull_image(image);
+        }
+        crate::support::scratch::assert_no_leaks(&self.scratch.path().join(dir));
+        self.registry.blobs_fetched_since(mark)
+    }
+
     pub fn containerd(&self) -> TestContainerd {
         TestContainerd::start(
             &self.scratch.path().join("containerd"),
@@ -48,7 +68,12 @@ impl Node {
 }
 
 pub fn node_with_cache(cached: &[(&str, &Image)]) -> Node {
-    let scratch = ScratchXfs::new(16 << 30);
+    node_with_cache_on(cached, 16 << 30)
+}
+
+/// As `node_with_cache`, on a scratch filesystem of `scratch_bytes` (sparse).
+pub fn node_with_cache_on(cached: &[(&str, &Image)], scratch_bytes: u64) -> Node {
+    let scratch = ScratchXfs::new(scratch_bytes);
     let registry = TestRegistry::start();
     let addr = registry.addr();
     let pause = pause_image();
