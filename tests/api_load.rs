@@ -5,8 +5,8 @@
 //! - loaded: 4 cache builds (two generated ~160 MB, 8,000-file images, gzip, each in two
 //!   caches) and the same 32 creates/deletes in flight. Meanwhile one client on a thread of its own asks, in turn,
 //!   `GET /healthz`, the list of ImageCaches, one ImageCache, the list of Disks and one Disk.
-//!   Each of those is to answer with p99 <= 25 ms; the test prints p50/p99/max of each and the
-//!   disk creates' p50/p99 beside their idle figures.
+//!   Each of those is to answer with p99 <= 25 ms, idle and loaded; the disk creates' p50/p99
+//!   are bounded too (idle and loaded, `*_CREATE_BOUND_MS`), and all are printed.
 //!
 //! Timing: the API answers reads on a runtime of its own at nice -5, from memory
 //! (store/mirror.rs), while the work runs at nice 2 to 10 (imagecached.rs,
@@ -38,6 +38,14 @@ const DISKS_IN_FLIGHT: usize = 32;
 const IMAGE_BYTES: u64 = 160_000_000;
 const IMAGE_FILES: u64 = 8_000;
 const P99_BOUND_MS: f64 = 25.0;
+/// Bounds on the disk creates' (p50, p99) in ms, idle and under the builds. docs/TESTING.md
+/// has quiet-machine figures of idle p50 25-36 / p99 54-70 and, under the builds, p50 47-67 /
+/// p99 229-734; the test command runs two tests at once, which slowed them 2-3x here (idle
+/// 80 / 110, loaded 197 / 689 with builds alongside). The bounds are about 4x the quiet p50s
+/// and p99s (2x the worst loaded p99): wide enough for a shared machine, narrow enough that
+/// creates waiting on a build (seconds) or queueing one behind another fail.
+const IDLE_CREATE_BOUND_MS: (f64, f64) = (150.0, 300.0);
+const LOADED_CREATE_BOUND_MS: (f64, f64) = (300.0, 1500.0);
 /// Creates per disk worker in the idle phase.
 const IDLE_ROUNDS: usize = 4;
 
@@ -315,14 +323,25 @@ fn reads_answer_within_25ms_p99_under_four_builds_and_32_disk_creates() {
         "the builds were over too soon to load anything: {loaded_for:?}, {} rounds",
         busy_reads[0].len()
     );
-    let over: Vec<String> = KINDS
-        .iter()
-        .zip(&busy_reads)
-        .filter_map(|(kind, v)| {
-            let (_, p99, _) = figures(v);
-            (p99 > P99_BOUND_MS).then(|| format!("{kind}: p99 {p99:.2} ms"))
+    let mut over: Vec<String> = [("idle", &idle_reads), ("loaded", &busy_reads)]
+        .into_iter()
+        .flat_map(|(phase, reads)| {
+            KINDS.iter().zip(reads).filter_map(move |(kind, v)| {
+                let (_, p99, _) = figures(v);
+                (p99 > P99_BOUND_MS).then(|| format!("{phase} {kind}: p99 {p99:.2} ms"))
+            })
         })
         .collect();
+    for (phase, (p50, p99), (max50, max99)) in [
+        ("idle", (i50, i99), IDLE_CREATE_BOUND_MS),
+        ("under the builds", (b50, b99), LOADED_CREATE_BOUND_MS),
+    ] {
+        if p50 > max50 || p99 > max99 {
+            over.push(format!(
+                "disk create {phase}: p50 {p50:.2} ms p99 {p99:.2} ms, bounds {max50} / {max99} ms"
+            ));
+        }
+    }
 
     runtime.block_on(async {
         client
@@ -334,6 +353,6 @@ fn reads_answer_within_25ms_p99_under_four_builds_and_32_disk_creates() {
     assert_no_leaks(&root);
     assert!(
         over.is_empty(),
-        "reads slower than {P99_BOUND_MS} ms p99 under load: {over:?}"
+        "slower than the bounds (reads: {P99_BOUND_MS} ms p99): {over:?}"
     );
 }
