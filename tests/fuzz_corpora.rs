@@ -29,23 +29,68 @@ fn corpus(target: &str) -> PathBuf {
         .join(target)
 }
 
-/// Runs `check` on every corpus file and names each one that fails.
-fn replay(target: &str, check: fn(&[u8])) {
+/// How many of a target's seeds (tests/fuzz_seeds) reach the check's assertions past its
+/// parse. A seed is written to reach them, or to be refused at a stated point; a change that
+/// makes a check bail out early (a parse that now refuses every input, a renamed field) drops
+/// this count, and the replay fails instead of passing on inputs that test nothing.
+const SEEDS_REACHING: &[(&str, usize)] = &[
+    ("api_body", 7),
+    ("layer_apply", 17),
+    ("manifest", 9),
+    ("matching", 13),
+    ("reference", 14),
+    ("snapshot_manifest", 6),
+];
+
+/// Runs `check` on every corpus file and names each one that fails; then counts the corpus
+/// files and the seeds that reached the assertions, and holds the seeds to their share.
+fn replay(target: &str, check: fn(&[u8]) -> bool) {
     let mut files: Vec<PathBuf> = fs::read_dir(corpus(target))
         .unwrap_or_else(|e| panic!("fuzz/corpus/{target}: {e}"))
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
     assert!(!files.is_empty(), "fuzz/corpus/{target} is empty");
+    let mut reached = 0;
     let failed: Vec<String> = files
         .iter()
         .filter(|path| {
             let data = fs::read(path).unwrap();
-            catch_unwind(AssertUnwindSafe(|| check(&data))).is_err()
+            match catch_unwind(AssertUnwindSafe(|| check(&data))) {
+                Ok(deep) => {
+                    reached += usize::from(deep);
+                    false
+                }
+                Err(_) => true,
+            }
         })
         .map(|p| p.display().to_string())
         .collect();
     assert!(failed.is_empty(), "{target}: failed on {failed:?}");
+
+    let seeds: Vec<_> = fuzz_seeds::all()
+        .into_iter()
+        .filter(|(t, _, _)| *t == target)
+        .collect();
+    let shallow: Vec<String> = seeds
+        .iter()
+        .filter(|(_, _, content)| !check(content))
+        .map(|(_, name, _)| name.clone())
+        .collect();
+    let seeds_reaching = seeds.len() - shallow.len();
+    eprintln!(
+        "{target}: {reached} of {} corpus files reached the assertions; seeds {seeds_reaching} of {} (stopped early: {shallow:?})",
+        files.len(),
+        seeds.len()
+    );
+    let (_, want) = SEEDS_REACHING
+        .iter()
+        .find(|(t, _)| *t == target)
+        .unwrap_or_else(|| panic!("{target} has no entry in SEEDS_REACHING"));
+    assert!(
+        seeds_reaching >= *want,
+        "{target}: only {seeds_reaching} seeds reached the assertions, {want} should (stopped early: {shallow:?})"
+    );
 }
 
 #[test]

@@ -208,7 +208,11 @@ fn snapshot_manifests() -> Vec<Seed> {
         4 * mib,
         &[(0, 4 * mib, D1), (8 * mib, 2 * mib, D2)],
     );
-    let small = chunk_manifest(3 * 4096 + 100, 4096, &[(4096, 4096, D3), (8192, 4196, D1)]);
+    let small = chunk_manifest(
+        3 * 4096 + 100,
+        4096,
+        &[(4096, 4096, D3), (8192, 4096, D1), (12288, 100, D2)],
+    );
     let pair = |a: &str, b: &str| {
         let mut v = a.as_bytes().to_vec();
         v.push(0);
@@ -283,7 +287,7 @@ fn api_bodies() -> Vec<Seed> {
         seed(
             "api_body",
             "imagecache-get-o-yaml",
-            "apiVersion: eks.tke.cloud.tencent.com/v1\nkind: ImageCache\nmetadata:\n  name: back\n  uid: 5e6f\n  resourceVersion: \"42\"\n  generation: 3\n  creationTimestamp: \"2024-01-02T03:04:05Z\"\n  managedFields:\n  - manager: kubectl\nspec:\n  images: [nginx]\nstatus:\n  phase: Ready\n  anything: [1, 2]\n",
+            "apiVersion: eks.cloud.tencent.com/v1\nkind: ImageCache\nmetadata:\n  name: back\n  uid: 5e6f\n  resourceVersion: \"42\"\n  generation: 3\n  creationTimestamp: \"2024-01-02T03:04:05Z\"\n  managedFields:\n  - manager: kubectl\nspec:\n  images: [nginx]\nstatus:\n  phase: Ready\n  anything: [1, 2]\n",
         ),
         seed(
             "api_body",
