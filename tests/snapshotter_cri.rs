@@ -6,7 +6,7 @@
 mod snapshotter_util;
 mod support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use snapshotter_util::*;
 use support::busybox::{busybox_layer, files_layer, image_with_cmd};
@@ -39,6 +39,13 @@ fn a_cached_image_is_pulled_without_a_layer_and_runs_from_the_cache() {
             "config not fetched: {fetched:?}"
         );
         eprintln!("PullImage of a cached image: {pull:?}");
+        // 150 ms with other tests and builds on the machine: the manifest, the config and
+        // one snapshotter round trip per layer. A pull that waited on a build, a lock or a
+        // retry takes seconds.
+        assert!(
+            pull < Duration::from_secs(1),
+            "PullImage of a cached image took {pull:?}"
+        );
 
         let lines = run(
             &cri,
