@@ -586,7 +586,12 @@ impl RegistryClient {
             .pull_blob_stream(&oci_reference, digest)
             .await
             .map_err(|e| ctx.map(e, Some(digest)))?;
-        VerifyingStream::new(sized.stream, digest, size, &endpoint.host)
+        Ok(VerifyingStream::new(
+            sized.stream,
+            digest,
+            size,
+            &endpoint.host,
+        ))
     }
 }
 
