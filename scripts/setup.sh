@@ -38,6 +38,8 @@ apt   systemd-container: systemd-nspawn # boots that rootfs with systemd as PID 
 apt   python3: python3                  # free ports in the scripts
 apt   curl: curl
 apt   jq: jq
+apt   golang-go: go                     # builds and runs containerd's snapshotter suite (Go 1.19)
+apt   golang-github-containerd-containerd-dev:  # that suite and the proxy client, as sources (GOPATH)
 
 # Building: C parts of crates (zstd, sqlite), and protoc for the gRPC crates' build scripts
 apt   build-essential: gcc            # also a static setuid test program (host_user_access)

@@ -1,4 +1,5 @@
-//! Timestamps in the Kubernetes form (RFC 3339, UTC, whole seconds).
+//! Timestamps in the Kubernetes form (RFC 3339, UTC, whole seconds), and in containerd's
+//! (Unix nanoseconds) for the snapshotter's records.
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -7,6 +8,13 @@ pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .expect("0 is a valid nanosecond")
+}
+
+/// Now in Unix nanoseconds, uncut: containerd's snapshot infos carry nanoseconds, and its
+/// snapshotter suite checks a snapshot's created and updated times against its own clock
+/// read just before and after the request.
+pub fn now_nanos() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
 
 pub fn format(t: OffsetDateTime) -> String {

@@ -264,7 +264,9 @@ impl Store {
     }
 
     /// Turns active snapshot `key` into committed snapshot `name` (same id, so the same
-    /// directory), in one transaction. AlreadyExists when `name` is taken.
+    /// directory), in one transaction. AlreadyExists when `name` is taken. The committed
+    /// snapshot is a new one to containerd: created and updated both become `now`, as its
+    /// own storage does (`CommitActive` in snapshots/storage/bolt.go).
     pub fn commit_ctr_snapshot(
         &self,
         key: &str,
@@ -278,7 +280,7 @@ impl Store {
         let res = tx
             .prepare_cached(
                 "UPDATE ctr_snapshots SET key = ?2, kind = 'committed', labels = ?3, \
-                 updated = ?4, usage_size = ?5, usage_inodes = ?6 \
+                 created = ?4, updated = ?4, usage_size = ?5, usage_inodes = ?6 \
                  WHERE key = ?1 AND kind = 'active'",
             )?
             .execute(params![

@@ -46,8 +46,7 @@ pub fn handle(d: &Daemon, request: SnapshotRequest) -> Result<SnapshotReply> {
 }
 
 fn now() -> i64 {
-    let t = super::super::clock::now();
-    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+    super::super::clock::now_nanos()
 }
 
 fn existing(d: &Daemon, key: &str) -> Result<SnapshotRecord> {

@@ -245,6 +245,74 @@ fn labels_update_by_mask_and_list_filters() {
     assert_eq!(list(&["name==other", "labels.z"]), vec!["k", "other"]);
 }
 
+/// containerd's suite (its `Update` test) reads its clock before and after each request and
+/// wants created and updated between the two, to the nanosecond; a commit makes a new
+/// snapshot, created and updated alike (storage.CommitActive). The times must come back the
+/// same from a restarted daemon's store.
+#[test]
+fn times_keep_nanoseconds_through_commit_update_and_a_restart() {
+    use crate::daemon::clock::now_nanos;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        root: dir.path().join("state"),
+        ..Config::default()
+    };
+    let sys = Arc::new(FakeSys::new());
+    let between = |what: &str, t: i64, before: i64, after: i64| {
+        assert!(
+            (before..=after).contains(&t),
+            "{what} {t} is not between {before} and {after}: cut to whole seconds?"
+        );
+    };
+    let (active, committed, updated) = {
+        let d = Daemon::start(config.clone(), sys.clone()).unwrap();
+        let t1 = now_nanos();
+        prepare(&d, "active", "").unwrap();
+        let t2 = now_nanos();
+        let active = stat(&d, "active").unwrap();
+        between("prepare's created", active.created, t1, t2);
+        assert_eq!(active.updated, active.created);
+
+        prepare(&d, "k", "").unwrap();
+        let t3 = now_nanos();
+        commit(&d, "layer", "k").unwrap();
+        let t4 = now_nanos();
+        let committed = stat(&d, "layer").unwrap();
+        between("commit's created", committed.created, t3, t4);
+        assert_eq!(committed.updated, committed.created);
+
+        let u1 = now_nanos();
+        let updated = match ask(
+            &d,
+            SnapshotRequest::Update {
+                name: "active".into(),
+                labels: labels(&[("l", "v")]),
+                fields: vec![],
+            },
+        )
+        .unwrap()
+        {
+            SnapshotReply::Info(i) => i,
+            other => panic!("{other:?}"),
+        };
+        let u2 = now_nanos();
+        assert_eq!(updated.created, active.created);
+        between("update's updated", updated.updated, u1, u2);
+        (active, committed, updated)
+    };
+    let d = Daemon::start(config, sys).unwrap();
+    let again = stat(&d, "active").unwrap();
+    assert_eq!(
+        (again.created, again.updated),
+        (active.created, updated.updated)
+    );
+    let again = stat(&d, "layer").unwrap();
+    assert_eq!(
+        (again.created, again.updated),
+        (committed.created, committed.updated)
+    );
+}
+
 #[test]
 fn usage_counts_an_active_snapshots_upper_and_a_committed_one_once() {
     let f = daemon();
