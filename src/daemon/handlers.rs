@@ -177,7 +177,6 @@ pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, Daemon
     // The build cleans its loop device, mount and work files; the record goes after that.
     super::stop_wait::cancel_and_wait(
         d,
-        name,
         &super::owner::Owner::Cache(name.to_owned()),
         &format!("the build of ImageCache {name:?}"),
         CANCEL_WAIT,

@@ -12,6 +12,7 @@ mod handlers;
 pub mod ids;
 pub(crate) mod image_access;
 mod info;
+mod jobs;
 mod loop_budget;
 pub mod metrics;
 mod owner;
@@ -26,9 +27,8 @@ pub mod snapshots;
 mod stop_wait;
 mod storage;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -63,8 +63,8 @@ struct Inner {
     root_fs: String,
     /// One bound on layers downloading and unpacking at once, across every build.
     downloads: Arc<Semaphore>,
-    /// Running builds by cache name, to cancel one when its cache is deleted.
-    builds: Mutex<HashMap<String, CancellationToken>>,
+    /// Running builds and disk pulls by owner, to cancel one when its object is deleted.
+    jobs: jobs::RunningJobs,
     /// Builds waiting for a slot (`max_concurrent_builds`) or a loop device.
     queue: build::queue::BuildQueue,
     /// The ceiling on loop devices the daemon holds (`max_loop_devices`).
@@ -148,7 +148,7 @@ impl Daemon {
             snapshots,
             clone_mode,
             root_fs,
-            builds: Mutex::new(HashMap::new()),
+            jobs: jobs::RunningJobs::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             snapshotter: snapshots::State::default(),

@@ -118,23 +118,18 @@ pub fn reuse_asked(
 /// build then cleans up and leaves the record alone.
 fn spawn(daemon: &Daemon, spec: BuildSpec, slot: queue::Slot) {
     let cancel = daemon.inner.shutdown.child_token();
-    daemon
+    let running = daemon
         .inner
-        .builds
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(spec.name.clone(), cancel.clone());
+        .jobs
+        .start(Owner::Cache(spec.name.clone()), cancel.clone());
     let d = daemon.clone();
     daemon.inner.tasks.spawn(async move {
+        // Dropped in this order however the task ends, a panic included: the build leaves
+        // the running jobs, then gives its slot to the next.
+        let _slot = slot;
+        let _running = running;
         queue::left_queue(&d, &spec.name);
         run(&d, &spec, &cancel).await;
-        d.inner
-            .builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&spec.name);
-        // After the build is out of the running map: the next one may start at once.
-        drop(slot);
     });
 }
 

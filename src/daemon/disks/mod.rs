@@ -86,7 +86,6 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
     // stuck, and the caller is told so rather than kept waiting for ever.
     super::stop_wait::cancel_and_wait(
         d,
-        &pull::build_key(id),
         &super::owner::Owner::Disk(id.to_owned()),
         &format!("the pull into disk {id}"),
         super::handlers::CANCEL_WAIT,

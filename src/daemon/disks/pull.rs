@@ -25,29 +25,19 @@ pub(super) struct PullJob {
     pub mountpoint: Option<PathBuf>,
 }
 
-/// The key of a disk's pull among the running builds, to cancel it when the disk goes.
-pub(super) fn build_key(id: &str) -> String {
-    format!("disk/{id}")
-}
-
 pub(super) fn spawn(d: &Daemon, job: PullJob) {
     let cancel = d.inner.shutdown.child_token();
-    let key = build_key(&job.id);
-    d.inner
-        .builds
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key.clone(), cancel.clone());
+    let running = d
+        .inner
+        .jobs
+        .start(Owner::Disk(job.id.clone()), cancel.clone());
     let d2 = d.clone();
     d.inner.tasks.spawn(async move {
+        // Leaves the running jobs however the task ends, a panic included.
+        let _running = running;
         let started = Instant::now();
         let result = pull(&d2, &job, started, &cancel).await;
         record_outcome(&d2, &job, &result, started.elapsed().as_secs_f64() * 1e3);
-        d2.inner
-            .builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
     });
 }
 
