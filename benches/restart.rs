@@ -15,6 +15,11 @@
 //!    `Adopting` (**adopted**). Every disk must then be Ready on the device it had, and still
 //!    mounted.
 //!
+//! With `--caches N` (default 1), N caches of the image are built first (disks clone the
+//! first): the figures then also hold for a node with that many caches, and the driver
+//! reports `GET /imagecaches` and disk creates that match automatically among all N (the
+//! matching policy's cost per cache), `--lists` of each.
+//!
 //! At the end every disk is deleted and nothing may be left attached or mounted.
 //!
 //! Output: a table on standard error, and one `RESTART_RESULT {json}` line on standard output
@@ -57,6 +62,9 @@ struct Args {
     /// Timed lists at each count.
     #[arg(long, default_value_t = 5)]
     lists: usize,
+    /// Caches of the image on the node.
+    #[arg(long, default_value_t = 1)]
+    caches: usize,
     /// `cargo bench` passes this to a bench without a harness.
     #[arg(long, hide = true)]
     bench: bool,
@@ -95,6 +103,24 @@ fn main() {
         .as_str()
         .unwrap()
         .to_owned();
+    let t = Instant::now();
+    for n in 1..args.caches {
+        let yaml = cache_yaml(&format!("c{n}"), std::slice::from_ref(&image), "");
+        let out = daemon.create(&yaml, false);
+        assert!(out.status.success(), "{}", daemon.log());
+    }
+    for n in 1..args.caches {
+        daemon.wait_until(&format!("c{n}"), Duration::from_secs(600), |c| {
+            c["status"]["phase"] == "Ready"
+        });
+    }
+    if args.caches > 1 {
+        eprintln!(
+            "{} more caches built in {:.1} s",
+            args.caches - 1,
+            t.elapsed().as_secs_f64()
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -174,7 +200,39 @@ fn main() {
             ms("adopted_ms")
         );
     }
-    println!("RESTART_RESULT {}", json!({ "restarts": rows }));
+    let cache_lists: Vec<f64> = (0..args.lists)
+        .map(|_| {
+            let t = Instant::now();
+            rt.block_on(client.get("/apis/imagecache.io/v1/imagecaches"))
+                .expect("list caches");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let mut matched = Vec::new();
+    let auto = rt.block_on(create_many(
+        &client,
+        &image,
+        "auto",
+        args.lists,
+        1,
+        &mut matched,
+    ));
+    rt.block_on(delete_many(&client, &matched, 1));
+    eprintln!(
+        "{} caches: list {:.2} ms, a disk create matching among them p50 {:.2} ms",
+        args.caches,
+        median(&cache_lists),
+        median(&auto)
+    );
+    println!(
+        "RESTART_RESULT {}",
+        json!({
+            "caches": args.caches,
+            "cache_list_ms": median(&cache_lists),
+            "auto_match_create_ms": median(&auto),
+            "restarts": rows,
+        })
+    );
 
     let t = Instant::now();
     rt.block_on(delete_many(&client, &made, args.concurrency));
