@@ -90,6 +90,7 @@ fn thirty_two_disks_stay_mounted_through_a_graceful_restart() {
         assert!(is_mount_point(&mountpoint(disk)), "unmounted by SIGTERM");
     }
     daemon.spawn();
+    wait_adopted(&daemon);
     for (n, disk) in disks.iter().enumerate() {
         let now = get(&daemon, &id(disk));
         assert_eq!(now["status"]["phase"], "Ready", "{now:#}");
@@ -137,6 +138,7 @@ fn lost_mounts_and_devices_come_back_and_a_lost_image_is_reported() {
     std::fs::remove_file(&lost_image).unwrap();
 
     daemon.spawn();
+    wait_adopted(&daemon);
     let now = get(&daemon, &id(&kept));
     assert_eq!(now["status"]["phase"], "Ready");
     assert!(
@@ -183,6 +185,26 @@ fn lost_mounts_and_devices_come_back_and_a_lost_image_is_reported() {
     }
     daemon.stop();
     assert_no_leaks(&daemon.root);
+}
+
+/// Waits until no disk reads `Adopting`: a restarted daemon serves while it adopts them.
+fn wait_adopted(daemon: &TestDaemon) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list: Value =
+            serde_json::from_str(&daemon.cli_ok(&["disk", "get", "-o", "json"])).unwrap();
+        let adopting = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| phase(d) == "Adopting")
+            .count();
+        if adopting == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still adopting: {list:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn phase(disk: &Value) -> &str {
@@ -258,22 +280,7 @@ fn the_api_answers_while_disks_are_adopted() {
         .exists());
 
     // Adoption runs on: every disk comes back as it was.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let list: Value =
-            serde_json::from_str(&daemon.cli_ok(&["disk", "get", "-o", "json"])).unwrap();
-        let adopting = list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| phase(d) == "Adopting")
-            .count();
-        if adopting == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still adopting: {list:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_adopted(&daemon);
     for (n, disk) in disks.iter().enumerate() {
         let now = get(&daemon, &id(disk));
         assert_eq!(phase(&now), "Ready", "{now:#}");
