@@ -18,6 +18,11 @@
 //! loop devices, which cannot be caused on a shared host without taking every device from
 //! everyone else. Unknown points or errno names stop the daemon at start. Read once; unset,
 //! a point costs one atomic load. Only tests set it.
+//!
+//! Delay points make a step slow instead: with `IMAGECACHE_FAULT_DELAY=<point>:<ms>`,
+//! [`delay`] sleeps that long each time the point is reached. The way to hold the daemon in
+//! a state that lasts only moments on a real node (disks still being adopted after a
+//! restart) long enough for a test to see what a caller sees then. Only tests set it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -151,6 +156,64 @@ pub fn errno(name: &'static str) -> Option<Errno> {
     armed.iter().find(|(p, _)| *p == name).map(|(_, e)| *e)
 }
 
+/// Arms one delay point: `<point>:<milliseconds>`.
+pub const DELAY_ENV: &str = "IMAGECACHE_FAULT_DELAY";
+
+/// Every delay point: a step that sleeps the armed time each time it is reached.
+pub const DELAY_POINTS: &[&str] = &[
+    // Restart: one disk about to be adopted (checked and, if need be, put back).
+    "disk.adopt",
+];
+
+static DELAY: OnceLock<Option<(&'static str, std::time::Duration)>> = OnceLock::new();
+
+/// Parses a [`DELAY_ENV`] value.
+pub fn parse_delay(value: &str) -> Result<(&'static str, std::time::Duration), String> {
+    let Some((point, ms)) = value.trim().split_once(':') else {
+        return Err(format!("{value:?} is not <point>:<milliseconds>"));
+    };
+    let Some(&point) = DELAY_POINTS.iter().find(|p| **p == point) else {
+        return Err(format!(
+            "{point:?} is no delay point; known: {DELAY_POINTS:?}"
+        ));
+    };
+    let ms: u64 = ms
+        .parse()
+        .map_err(|_| format!("{ms:?} is not a number of milliseconds"))?;
+    Ok((point, std::time::Duration::from_millis(ms)))
+}
+
+fn delay_from_env() -> Option<(&'static str, std::time::Duration)> {
+    let value = std::env::var(DELAY_ENV).ok()?;
+    match parse_delay(&value) {
+        Ok(armed) => {
+            tracing::warn!(
+                point = armed.0,
+                ms = armed.1.as_millis() as u64,
+                "{DELAY_ENV}: this step will be slowed"
+            );
+            Some(armed)
+        }
+        Err(e) => {
+            // A typo would otherwise make a test pass without the state it means to hold.
+            eprintln!("{DELAY_ENV}={value}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Sleeps the armed time if `name` is the armed delay point; nothing (the only case outside
+/// tests) otherwise.
+#[inline]
+pub fn delay(name: &'static str) {
+    debug_assert!(DELAY_POINTS.contains(&name), "unlisted delay point {name}");
+    if let Some((point, wait)) = DELAY.get_or_init(delay_from_env) {
+        if *point == name {
+            std::thread::sleep(*wait);
+        }
+    }
+}
+
 struct Armed {
     name: String,
     nth: u64,
@@ -181,6 +244,7 @@ fn from_env() -> Option<Armed> {
 pub fn init() {
     ARMED.get_or_init(from_env);
     ERRNOS.get_or_init(errnos_from_env);
+    DELAY.get_or_init(delay_from_env);
 }
 
 /// The process dies here if `name` is the armed point (and this is its n-th hit).
@@ -244,6 +308,21 @@ mod tests {
         assert!(e.contains("no errno name"), "{e}");
         let e = parse_errnos("loop.claim:ENOSPC,loop.claim:EBUSY").unwrap_err();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn delay_points_parse() {
+        assert_eq!(
+            parse_delay("disk.adopt:250"),
+            Ok(("disk.adopt", std::time::Duration::from_millis(250)))
+        );
+        assert!(parse_delay("disk.adopt").unwrap_err().contains("<point>"));
+        assert!(parse_delay("disk.adopted:1")
+            .unwrap_err()
+            .contains("disk.adopt"));
+        assert!(parse_delay("disk.adopt:1s")
+            .unwrap_err()
+            .contains("milliseconds"));
     }
 
     #[test]

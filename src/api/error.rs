@@ -10,6 +10,10 @@ use crate::daemon::DaemonError;
 /// resources that failed now, which a client asks again about a few seconds later.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+/// `Retry-After` of a 503 for a disk still being adopted after a restart: adoption takes a
+/// few milliseconds a disk, so a second is long enough for most.
+pub const ADOPTING_RETRY_AFTER_SECS: u64 = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cause {
     pub reason: String,
@@ -82,6 +86,10 @@ impl From<DaemonError> for ApiError {
             DaemonError::Unavailable(message) => ApiError::Unavailable {
                 message,
                 retry_after_secs: RETRY_AFTER_SECS,
+            },
+            e @ DaemonError::Adopting(_) => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after_secs: ADOPTING_RETRY_AFTER_SECS,
             },
             DaemonError::AtLimit {
                 message,

@@ -51,6 +51,13 @@ pub enum DaemonError {
         message: String,
         retry_after_secs: u64,
     },
+    /// The disk is still waiting to be adopted after the daemon's restart: nothing may act
+    /// on it until its device and mount are checked. Adoption takes moments; try again.
+    #[error(
+        "disk {0} is still being adopted after the daemon's restart (checked to be attached \
+         and mounted as it was): try again in a moment"
+    )]
+    Adopting(String),
     /// The daemon could not start.
     #[error("{0}")]
     Setup(String),

@@ -33,7 +33,10 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> 
         Action::PushImageCache(name) => push(d, &name).await,
         Action::PullSnapshot(request) => super::share::pull::pull(d, request).await,
         Action::CreateDisk(req) => super::disks::create(d, *req).await,
-        Action::GetDisk(id) => Ok(Reply::Disk(Box::new(super::disks::get(d, &id)?))),
+        Action::GetDisk(id) => Ok(Reply::Disk(Box::new(super::disks::shown(
+            d,
+            super::disks::get(d, &id)?,
+        )))),
         Action::ListDisks => super::disks::list(d),
         Action::DeleteDisk(id) => super::disks::delete(d, &id).await,
         Action::Info => Ok(Reply::Info(super::info::info(d).map_err(internal)?)),

@@ -214,11 +214,22 @@ pub fn render(d: &Daemon) -> String {
     }
     match d.inner.store.list_disks() {
         Ok(disks) => {
-            for phase in [DiskPhase::Pulling, DiskPhase::Ready, DiskPhase::Failed] {
-                let n = disks
-                    .iter()
-                    .filter(|x| x.status.as_ref().map(|s| s.phase) == Some(phase))
-                    .count();
+            // As the API shows them: one not yet adopted after a restart counts as Adopting.
+            let shown = |x: &crate::objects::Disk| {
+                let stored = x.status.as_ref().map(|s| s.phase)?;
+                Some(if d.inner.adoption.is_pending(&x.metadata.name) {
+                    DiskPhase::Adopting
+                } else {
+                    stored
+                })
+            };
+            for phase in [
+                DiskPhase::Pulling,
+                DiskPhase::Ready,
+                DiskPhase::Failed,
+                DiskPhase::Adopting,
+            ] {
+                let n = disks.iter().filter(|x| shown(x) == Some(phase)).count();
                 set(&m.disks, &phase.to_string(), n);
             }
         }

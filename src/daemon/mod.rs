@@ -69,6 +69,8 @@ struct Inner {
     queue: build::queue::BuildQueue,
     /// The ceiling on loop devices the daemon holds (`max_loop_devices`).
     loops: loop_budget::LoopBudget,
+    /// The disks a restart has not yet put back (disks/adoption.rs).
+    adoption: disks::adoption::Adoption,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     /// The containerd snapshotter's request serialisation.
@@ -112,7 +114,9 @@ fn refuse_symlinked_roots(config: &Config) -> Result<(), DaemonError> {
 
 impl Daemon {
     /// Opens the state under `config.root`, cleans what an earlier run left behind, and
-    /// returns a daemon ready to take actions.
+    /// returns a daemon ready to take actions. The disks it finds are adopted (checked
+    /// attached and mounted, put back if not) on a thread of their own, so the caller can
+    /// serve at once; until its turn each reads `Adopting` (`Daemon::disks_adopting`).
     pub fn start(config: Config, sys: Arc<dyn Sys>) -> Result<Daemon, DaemonError> {
         refuse_symlinked_roots(&config)?;
         let (clone_mode, root_fs) = storage::prepare(&config, sys.as_ref())?;
@@ -141,6 +145,7 @@ impl Daemon {
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads)),
             loops: loop_budget::LoopBudget::new(config.max_loop_devices, config.root.clone()),
             queue: build::queue::BuildQueue::default(),
+            adoption: Default::default(),
             config,
             store,
             sys,
@@ -162,10 +167,22 @@ impl Daemon {
         let daemon = Daemon {
             inner: Arc::new(inner),
         };
-        recovery::recover(&daemon)?;
+        let started = std::time::Instant::now();
+        let to_adopt = recovery::recover(&daemon)?;
         snapshots::recover(&daemon)
             .map_err(|e| DaemonError::Setup(format!("snapshotter recovery: {e}")))?;
+        tracing::info!(
+            disks_to_adopt = to_adopt.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "state recovered"
+        );
+        disks::adopt::spawn(&daemon, to_adopt);
         Ok(daemon)
+    }
+
+    /// How many disks still wait to be adopted after the restart.
+    pub fn disks_adopting(&self) -> usize {
+        self.inner.adoption.count()
     }
 
     /// Lends `credentials` to the snapshotter's cold pull of `image` until the guard drops:

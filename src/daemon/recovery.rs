@@ -8,7 +8,9 @@ use super::build::{clean_work_dir, BuildError};
 use super::events::WARNING;
 use super::{clock, Daemon, DaemonError};
 
-pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
+/// Returns the disks to adopt: each reads `Adopting` until `disks::adopt::spawn` has checked
+/// it, which the caller starts once the rest of the daemon is up.
+pub fn recover(d: &Daemon) -> Result<Vec<String>, DaemonError> {
     let store = &d.inner.store;
     let sys = d.inner.sys.as_ref();
     for build in store.list_builds()? {
@@ -71,13 +73,7 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
     if orphans > 0 {
         warn!(disks = orphans, "removed disks made but never recorded");
     }
-    let again = super::disks::adopt_all(d)?;
-    if again > 0 {
-        info!(
-            disks = again,
-            "disks attached or mounted again after the restart"
-        );
-    }
+    let to_adopt = super::disks::adopt::begin(d)?;
     recount_snapshot_refs(d)?;
     match d.inner.snapshots.clean_staging() {
         Ok(0) => {}
@@ -89,7 +85,7 @@ pub fn recover(d: &Daemon) -> Result<(), DaemonError> {
     }
     remove_orphan_snapshots(d);
     remove_stale_grown_images(d);
-    Ok(())
+    Ok(to_adopt)
 }
 
 /// A stop between taking a snapshot reference and recording its holder (or the other way

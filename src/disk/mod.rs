@@ -12,6 +12,7 @@
 //! Where the state root cannot share extents (ext4), `mount_backing_image` puts it on an
 //! XFS filesystem in a sparse file, and `CloneMode::SparseCopy` is the slow, loud fallback.
 
+mod attachments;
 mod backing;
 mod create;
 mod delete;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::mount_path::MountTarget;
 
+pub use attachments::Attachments;
 pub use backing::mount_backing_image;
 pub use create::create;
 pub use delete::delete;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use crate::image::MountConfig;
 use crate::sys::{LoopOptions, MountOptions, MountTarget, Sys};
 
+use super::Attachments;
+
 use super::error::{DiskError, Result};
 
 /// What `reattach` found or did.
@@ -21,40 +23,37 @@ pub enum Reattached {
 /// there, as `create` made it. A disk whose mount or device outlived the daemon is left
 /// exactly as it is. On failure nothing new is left attached or mounted.
 ///
+/// What is attached and mounted is looked up in `kernel`, read once for every disk adopted
+/// (so adopting N disks reads the kernel's tables once, not N times). It must have been read
+/// after anything else last changed this disk's device or mount.
+///
 /// To mount it again, `mountpoint` must lie beneath one of `mount_roots`, and is reached
 /// beneath that root without following symlinks, as at create: a directory on the way
 /// replaced by a symlink while the daemon was down makes this fail (and the disk stay
 /// unmounted), never mounts the disk where the symlink points.
 pub fn reattach(
     sys: &dyn Sys,
+    kernel: &Attachments,
     image: &Path,
     mountpoint: Option<&Path>,
     mount_roots: &[&Path],
 ) -> Result<Reattached> {
     let image_meta = std::fs::metadata(image).map_err(|e| DiskError::io("stat", image, e))?;
-    let same_file = |backing: &Path| {
-        std::fs::metadata(backing).is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.dev() == image_meta.dev() && m.ino() == image_meta.ino()
-        })
-    };
-    let attached: Vec<PathBuf> = sys
-        .loop_devices()
-        .map_err(|e| DiskError::sys("list loop devices for", image, e))?
-        .into_iter()
-        .filter(|l| same_file(&l.backing_file))
-        .map(|l| l.device)
-        .collect();
+    let attached = kernel.devices_of(&image_meta);
     if let Some(at) = mountpoint {
         // The mount table holds resolved paths as text: matching it resolves nothing.
-        let source = sys
+        if let Some(device) = kernel
             .mount_source(at)
-            .map_err(|e| DiskError::sys("look up the mount at", at, e))?;
-        if let Some(device) = source.filter(|s| attached.contains(s)) {
-            return Ok(Reattached::AsItWas { device });
+            .filter(|s| attached.iter().any(|a| a == s))
+        {
+            return Ok(Reattached::AsItWas {
+                device: device.to_owned(),
+            });
         }
-    } else if let Some(device) = attached.into_iter().next() {
-        return Ok(Reattached::AsItWas { device });
+    } else if let Some(device) = attached.first() {
+        return Ok(Reattached::AsItWas {
+            device: device.clone(),
+        });
     }
 
     // Checked before anything is attached: a disk recorded outside every root (made before

@@ -504,7 +504,8 @@ fn a_symlink_planted_while_down_is_refused_at_reattach() {
     std::fs::rename(s.root.join("pods/a"), s.root.join("pods/a-moved")).unwrap();
     std::os::unix::fs::symlink(victim.path(), s.root.join("pods/a")).unwrap();
 
-    let err = reattach(&sys, &image, Some(&mnt), &[&s.root]).unwrap_err();
+    let kernel = Attachments::read(&sys).unwrap();
+    let err = reattach(&sys, &kernel, &image, Some(&mnt), &[&s.root]).unwrap_err();
     assert!(err.is_refused_mount_path(), "{err}");
     assert!(sys.mounts_under(Path::new("/")).unwrap().is_empty());
     assert!(
@@ -513,7 +514,8 @@ fn a_symlink_planted_while_down_is_refused_at_reattach() {
     );
 
     // Outside every root: refused before anything is attached.
-    let err = reattach(&sys, &image, Some(Path::new("/etc/x")), &[&s.root]).unwrap_err();
+    let kernel = Attachments::read(&sys).unwrap();
+    let err = reattach(&sys, &kernel, &image, Some(Path::new("/etc/x")), &[&s.root]).unwrap_err();
     assert!(err.is_refused_mount_path(), "{err}");
     assert!(sys.loop_devices().unwrap().is_empty());
 

@@ -291,6 +291,9 @@ pub enum DiskPhase {
     Pulling,
     Ready,
     Failed,
+    /// Shown, never stored: the daemon restarted and has not yet checked that the disk is
+    /// attached and mounted as it was (its stored phase comes back once it has).
+    Adopting,
 }
 
 impl std::fmt::Display for DiskPhase {
@@ -299,6 +302,7 @@ impl std::fmt::Display for DiskPhase {
             DiskPhase::Pulling => "Pulling",
             DiskPhase::Ready => "Ready",
             DiskPhase::Failed => "Failed",
+            DiskPhase::Adopting => "Adopting",
         })
     }
 }

@@ -22,12 +22,15 @@ pub fn status(e: DaemonError) -> tonic::Status {
             SnapshotError::InvalidArgument(_) => Code::InvalidArgument,
             SnapshotError::PermissionDenied(_) => Code::PermissionDenied,
             SnapshotError::Internal(_) => Code::Internal,
+            SnapshotError::Unavailable(_) => Code::Unavailable,
         },
         DaemonError::NotFound { .. } => Code::NotFound,
         DaemonError::AlreadyExists { .. } => Code::AlreadyExists,
         DaemonError::Conflict(_) => Code::FailedPrecondition,
         DaemonError::Invalid { .. } => Code::InvalidArgument,
-        DaemonError::Unavailable(_) | DaemonError::AtLimit { .. } => Code::Unavailable,
+        DaemonError::Unavailable(_) | DaemonError::AtLimit { .. } | DaemonError::Adopting(_) => {
+            Code::Unavailable
+        }
         DaemonError::QueueFull { .. } => Code::ResourceExhausted,
         _ => Code::Internal,
     };

@@ -66,6 +66,7 @@ pub enum Call {
     MountSource {
         target: PathBuf,
     },
+    MountTable,
     FsType {
         path: PathBuf,
     },
@@ -104,6 +105,7 @@ pub enum Op {
     Reflink,
     Syncfs,
     Fsync,
+    /// `mount_source` and `mount_table`.
     MountSource,
     FsType,
     FsSpace,
@@ -454,6 +456,19 @@ impl Sys for FakeSys {
             .rev()
             .find(|m| m.target == target)
             .map(|m| m.source.clone()))
+    }
+
+    fn mount_table(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let st = self.enter(
+            Op::MountSource,
+            Call::MountTable,
+            Path::new("/proc/self/mountinfo"),
+        )?;
+        Ok(st
+            .mounts
+            .iter()
+            .map(|m| (m.target.clone(), m.source.clone()))
+            .collect())
     }
 
     fn fs_type(&self, path: &Path) -> Result<FsType> {

@@ -141,6 +141,12 @@ impl Sys for LinuxSys {
         Ok(mountinfo::source_of(&text, target))
     }
 
+    fn mount_table(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| SysError::io("read", "/proc/self/mountinfo", e))?;
+        Ok(mountinfo::sources(&text))
+    }
+
     fn fs_type(&self, path: &Path) -> Result<FsType> {
         let stat = rustix::fs::statfs(path).map_err(|e| SysError::io("statfs", path, e))?;
         // f_type is signed on some architectures; the magic is its 32-bit pattern.

@@ -257,6 +257,10 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     /// The source (for a block filesystem, its device) of the topmost mount exactly at
     /// `target`, or `None` when nothing is mounted there.
     fn mount_source(&self, target: &Path) -> Result<Option<PathBuf>>;
+    /// Every mount on the machine as (target, source), in the kernel's order (parents before
+    /// children, older before newer over one point: the last entry for a target is its
+    /// topmost mount). One read of the table, for callers that look up many targets.
+    fn mount_table(&self) -> Result<Vec<(PathBuf, PathBuf)>>;
     /// The type of the filesystem holding `path` (statfs(2) `f_type`).
     fn fs_type(&self, path: &Path) -> Result<FsType>;
     /// The size and free space of the filesystem holding `path` (statvfs(2)).

@@ -100,6 +100,27 @@ impl TestDaemon {
     /// Starts the daemon with `env` added to its environment (a fault point armed, say) and
     /// waits for its socket to answer; false if the process ended first.
     pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) -> bool {
+        self.launch_with_env(env);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return true;
+            }
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("imagecached did not answer within 30 s:\n{}", self.log());
+    }
+
+    /// Starts (or restarts) the daemon process and returns at once, for a caller that times
+    /// how long it takes to answer.
+    pub fn launch(&mut self) {
+        self.launch_with_env(&[]);
+    }
+
+    fn launch_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -115,17 +136,6 @@ impl TestDaemon {
             .spawn()
             .expect("imagecached starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return true;
-            }
-            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("imagecached did not answer within 30 s:\n{}", self.log());
     }
 
     /// Waits up to `timeout` for the process to end on its own; its exit status, or None if

@@ -3,7 +3,8 @@
 //! steps, a module each: select, clone, auto-create a cache, build the object, persist (with
 //! the digest of the disk's bind token, token.rs), pull.
 
-mod adopt;
+pub(crate) mod adopt;
+pub(crate) mod adoption;
 pub(crate) mod auto_budget;
 pub(crate) mod auto_cache;
 mod clone;
@@ -19,7 +20,6 @@ use std::path::PathBuf;
 
 use tracing::info;
 
-pub use adopt::adopt_all;
 pub use create::create;
 pub use orphans::remove_orphans;
 
@@ -53,6 +53,23 @@ fn internal(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::internal(e)
 }
 
+/// `disk` as the API shows it: one still waiting to be adopted after a restart reads
+/// `Adopting`, whatever its stored phase (which it shows again once adopted).
+pub fn shown(d: &Daemon, mut disk: Disk) -> Disk {
+    if d.inner.adoption.is_pending(&disk.metadata.name) {
+        if let Some(s) = disk.status.as_mut() {
+            s.phase = DiskPhase::Adopting;
+            s.message = Some(
+                "the daemon restarted and has not yet checked that this disk is attached and \
+                 mounted as it was; it does so in the background (a delete answers 503 until \
+                 then)"
+                    .into(),
+            );
+        }
+    }
+    disk
+}
+
 pub fn get(d: &Daemon, id: &str) -> Result<Disk, DaemonError> {
     d.inner
         .store
@@ -66,12 +83,24 @@ pub fn list(d: &Daemon) -> Result<Reply, DaemonError> {
         api_version: API_VERSION.into(),
         kind: KIND_DISK_LIST.into(),
         metadata: ListMeta::default(),
-        items: d.inner.store.list_disks().map_err(internal)?,
+        items: d
+            .inner
+            .store
+            .list_disks()
+            .map_err(internal)?
+            .into_iter()
+            .map(|disk| shown(d, disk))
+            .collect(),
     }))
 }
 
 pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
     let disk = get(d, id)?;
+    // Its device and mount are not yet known to be the ones recorded: deleting them now
+    // could detach another's.
+    if d.inner.adoption.is_pending(id) {
+        return Err(DaemonError::Adopting(id.to_owned()));
+    }
     // A container's overlay holds the disk's filesystem through a private clone of its
     // mount, so the unmount below would succeed under a running container: the snapshot
     // records are what say the disk is in use.

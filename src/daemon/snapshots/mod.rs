@@ -137,6 +137,9 @@ pub enum SnapshotError {
     PermissionDenied(String),
     #[error("{0}")]
     Internal(String),
+    /// Not possible yet, soon (a disk still being adopted after a restart): retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for SnapshotError {

@@ -411,6 +411,12 @@ fn lay_out_disk_snapshot(d: &Daemon, id: i64, disk_root: &Path, lowers: &[PathBu
 }
 
 fn disk_mountpoint(d: &Daemon, disk_id: &str) -> Result<PathBuf> {
+    // Its mount is not yet known to be the disk's: containerd retries an Unavailable.
+    if d.inner.adoption.is_pending(disk_id) {
+        return Err(SnapshotError::Unavailable(
+            crate::daemon::DaemonError::Adopting(disk_id.to_owned()).to_string(),
+        ));
+    }
     let disk = d.inner.store.get_disk(disk_id)?.ok_or_else(|| {
         SnapshotError::NotFound(format!(
             "disk {disk_id:?} (named by the container's {LABEL_DISK} annotation)"

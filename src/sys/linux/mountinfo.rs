@@ -47,14 +47,27 @@ pub(super) fn source_of(text: &str, target: &Path) -> Option<PathBuf> {
                 Path::new(&OsString::from_vec(unescape_mountinfo_field(m))) == target
             })
         })
-        .and_then(|line| {
-            // After the optional fields, " - " leads fstype, source, super options.
-            let (_, tail) = line.split_once(" - ")?;
-            let source = tail.split(' ').nth(1)?;
-            Some(PathBuf::from(OsString::from_vec(unescape_mountinfo_field(
-                source,
-            ))))
+        .and_then(source_field)
+}
+
+/// Every mount as (target, source), in the table's order.
+pub(super) fn sources(text: &str) -> Vec<(PathBuf, PathBuf)> {
+    text.lines()
+        .filter_map(|line| {
+            let target = line.split(' ').nth(4)?;
+            let target = PathBuf::from(OsString::from_vec(unescape_mountinfo_field(target)));
+            Some((target, source_field(line)?))
         })
+        .collect()
+}
+
+fn source_field(line: &str) -> Option<PathBuf> {
+    // After the optional fields, " - " leads fstype, source, super options.
+    let (_, tail) = line.split_once(" - ")?;
+    let source = tail.split(' ').nth(1)?;
+    Some(PathBuf::from(OsString::from_vec(unescape_mountinfo_field(
+        source,
+    ))))
 }
 
 /// Mount points at or below `prefix`, deepest first; among mounts stacked on one point, the
@@ -118,6 +131,21 @@ mod tests {
         // Two mounts on one point: the later one is on top.
         assert_eq!(src("/tmp/x/mnt/img one"), Some(PathBuf::from("tmpfs")));
         assert_eq!(src("/tmp/x"), None);
+    }
+
+    #[test]
+    fn every_source_in_table_order() {
+        let all = sources(SAMPLE);
+        assert_eq!(all.len(), 6);
+        assert_eq!(
+            all[2],
+            (
+                PathBuf::from("/tmp/x/mnt/img one"),
+                PathBuf::from("/dev/loop2")
+            )
+        );
+        // The later of two mounts on one point comes later, as source_of's topmost.
+        assert_eq!(all[4].1, PathBuf::from("tmpfs"));
     }
 
     #[test]
