@@ -236,7 +236,7 @@ fn the_api_answers_while_disks_are_adopted() {
     let started = Instant::now();
     let delay = format!("disk.adopt:{ADOPT_DELAY_MS}");
     assert!(
-        daemon.spawn_with_env(&[("IMAGECACHE_FAULT_DELAY", delay.as_str())]),
+        daemon.spawn_serving_with_env(&[("IMAGECACHE_FAULT_DELAY", delay.as_str())]),
         "{}",
         daemon.log()
     );

@@ -98,12 +98,22 @@ impl TestDaemon {
     }
 
     /// Starts the daemon with `env` added to its environment (a fault point armed, say) and
-    /// waits for its socket to answer; false if the process ended first.
+    /// waits for its socket to answer with every disk adopted; false if the process ended
+    /// first.
     pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) -> bool {
+        self.spawn_until(env, |d| d.adopted())
+    }
+
+    /// As `spawn_with_env`, but returns as soon as the socket answers, disks adopted or not.
+    pub fn spawn_serving_with_env(&mut self, env: &[(&str, &str)]) -> bool {
+        self.spawn_until(env, |_| true)
+    }
+
+    fn spawn_until(&mut self, env: &[(&str, &str)], ready: impl Fn(&TestDaemon) -> bool) -> bool {
         self.launch_with_env(env);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() && ready(self) {
                 return true;
             }
             if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
@@ -111,7 +121,26 @@ impl TestDaemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("imagecached did not answer within 30 s:\n{}", self.log());
+        panic!(
+            "imagecached did not answer with every disk adopted within 30 s:\n{}",
+            self.log()
+        );
+    }
+
+    /// Whether the API answers and no disk reads `Adopting`: the daemon serves before it has
+    /// adopted the disks it finds at start, and tests that restart it and look at a disk
+    /// straight away mean the adopted disk.
+    fn adopted(&self) -> bool {
+        let out = self.cli(&["disk", "get", "-o", "json"]);
+        if !out.status.success() {
+            return false;
+        }
+        let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        !list["items"]
+            .as_array()
+            .is_some_and(|disks| disks.iter().any(|d| d["status"]["phase"] == "Adopting"))
     }
 
     /// Starts (or restarts) the daemon process and returns at once, for a caller that times
