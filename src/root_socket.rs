@@ -13,6 +13,14 @@ pub enum RootSocketError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "{key} {path} is too long for a unix socket: give a path whose directory is at most {max} bytes long"
+    )]
+    TooLong {
+        key: &'static str,
+        path: String,
+        max: usize,
+    },
     #[error("{key} {path} is in use by a running process: stop it or set another {key}")]
     InUse { key: &'static str, path: String },
     #[error("cannot listen on {key} {path}: {source}")]
@@ -22,6 +30,12 @@ pub enum RootSocketError {
         source: std::io::Error,
     },
 }
+
+/// The longest path a unix socket can be bound at (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// What the staging path adds to the socket's directory: `/.<n>.<pid>/s`, with n < 10 and a
+/// pid of up to 7 digits.
+const STAGING_LEN: usize = 13;
 
 /// Binds `socket` (the config key `key` names it; replacing a stale file, never a live
 /// socket) and returns the listener; root only may connect.
@@ -36,10 +50,25 @@ pub fn bind(socket: &Path, key: &'static str) -> Result<tokio::net::UnixListener
         path: dir.display().to_string(),
         source,
     })?;
+    let longest = socket
+        .as_os_str()
+        .len()
+        .max(dir.as_os_str().len() + STAGING_LEN);
+    if longest > MAX_SOCKET_PATH {
+        return Err(RootSocketError::TooLong {
+            key,
+            path: shown,
+            max: MAX_SOCKET_PATH - STAGING_LEN,
+        });
+    }
     if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Err(RootSocketError::InUse { key, path: shown });
     }
-    let private = dir.join(format!(".{key}-bind.{}", std::process::id()));
+    // Short names: a unix socket's path holds at most 107 bytes, and the staged path must
+    // fit wherever the configured one does (`.<n>.<pid>/s` is 13 bytes at most past `dir`).
+    static STAGED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+    let private = dir.join(format!(".{n}.{}", std::process::id()));
     // A directory left by a daemon killed between the two steps below.
     let _ = std::fs::remove_dir_all(&private);
     std::fs::DirBuilder::new()
@@ -49,7 +78,7 @@ pub fn bind(socket: &Path, key: &'static str) -> Result<tokio::net::UnixListener
             path: private.display().to_string(),
             source,
         })?;
-    let staged = private.join("root.sock");
+    let staged = private.join("s");
     let bound = tokio::net::UnixListener::bind(&staged)
         .and_then(|listener| {
             std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
@@ -108,5 +137,34 @@ pub fn admit(stream: &tokio::net::UnixStream, service: &str, client: &str) -> bo
             tracing::warn!(error = %e, "cannot read a {service} caller's credentials; refusing it");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory under a temp dir whose path is exactly `len` bytes long.
+    fn dir_of_len(base: &Path, len: usize) -> std::path::PathBuf {
+        let pad = len - base.as_os_str().len() - 1;
+        let dir = base.join("d".repeat(pad));
+        assert_eq!(dir.as_os_str().len(), len);
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_socket_binds_wherever_its_path_fits_and_a_longer_one_is_refused_clearly() {
+        let base = tempfile::tempdir().unwrap();
+        let fits = dir_of_len(base.path(), MAX_SOCKET_PATH - STAGING_LEN).join("x.sock");
+        let listener = bind(&fits, "snapshotter_socket").unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&fits).is_ok());
+        drop(listener);
+
+        let long = dir_of_len(base.path(), MAX_SOCKET_PATH - STAGING_LEN + 1).join("x.sock");
+        let e = bind(&long, "snapshotter_socket").unwrap_err().to_string();
+        assert!(
+            e.contains("snapshotter_socket") && e.contains("too long") && e.contains("94 bytes"),
+            "{e}"
+        );
     }
 }
