@@ -69,6 +69,8 @@ struct Inner {
     queue: build::queue::BuildQueue,
     /// The ceiling on loop devices the daemon holds (`max_loop_devices`).
     loops: loop_budget::LoopBudget,
+    /// Creates of client-named disks, one at a time per name.
+    disk_names: disks::named::NameLocks,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     /// The containerd snapshotter's request serialisation.
@@ -140,6 +142,7 @@ impl Daemon {
         let inner = Inner {
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads)),
             loops: loop_budget::LoopBudget::new(config.max_loop_devices, config.root.clone()),
+            disk_names: Default::default(),
             queue: build::queue::BuildQueue::default(),
             config,
             store,
