@@ -9,11 +9,15 @@
 # disk and cache is deleted and no snapshot, loop device or mount may remain.
 #
 # The driver is the ignored `soak` test of tests/crash_points.rs; it prints one line per run
-# and a tally (runs, kills, leaks, corrupt Ready snapshots, lost disks), and fails on any.
+# and a tally (runs, kills, leaks, corrupt Ready snapshots, lost disks), and fails on any, and
+# when the time bound ends the soak before its N kills happened (a soak cut short proved less
+# than was asked).
 #
 # Usage: scripts/crash-soak.sh [N] [--max-seconds S] [--seed SEED]
 #   N              kills (default 5)
-#   --max-seconds  stop starting new runs after S seconds (default 1800)
+#   --max-seconds  stop starting new runs after S seconds (default 1800), counted from the
+#                  end of the soak's set-up (registries, images, first daemon start); fewer
+#                  than N kills by then fails the soak
 #   --seed         replay the random choices of an earlier soak (it prints its seed)
 set -euo pipefail
 cd "$(dirname "$0")/.."

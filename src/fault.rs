@@ -74,6 +74,16 @@ pub const POINTS: &[&str] = &[
     "cache.delete",
     // Retention: an expired cache chosen, not yet deleted.
     "gc.collect",
+    // Inside the loop attach call (LinuxSys): the kernel bound the file to the device, the
+    // caller not yet told which (`:n` for the n-th attach).
+    "loop.attached",
+    // Inside the mount calls (LinuxSys, plain and beneath a root): mounted, the caller not
+    // yet told (`:n` for the n-th mount).
+    "mount.mounted",
+    // Snapshot commit: the image renamed into the staging directory, no manifest beside it.
+    "snapshot.staged",
+    // Snapshot commit: the staging directory renamed to the digest's, the rename not synced.
+    "snapshot.renamed",
     // Snapshotter Prepare: the record written, its directories not yet made.
     "snapshotter.prepare",
     // Snapshotter Commit: committed in the store, the work directory not yet removed.

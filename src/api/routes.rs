@@ -128,6 +128,8 @@ fn render(reply: Reply, created: bool) -> Response {
         Reply::Deleted(message) => (code, Json(Status::success(message))).into_response(),
         Reply::Verify(v) => (code, Json(v)).into_response(),
         Reply::Disk(disk) => (code, Json(disk)).into_response(),
+        // Nothing was created: the retry of a create whose 201 was lost.
+        Reply::ExistingDisk(disk) => (StatusCode::OK, Json(disk)).into_response(),
         Reply::DiskList(l) => (code, Json(l)).into_response(),
         Reply::Info(i) => (code, Json(i)).into_response(),
         // The API sends no snapshotter requests, so none is answered here.

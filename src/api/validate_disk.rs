@@ -32,6 +32,31 @@ pub fn parse_disk_request(value: serde_json::Value) -> Result<Disk, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("malformed Disk: {e}")))
 }
 
+/// The longest disk name: a DNS-1123 label, as Kubernetes allows for names made from a
+/// pod's UID or name.
+pub const MAX_DISK_NAME: usize = 63;
+
+/// Checks a client-given disk name: a DNS-1123 label (it names the disk's file and mount
+/// directory under the state root, and goes into pods' annotations as it is).
+pub fn check_disk_name(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_DISK_NAME
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric();
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "{name:?} is not a DNS-1123 label: use 1 to {MAX_DISK_NAME} lowercase letters, digits \
+         and '-', starting and ending with a letter or digit (a pod's UID is one), or leave \
+         metadata.name out for a generated disk-… name"
+    ))
+}
+
 pub fn validate_disk(disk: Disk) -> Result<ValidDisk, ApiError> {
     let mut causes = Vec::new();
     let mut invalid = |field: &str, message: String| {
@@ -55,6 +80,10 @@ pub fn validate_disk(disk: Disk) -> Result<ValidDisk, ApiError> {
                 disk.kind
             ),
         );
+    }
+    let name = (!disk.metadata.name.is_empty()).then(|| disk.metadata.name.clone());
+    if let Some(Err(message)) = name.as_deref().map(check_disk_name) {
+        invalid("metadata.name", message);
     }
     let spec = disk.spec.clone();
     let mut raw_images: Vec<String> = spec.images.clone();
@@ -146,6 +175,7 @@ pub fn validate_disk(disk: Disk) -> Result<ValidDisk, ApiError> {
         });
     }
     Ok(ValidDisk {
+        name,
         images,
         annotations,
         cache,
@@ -223,6 +253,53 @@ mod tests {
             ok.mountpoint,
             Some(Some(PathBuf::from("/var/lib/imagecache/disks/pod-a/mnt")))
         );
+    }
+
+    #[test]
+    fn disk_names_are_dns_labels() {
+        let named = |name: &str| Disk {
+            api_version: API_VERSION.into(),
+            kind: KIND_DISK.into(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            },
+            spec: DiskSpec {
+                images: vec!["nginx".into()],
+                ..Default::default()
+            },
+            status: None,
+        };
+        for good in [
+            "a",
+            "pod-0d6f3c1e-7b2a-4c55-9e61-5a1f0b2c3d4e",
+            "0",
+            &"x".repeat(63),
+        ] {
+            let v = validate_disk(named(good)).unwrap();
+            assert_eq!(v.name.as_deref(), Some(good));
+        }
+        assert_eq!(validate_disk(named("")).unwrap().name, None);
+        for bad in [
+            "Pod-A",
+            "-a",
+            "a-",
+            "a.b",
+            "a_b",
+            "a/b",
+            "..",
+            "a b",
+            &"x".repeat(64),
+        ] {
+            match validate_disk(named(bad)) {
+                Err(ApiError::Invalid { causes, .. }) => {
+                    assert_eq!(causes.len(), 1, "{bad:?}: {causes:?}");
+                    assert_eq!(causes[0].field, "metadata.name", "{bad:?}");
+                    assert!(causes[0].message.contains("DNS-1123 label"), "{causes:?}");
+                }
+                other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["pod", "image"])))]
 pub struct CreateArgs {
+    /// The disk's name (a DNS-1123 label, say made from the pod's UID); by default the
+    /// daemon generates `disk-…`. Sending the same create again answers the disk made the
+    /// first time (with a new bind token) instead of making a second; a different request
+    /// under a taken name is refused.
+    #[arg(long)]
+    pub name: Option<String>,
     /// A Pod manifest (YAML or JSON; "-" for standard input): its containers' and
     /// initContainers' images, and its annotations for cache selection.
     #[arg(long)]
@@ -104,7 +110,10 @@ async fn create(client: &Client, a: CreateArgs) -> Result<()> {
     let disk = Disk {
         api_version: API_VERSION.into(),
         kind: KIND_DISK.into(),
-        metadata: Default::default(),
+        metadata: crate::api::ObjectMeta {
+            name: a.name.clone().unwrap_or_default(),
+            ..Default::default()
+        },
         spec: DiskSpec {
             pod,
             images: a.image.clone(),
@@ -119,6 +128,8 @@ async fn create(client: &Client, a: CreateArgs) -> Result<()> {
     let answer = client
         .post(DISKS, serde_json::to_vec(&disk)?, "application/json")
         .await?;
+    // 200, not 201: the disk of this name was made by an earlier create of the same request.
+    let existed = answer.code == 200;
     let mut created: Disk = answer.json()?;
     let id = created.metadata.name.clone();
     let mut body = answer.body;
@@ -152,7 +163,8 @@ async fn create(client: &Client, a: CreateArgs) -> Result<()> {
                 .as_ref()
                 .context("the daemon returned a disk without status")?;
             println!(
-                "disk.imagecache.io/{id} {}: {} {} ({} GiB, cache {}, ready in {:.1} ms)",
+                "disk.imagecache.io/{id} {}{}: {} {} ({} GiB, cache {}, ready in {:.1} ms)",
+                if existed { "(existing) " } else { "" },
                 s.phase,
                 s.device.as_deref().unwrap_or("-"),
                 s.mountpoint.as_deref().unwrap_or("(not mounted)"),

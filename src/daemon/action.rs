@@ -26,7 +26,9 @@ pub enum Action {
     /// imports it (`imagecache pull`); answers the cache as created.
     PullSnapshot(crate::objects::SnapshotPull),
     /// Select a cache for a pod (matching.rs), clone it into a new disk, attach and mount it;
-    /// images the cache lacks are pulled into the disk in the background.
+    /// images the cache lacks are pulled into the disk in the background. A request that
+    /// names a disk that exists answers it (`Reply::ExistingDisk`) when it is the request
+    /// the disk was made from, and fails with Conflict when it is not.
     CreateDisk(Box<ValidDisk>),
     GetDisk(String),
     ListDisks,
@@ -63,6 +65,8 @@ pub enum Reply {
     Deleted(String),
     Verify(VerifyResult),
     Disk(Box<Disk>),
+    /// A create named a disk that exists and asked for what it is: that disk, nothing made.
+    ExistingDisk(Box<Disk>),
     DiskList(DiskList),
     Info(serde_json::Value),
     Snapshot(SnapshotReply),

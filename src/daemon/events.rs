@@ -40,7 +40,7 @@ pub fn stamp_reply(mut reply: Reply) -> Reply {
     match &mut reply {
         Reply::ImageCache(c) => stamp_cache(c),
         Reply::ImageCacheList(l) => l.items.iter_mut().for_each(stamp_cache),
-        Reply::Disk(disk) => stamp_disk(disk),
+        Reply::Disk(disk) | Reply::ExistingDisk(disk) => stamp_disk(disk),
         Reply::DiskList(l) => l.items.iter_mut().for_each(stamp_disk),
         Reply::Deleted(_) | Reply::Verify(_) | Reply::Info(_) | Reply::Snapshot(_) => {}
     }

@@ -71,6 +71,8 @@ struct Inner {
     loops: loop_budget::LoopBudget,
     /// The disks a restart has not yet put back (disks/adoption.rs).
     adoption: disks::adoption::Adoption,
+    /// Creates of client-named disks, one at a time per name.
+    disk_names: disks::named::NameLocks,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     /// The containerd snapshotter's request serialisation.
@@ -144,6 +146,7 @@ impl Daemon {
         let inner = Inner {
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads)),
             loops: loop_budget::LoopBudget::new(config.max_loop_devices, config.root.clone()),
+            disk_names: Default::default(),
             queue: build::queue::BuildQueue::default(),
             adoption: Default::default(),
             config,

@@ -65,7 +65,7 @@ impl Unrecorded {
         match reply {
             Reply::ImageCache(c) => cache(c),
             Reply::ImageCacheList(l) => l.items.iter_mut().for_each(cache),
-            Reply::Disk(d) => disk(d),
+            Reply::Disk(d) | Reply::ExistingDisk(d) => disk(d),
             Reply::DiskList(l) => l.items.iter_mut().for_each(disk),
             Reply::Deleted(_) | Reply::Verify(_) | Reply::Info(_) | Reply::Snapshot(_) => {}
         }

@@ -209,6 +209,39 @@ impl DiskError {
         }
     }
 
+    /// The host's filesystem (or the quota on it) had no room for the disk's file: ENOSPC or
+    /// EDQUOT while creating, cloning, copying, growing or formatting it. The same errno from
+    /// the loop driver means no device is left, which `is_loop_shortage` answers.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            DiskError::Attach { .. } => false,
+            DiskError::Leftover { cause, .. } => cause.is_no_space(),
+            // The tools print strerror; their exit status says only "failed".
+            DiskError::ToolFailed { output, .. } => {
+                output.contains("No space left on device") || output.contains("Disk quota exceeded")
+            }
+            _ => {
+                let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+                while let Some(e) = next {
+                    let errno = e
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        .or_else(|| {
+                            e.downcast_ref::<SysError>()
+                                .and_then(SysError::raw_os_error)
+                        });
+                    if errno.is_some_and(|n| {
+                        crate::sys::fsops::is_no_space(Errno::from_raw_os_error(n))
+                    }) {
+                        return true;
+                    }
+                    next = e.source();
+                }
+                false
+            }
+        }
+    }
+
     pub fn is_loop_shortage(&self) -> bool {
         match self {
             DiskError::Attach { source, .. } => source.is_loop_shortage(),

@@ -19,6 +19,10 @@ pub struct ValidImageCache {
 /// matching needs, and what the Disk object keeps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidDisk {
+    /// The disk's `metadata.name` when the request gave one (a DNS-1123 label): a create of
+    /// a name that exists answers that disk instead of making another. `None`: the daemon
+    /// names it `disk-<16 hex>`.
+    pub name: Option<String>,
     pub images: Vec<ImageReference>,
     pub annotations: BTreeMap<String, String>,
     /// `--cache ID`; `None` for automatic matching.

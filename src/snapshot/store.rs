@@ -154,6 +154,7 @@ impl SnapshotStore {
                 return Err(SnapshotError::io("rename", &final_dir, e));
             }
         }
+        crate::fault::point("snapshot.renamed");
         fsync_dir(&algo_dir)?;
         tracing::info!(%digest, data_bytes = manifest.data_bytes(), "snapshot committed");
         Ok(self.snapshot_from(&digest, final_dir, manifest))
@@ -171,6 +172,7 @@ impl SnapshotStore {
                 SnapshotError::io("rename", image, e)
             }
         })?;
+        crate::fault::point("snapshot.staged");
         let manifest_path = staging.join(MANIFEST_NAME);
         let mut out = OpenOptions::new()
             .write(true)

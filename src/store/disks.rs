@@ -35,9 +35,50 @@ impl Store {
         .execute(params![disk.metadata.name, phase, digest, json])?;
         tx.prepare_cached("INSERT INTO disk_bind_tokens (disk_id, sha256) VALUES (?1, ?2)")?
             .execute(params![disk.metadata.name, &bind_sha256[..]])?;
+        // A named disk's create is finished the moment its row exists.
+        tx.prepare_cached("DELETE FROM disk_creates WHERE name = ?1")?
+            .execute([&disk.metadata.name])?;
         tx.commit()?;
         self.disks.insert(&disk.metadata.name, disk.clone());
         Ok(())
+    }
+
+    /// Gives stored disk `id` a new bind token's digest: the earlier token stops binding.
+    pub fn replace_disk_bind_sha256(&self, id: &str, bind_sha256: &[u8; 32]) -> Result<()> {
+        let changed = self
+            .conn()
+            .prepare_cached("UPDATE disk_bind_tokens SET sha256 = ?2 WHERE disk_id = ?1")?
+            .execute(params![id, &bind_sha256[..]])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("bind token of Disk {id:?}")));
+        }
+        Ok(())
+    }
+
+    /// Records that the disk named `name` is being made, before anything of it exists.
+    pub fn begin_disk_create(&self, name: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached("INSERT OR IGNORE INTO disk_creates (name) VALUES (?1)")?
+            .execute([name])?;
+        Ok(())
+    }
+
+    /// The named disk is stored, or nothing of it is left.
+    pub fn end_disk_create(&self, name: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached("DELETE FROM disk_creates WHERE name = ?1")?
+            .execute([name])?;
+        Ok(())
+    }
+
+    /// Names of disks whose create began and neither finished nor was undone.
+    pub fn disk_creates(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT name FROM disk_creates ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(names)
     }
 
     /// The sha256 of disk `id`'s bind token; None for a disk made before disks had tokens

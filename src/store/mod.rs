@@ -31,6 +31,17 @@ pub enum StoreError {
     NotFound(String),
 }
 
+impl StoreError {
+    /// The write failed for want of room on the filesystem holding state.db (SQLITE_FULL).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// A build in progress: its work directory is cleaned (or resumed) at restart.

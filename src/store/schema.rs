@@ -77,6 +77,14 @@ const MIGRATIONS: &[&str] = &[
         sha256 BLOB NOT NULL
     );
 "#,
+    // Client-named disks being made: written before the disk's file exists, removed with the
+    // disk's own row written (or the create undone), so the start after a crash knows which
+    // names under disks/ are unfinished disks and not a caller's directories.
+    r#"
+    CREATE TABLE disk_creates (
+        name TEXT PRIMARY KEY
+    );
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

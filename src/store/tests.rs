@@ -238,3 +238,27 @@ fn a_disks_bind_digest_is_kept_across_a_reopen_and_goes_with_the_disk() {
     let served = serde_json::to_string(&s.get_disk("d1").unwrap().unwrap()).unwrap();
     assert!(!served.contains("bindToken"), "{served}");
 }
+
+#[test]
+fn a_named_disks_create_is_recorded_until_the_disk_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.begin_disk_create("pod-a").unwrap();
+        s.begin_disk_create("pod-b").unwrap();
+        // Twice is once.
+        s.begin_disk_create("pod-a").unwrap();
+        // Storing the disk ends its create in the same transaction.
+        s.insert_disk(&disk("pod-b"), &[1; 32]).unwrap();
+    }
+    // What a crash leaves: the unfinished name, after a reopen.
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.disk_creates().unwrap(), vec!["pod-a".to_owned()]);
+    s.end_disk_create("pod-a").unwrap();
+    assert!(s.disk_creates().unwrap().is_empty());
+    // A retry's new token replaces the digest; a disk that is not stored has none to replace.
+    s.replace_disk_bind_sha256("pod-b", &[2; 32]).unwrap();
+    assert_eq!(s.disk_bind_sha256("pod-b").unwrap(), Some([2; 32]));
+    assert!(s.replace_disk_bind_sha256("pod-a", &[2; 32]).is_err());
+}

@@ -62,7 +62,9 @@ impl Sys for LinuxSys {
         };
         tracing::debug!(?source, ?target, fstype, ?opts, ?data, "mount");
         rustix::mount::mount(source, target, fstype, flags, data.as_deref())
-            .map_err(|e| SysError::io("mount", target, e))
+            .map_err(|e| SysError::io("mount", target, e))?;
+        crate::fault::point("mount.mounted");
+        Ok(())
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {

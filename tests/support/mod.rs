@@ -9,6 +9,7 @@ pub mod cri;
 pub mod daemon;
 pub mod gen;
 pub mod hostile_registry;
+pub mod http;
 pub mod oci;
 pub mod oracle;
 pub mod proxy;

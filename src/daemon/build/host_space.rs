@@ -12,6 +12,15 @@ use super::error::BuildError;
 /// before the last block is used (metadata, reservations), so "zero free" is never seen.
 const NEARLY_FULL_BYTES: u64 = 32 << 20;
 
+/// The free and total bytes of the filesystem holding `path` when it is (nearly) full; None
+/// when it is not, or cannot be asked.
+pub(crate) fn nearly_full(path: &Path) -> Option<(u64, u64)> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let total = st.f_blocks.saturating_mul(st.f_frsize);
+    (free < NEARLY_FULL_BYTES.max(total / 200)).then_some((free, total))
+}
+
 /// `error`, or a [`BuildError::HostFull`] wrapping it when the filesystem holding `work_dir`
 /// (under the state root `root`) is full.
 pub fn explain(work_dir: &Path, root: &Path, error: BuildError) -> BuildError {
@@ -23,14 +32,9 @@ pub fn explain(work_dir: &Path, root: &Path, error: BuildError) -> BuildError {
     ) {
         return error;
     }
-    let Ok(st) = rustix::fs::statvfs(work_dir) else {
+    let Some((free, total)) = nearly_full(work_dir) else {
         return error;
     };
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    let total = st.f_blocks.saturating_mul(st.f_frsize);
-    if free >= NEARLY_FULL_BYTES.max(total / 200) {
-        return error;
-    }
     BuildError::HostFull {
         root: root.to_owned(),
         free,

@@ -6,7 +6,7 @@ mod auto_size;
 mod error;
 pub(crate) mod fill;
 mod freeze;
-mod host_space;
+pub(crate) mod host_space;
 mod keyring;
 mod layers;
 pub(crate) mod plan;

@@ -74,10 +74,24 @@ pub(super) async fn clone_disk(
     .map_err(DaemonError::Internal)?;
     created.map_err(|e| {
         warn!(disk = %id, error = %e, "disk creation failed");
-        let message = format!("cannot create the disk: {e}");
-        // No loop device to be had is the node's shortage, not a fault in the daemon: the
-        // caller is told it may try again (503) once devices are freed.
-        let kind = if e.loop_shortage {
+        let root = &d.inner.config.root;
+        // The errno says so, or (a tool's failure, a grown image's) the filesystem does.
+        let full = (!e.loop_shortage && !e.refused_mount_path)
+            .then(|| {
+                let state = crate::daemon::build::host_space::nearly_full(root);
+                (e.no_space || state.is_some()).then_some(state)
+            })
+            .flatten();
+        let message = match full {
+            Some(state) => {
+                d.metrics().error("host_full");
+                host_full_message(root, state, &e)
+            }
+            None => format!("cannot create the disk: {e}"),
+        };
+        // No loop device or no room to be had is the node's shortage, not a fault in the
+        // daemon: the caller is told it may try again (503) once some is freed.
+        let kind = if e.loop_shortage || full.is_some() {
             DaemonError::Unavailable
         } else if e.refused_mount_path {
             // The path the request named cannot be mounted on safely: the caller's to change.
@@ -92,16 +106,38 @@ pub(super) async fn clone_disk(
     })
 }
 
+/// What a create refused for a full host says: which filesystem, how full, what to free.
+pub(super) fn host_full_message(
+    root: &std::path::Path,
+    state: Option<(u64, u64)>,
+    e: &dyn std::fmt::Display,
+) -> String {
+    use crate::daemon::clock::human_bytes;
+    let how_full = match state {
+        Some((free, total)) => format!(" ({} free of {})", human_bytes(free), human_bytes(total)),
+        None => String::new(),
+    };
+    format!(
+        "no disk was created: the host filesystem holding the state root {} is full{how_full}, \
+         so the disk's file could not be made ({e}); free space there (delete disks no longer \
+         used, `imagecache disk get`, or caches nothing needs, `imagecache get`) or give the \
+         state root a larger filesystem, then retry",
+        root.display()
+    )
+}
+
 fn refused_mount_path(message: String) -> DaemonError {
     DaemonError::invalid_field(crate::objects::KIND_DISK, "", "spec.mountPath", message)
 }
 
 /// Why the blocking part of a disk create failed, and whether for want of a loop device or
-/// for its mount path.
+/// of room on the host, or for its mount path.
 struct Failure {
     message: String,
     loop_shortage: bool,
     refused_mount_path: bool,
+    /// ENOSPC or EDQUOT from the host's filesystem.
+    no_space: bool,
 }
 
 impl Failure {
@@ -110,6 +146,7 @@ impl Failure {
             message: e.to_string(),
             loop_shortage: false,
             refused_mount_path: false,
+            no_space: false,
         }
     }
 }
@@ -119,6 +156,7 @@ impl From<disk::DiskError> for Failure {
         Failure {
             loop_shortage: e.is_loop_shortage(),
             refused_mount_path: e.is_refused_mount_path(),
+            no_space: e.is_no_space(),
             message: e.to_string(),
         }
     }

@@ -5,7 +5,7 @@ use tracing::{error, info};
 use super::clone::{clone_disk, hold_snapshot};
 use super::object::{disk_object, Made};
 use super::pull::PullJob;
-use super::{auto_cache, internal, pull, select, token};
+use super::{auto_cache, internal, named, pull, select, token};
 use crate::daemon::loop_budget::{AtCeiling, LoopLease};
 use crate::daemon::{clock, ids, Daemon, DaemonError, Reply};
 use crate::mount_path::MountTarget;
@@ -53,9 +53,22 @@ fn loop_lease(d: &Daemon) -> Result<LoopLease, DaemonError> {
     }
 }
 
+/// A disk for `req`: made under a generated `disk-…` id, or under the request's own name,
+/// where a disk of that name already there is answered instead (named.rs).
 pub async fn create(d: &Daemon, req: ValidDisk) -> Result<Reply, DaemonError> {
+    let Some(name) = req.name.clone() else {
+        return make(d, req, ids::new_disk_id()).await;
+    };
+    let _one_at_a_time = d.inner.disk_names.lock(&name).await;
+    if let Some(reply) = named::existing(d, &name, &req)? {
+        return Ok(reply);
+    }
+    let _pending = named::Pending::begin(d, &name)?;
+    make(d, req, name).await
+}
+
+async fn make(d: &Daemon, req: ValidDisk, id: String) -> Result<Reply, DaemonError> {
     let plan = select::check_credentials(d, &req, select::plan(d, &req)?).await;
-    let id = ids::new_disk_id();
     let mountpoint = req
         .mountpoint
         .clone()

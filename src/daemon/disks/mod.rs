@@ -10,6 +10,7 @@ pub(crate) mod auto_cache;
 mod clone;
 mod create;
 mod grown;
+pub(crate) mod named;
 mod object;
 mod orphans;
 mod pull;

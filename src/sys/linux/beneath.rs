@@ -144,7 +144,10 @@ pub fn mount(
     let at = target.path();
     tracing::debug!(?source, target = ?at, fstype, ?opts, data, "mount beneath");
     match mount_on(&dir, source, fstype, opts, data) {
-        Ok(()) => Ok(made),
+        Ok(()) => {
+            crate::fault::point("mount.mounted");
+            Ok(made)
+        }
         Err(e) => Err(undo_dirs(made, errno("mount", &at, e))),
     }
 }

@@ -121,6 +121,7 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
         match configure(&device, config_for(&backing, file, opts, direct_io)) {
             Ok(()) => {
                 tracing::debug!(?file, device = ?path, ?opts, direct_io, "attached loop device");
+                crate::fault::point("loop.attached");
                 // Without autoclear the binding outlives any fd; holding one would only
                 // turn a later LOOP_CLR_FD into a deferred detach.
                 return Ok(if opts.autoclear {
