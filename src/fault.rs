@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 
 use rustix::io::Errno;
 
-use crate::sys::errname;
+use crate::errname;
 
 /// Arms one point: `<name>` or `<name>:<n>`.
 pub const ENV: &str = "IMAGECACHE_FAULT_POINT";

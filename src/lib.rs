@@ -11,6 +11,7 @@ pub mod config;
 pub mod cri;
 pub mod daemon;
 pub mod disk;
+pub mod errname;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;

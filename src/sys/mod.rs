@@ -7,7 +7,6 @@
 //! fd (openat2 RESOLVE_BENEATH, mknodat, xattrs, ownership, times); `linux::peer_groups`
 //! reads an API caller's groups off its connection (SO_PEERGROUPS).
 
-pub mod errname;
 pub mod fake;
 pub mod fsops;
 mod fstype;
@@ -53,7 +52,7 @@ pub enum SysError {
          free some with `losetup -d` (`losetup -a` lists them and their files) or raise the \
          loop module's max_loop (`max_loop=` on the kernel command line, or \
          `modprobe loop max_loop=N`), then retry",
-        errname::name_of_raw(source.raw_os_error().unwrap_or_default())
+        crate::errname::name_of_raw(source.raw_os_error().unwrap_or_default())
     )]
     NoLoopDevice {
         op: &'static str,
