@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::image::{self, BLOCK_SIZE};
+use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
 use crate::sys::{LoopOptions, MountOptions, Sys};
 
 use super::error::{DiskError, Result};
@@ -86,29 +87,31 @@ pub fn mount_backing_image(
         direct_io: true,
         autoclear: true,
     };
-    let mut device = match sys.attach_loop(backing_image, loop_opts) {
-        Ok(d) => d,
-        Err(source) => {
+    let mount = MountSpec {
+        at: MountAt::Path(root),
+        fstype: "xfs",
+        opts: MountOptions::default(),
+        data: "",
+    };
+    let mut device = match attach_and_mount(sys, backing_image, loop_opts, Some(mount), None) {
+        Ok(attached) => attached.device,
+        Err(AttachMountError::Attach { source, .. }) => {
             undo_file();
             return Err(DiskError::Attach {
                 image: backing_image.to_owned(),
                 source: Box::new(source),
             });
         }
-    };
-    if let Err(source) = sys.mount(&device.path, root, "xfs", MountOptions::default(), "") {
-        if let Err(e) = sys.detach_loop_of(&device.path, backing_image) {
-            tracing::warn!(device = ?device.path, error = %e, "cannot detach backing image");
+        Err(AttachMountError::Mount { device, source, .. }) => {
+            undo_file();
+            return Err(DiskError::Mount {
+                image: backing_image.to_owned(),
+                device,
+                mountpoint: root.to_owned(),
+                source: Box::new(source),
+            });
         }
-        device.release();
-        undo_file();
-        return Err(DiskError::Mount {
-            image: backing_image.to_owned(),
-            device: device.path.clone(),
-            mountpoint: root.to_owned(),
-            source: Box::new(source),
-        });
-    }
+    };
     device.release();
     tracing::info!(?backing_image, ?root, device = ?device.path, "backing image mounted");
 

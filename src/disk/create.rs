@@ -8,6 +8,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 
 use crate::image::{self, ImageError, MountConfig, BLOCK_SIZE};
+use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
 use crate::sys::{FsType, LoopDevice, LoopOptions, MountOptions, MountTarget, Sys, SysError};
 
 use super::error::{DiskError, Result};
@@ -79,7 +80,6 @@ fn build(
         timings.grow_ms = ms(started);
     }
 
-    let started = Instant::now();
     let loop_opts = LoopOptions {
         read_only: config.read_only,
         direct_io: config.direct_io,
@@ -87,32 +87,44 @@ fn build(
         // to hold it, so autoclear would detach it as soon as our fd closed.
         autoclear: opts.mountpoint.is_some(),
     };
-    let device = sys
-        .attach_loop(image, loop_opts)
-        .map_err(|source| DiskError::Attach {
-            image: image.to_owned(),
-            source: Box::new(source),
-        })?;
-    let device_path = device.path.clone();
-    undo.device = Some(device);
-    timings.attach_ms = ms(started);
-    crate::fault::point("disk.attach");
-
-    if let Some(target) = &opts.mountpoint {
-        let started = Instant::now();
-        let mount_opts = MountOptions {
+    // Never through a symlink: the mount lands on the directory the walk opened beneath
+    // the target's root, whatever is renamed or swapped meanwhile.
+    let mount = opts.mountpoint.as_ref().map(|target| MountSpec {
+        at: MountAt::Beneath(target),
+        fstype: "ext4",
+        opts: MountOptions {
             read_only: config.read_only,
             // Pod data behaves like any disk's: relatime, barriers on.
             noatime: false,
-        };
-        // Never through a symlink: the mount lands on the directory the walk opened beneath
-        // the target's root, whatever is renamed or swapped meanwhile.
-        undo.created_dirs = sys
-            .mount_beneath(&device_path, target, "ext4", mount_opts, &config.data)
-            .map_err(|source| DiskError::mount(image, &device_path, target.path(), source))?;
-        undo.mounted = Some(target.path());
-        timings.mount_ms = ms(started);
-    }
+        },
+        data: &config.data,
+    });
+    let attached = attach_and_mount(sys, image, loop_opts, mount, Some("disk.attach")).map_err(
+        |e| match e {
+            AttachMountError::Attach { source, .. } => DiskError::Attach {
+                image: image.to_owned(),
+                source: Box::new(source),
+            },
+            AttachMountError::Mount {
+                device,
+                at,
+                source,
+                left_attached,
+            } => {
+                if let Some(e) = left_attached {
+                    let shown = device.display();
+                    undo.left_behind(e.to_string(), format!("loop device {shown}"));
+                }
+                DiskError::mount(image, &device, at, source)
+            }
+        },
+    )?;
+    let device_path = attached.device.path.clone();
+    timings.attach_ms = attached.attach_time.as_secs_f64() * 1e3;
+    timings.mount_ms = attached.mount_time.as_secs_f64() * 1e3;
+    undo.created_dirs = attached.created_dirs;
+    undo.mounted = attached.mountpoint;
+    undo.device = Some(attached.device);
 
     Ok(Disk {
         image: image.to_owned(),
@@ -235,6 +247,8 @@ struct Undo<'s> {
     device: Option<LoopDevice>,
     created_dirs: Vec<PathBuf>,
     mounted: Option<PathBuf>,
+    /// What a step already failed to undo itself: (the problem, what is left).
+    left: Vec<(String, String)>,
 }
 
 impl<'s> Undo<'s> {
@@ -246,7 +260,13 @@ impl<'s> Undo<'s> {
             device: None,
             created_dirs: Vec::new(),
             mounted: None,
+            left: Vec::new(),
         }
+    }
+
+    /// Something a failed step could not undo itself, for the report.
+    fn left_behind(&mut self, problem: String, leftover: String) {
+        self.left.push((problem, leftover));
     }
 
     /// The disk is complete: let go of the loop device handle (the mount, or the
@@ -261,8 +281,7 @@ impl<'s> Undo<'s> {
     }
 
     fn run(mut self, cause: DiskError) -> DiskError {
-        let mut problems = Vec::new();
-        let mut leftovers = Vec::new();
+        let (mut problems, mut leftovers): (Vec<_>, Vec<_>) = self.left.drain(..).unzip();
         if let Some(mountpoint) = self.mounted.take() {
             if let Err(e) = crate::sys::unmount_settled_nofollow(self.sys, &mountpoint) {
                 problems.push(e.to_string());

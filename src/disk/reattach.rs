@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::image::MountConfig;
+use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
 use crate::sys::{LoopOptions, MountOptions, MountTarget, Sys};
 
 use super::Attachments;
@@ -62,37 +63,34 @@ pub fn reattach(
         .map(|at| MountTarget::beneath_any(mount_roots, at))
         .transpose()?;
     let config = MountConfig::writable();
-    let mut device = sys
-        .attach_loop(
-            image,
-            LoopOptions {
-                read_only: config.read_only,
-                direct_io: config.direct_io,
-                autoclear: target.is_some(),
-            },
-        )
-        .map_err(|source| DiskError::Attach {
-            image: image.to_owned(),
-            source: Box::new(source),
-        })?;
-    let path = device.path.clone();
-    if let Some(target) = &target {
-        let opts = MountOptions {
+    let loop_opts = LoopOptions {
+        read_only: config.read_only,
+        direct_io: config.direct_io,
+        autoclear: target.is_some(),
+    };
+    let mount = target.as_ref().map(|target| MountSpec {
+        at: MountAt::Beneath(target),
+        fstype: "ext4",
+        opts: MountOptions {
             read_only: config.read_only,
             noatime: false,
-        };
-        let mounted = sys
-            .mount_beneath(&path, target, "ext4", opts, &config.data)
-            .map(drop)
-            .map_err(|source| DiskError::mount(image, &path, target.path(), source));
-        if let Err(e) = mounted {
-            if let Err(d) = sys.detach_loop_of(&path, image) {
-                tracing::warn!(device = %path.display(), error = %d, "cannot detach the loop device of a disk that did not mount");
-            }
-            device.release();
-            return Err(e);
+        },
+        data: &config.data,
+    });
+    let mut device = match attach_and_mount(sys, image, loop_opts, mount, None) {
+        Ok(attached) => attached.device,
+        Err(AttachMountError::Attach { source, .. }) => {
+            return Err(DiskError::Attach {
+                image: image.to_owned(),
+                source: Box::new(source),
+            })
         }
-    }
+        Err(AttachMountError::Mount {
+            device, at, source, ..
+        }) => return Err(DiskError::mount(image, &device, at, source)),
+    };
     device.release();
-    Ok(Reattached::Again { device: path })
+    Ok(Reattached::Again {
+        device: device.path,
+    })
 }

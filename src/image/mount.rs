@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
 use crate::sys::{LoopDevice, LoopOptions, MountOptions, Sys};
 
 use super::error::{ImageError, Result};
@@ -96,26 +97,31 @@ pub fn mount<'s>(
         direct_io: config.direct_io,
         autoclear: true,
     };
-    let device = sys
-        .attach_loop(file, loop_opts)
-        .map_err(|source| ImageError::Attach {
-            file: file.to_owned(),
-            source,
-        })?;
-    let mount_opts = MountOptions {
-        read_only: config.read_only,
-        noatime: true,
+    let mount = MountSpec {
+        at: MountAt::Path(mountpoint),
+        fstype: "ext4",
+        opts: MountOptions {
+            read_only: config.read_only,
+            noatime: true,
+        },
+        data: &config.data,
     };
-    if let Err(source) = sys.mount(&device.path, mountpoint, "ext4", mount_opts, &config.data) {
-        if let Err(e) = sys.detach_loop(&device.path) {
-            tracing::warn!(device = ?device.path, error = %e, "cannot detach after failed mount");
+    let device = match attach_and_mount(sys, file, loop_opts, Some(mount), None) {
+        Ok(attached) => attached.device,
+        Err(AttachMountError::Attach { source, .. }) => {
+            return Err(ImageError::Attach {
+                file: file.to_owned(),
+                source,
+            })
         }
-        return Err(ImageError::Mount {
-            file: file.to_owned(),
-            mountpoint: mountpoint.to_owned(),
-            source,
-        });
-    }
+        Err(AttachMountError::Mount { source, .. }) => {
+            return Err(ImageError::Mount {
+                file: file.to_owned(),
+                mountpoint: mountpoint.to_owned(),
+                source,
+            })
+        }
+    };
     for &(name, value) in &config.tunables {
         // Only ever a speed-up: a kernel without the tunable builds the same image.
         if let Err(e) = sys.tune_ext4(&device.path, name, value) {

@@ -7,6 +7,7 @@
 //! fd (openat2 RESOLVE_BENEATH, mknodat, xattrs, ownership, times); `linux::peer_groups`
 //! reads an API caller's groups off its connection (SO_PEERGROUPS).
 
+pub mod attach_mount;
 pub mod fake;
 pub mod fsops;
 mod fstype;

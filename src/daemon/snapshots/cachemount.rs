@@ -8,9 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{paths, Daemon, Result, SnapshotError};
+use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
 use crate::sys::{LoopOptions, MountOptions};
 
 /// Mounts the frozen image of `digest` unless it is mounted already; returns the mountpoint.
@@ -33,22 +34,26 @@ pub fn ensure_mounted(d: &Daemon, digest: &str) -> Result<PathBuf> {
         direct_io: true,
         autoclear: true,
     };
-    let mut device = sys.attach_loop(&file, opts)?;
-    let mount_opts = MountOptions {
-        read_only: true,
-        noatime: true,
+    let mount = MountSpec {
+        at: MountAt::Path(&at),
+        fstype: "ext4",
+        opts: MountOptions {
+            read_only: true,
+            noatime: true,
+        },
+        // A frozen image is never written, not even by a journal replay.
+        data: "noload",
     };
-    // `noload`: a frozen image is never written, not even by a journal replay.
-    if let Err(e) = sys.mount(&device.path, &at, "ext4", mount_opts, "noload") {
-        if let Err(de) = sys.detach_loop(&device.path) {
-            warn!(device = ?device.path, error = %de, "cannot detach after a failed mount");
+    let mut device = match attach_and_mount(sys, &file, opts, Some(mount), None) {
+        Ok(attached) => attached.device,
+        Err(AttachMountError::Attach { source, .. }) => return Err(source.into()),
+        Err(e @ AttachMountError::Mount { .. }) => {
+            return Err(SnapshotError::Internal(format!(
+                "cannot mount cache image {}: {e}",
+                file.display()
+            )))
         }
-        return Err(SnapshotError::Internal(format!(
-            "cannot mount cache image {} at {}: {e}",
-            file.display(),
-            at.display()
-        )));
-    }
+    };
     // The mount now holds the autoclear device.
     device.release();
     d.inner.store.ctr_hold_snapshot(digest)?;
