@@ -6,7 +6,7 @@ use super::{Result, Store, StoreError};
 use crate::objects::{Disk, DiskPhase};
 
 pub(super) fn parse_disk(json: &str) -> Result<Disk> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("Disk: {e}")))
+    super::lenient::from_row(json).map_err(|e| StoreError::Corrupt(format!("Disk: {e}")))
 }
 
 fn columns(disk: &Disk) -> Result<(String, Option<String>, String)> {

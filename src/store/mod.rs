@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod disks;
+mod lenient;
 mod mirror;
 mod refs;
 mod schema;
@@ -335,7 +336,7 @@ fn mirrors(conn: &Connection) -> Result<(Mirror<ImageCache>, Mirror<Disk>)> {
 }
 
 fn parse_cache(json: &str) -> Result<ImageCache> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("ImageCache: {e}")))
+    lenient::from_row(json).map_err(|e| StoreError::Corrupt(format!("ImageCache: {e}")))
 }
 
 #[cfg(test)]

@@ -262,3 +262,90 @@ fn a_named_disks_create_is_recorded_until_the_disk_is() {
     assert_eq!(s.disk_bind_sha256("pod-b").unwrap(), Some([2; 32]));
     assert!(s.replace_disk_bind_sha256("pod-a", &[2; 32]).is_err());
 }
+
+#[test]
+fn rows_a_newer_version_wrote_with_fields_this_one_lacks_open_read_and_update() {
+    use crate::objects::DiskPhase;
+    use serde_json::{json, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        let mut c = cache("c", "imc-1");
+        c.status
+            .as_mut()
+            .unwrap()
+            .events
+            .push(crate::objects::Event {
+                type_: "Normal".into(),
+                reason: "Created".into(),
+                message: "m".into(),
+                count: 1,
+                first_timestamp: "2026-01-01T00:00:00Z".into(),
+                last_timestamp: "2026-01-01T00:00:00Z".into(),
+                involved_object: None,
+                source: None,
+            });
+        s.insert_cache(&c).unwrap();
+        s.insert_disk(&disk("d"), &[1; 32]).unwrap();
+    }
+    let (cache_before, disk_before) = {
+        let s = Store::open(&path).unwrap();
+        (
+            s.get_cache("c").unwrap().unwrap(),
+            s.get_disk("d").unwrap().unwrap(),
+        )
+    };
+    // What a newer daemon would write: the same rows with fields added at every level.
+    let conn = Connection::open(&path).unwrap();
+    let widen = |table: &str, key: &str, name: &str, add: &dyn Fn(&mut Value)| {
+        let sql = format!("SELECT object FROM {table} WHERE {key} = ?1");
+        let stored: String = conn.query_row(&sql, [name], |r| r.get(0)).unwrap();
+        let mut object: Value = serde_json::from_str(&stored).unwrap();
+        object["newTop"] = json!({"nested": [1, 2]});
+        object["metadata"]["newMeta"] = json!("x");
+        object["spec"]["newSpec"] = json!(true);
+        object["status"]["newStatus"] = json!(3);
+        add(&mut object);
+        let sql = format!("UPDATE {table} SET object = ?2 WHERE {key} = ?1");
+        conn.execute(&sql, [name, &object.to_string()]).unwrap();
+    };
+    widen("caches", "name", "c", &|o| {
+        o["status"]["events"][0]["newInEvent"] = json!({"a": 1});
+    });
+    widen("disks", "id", "d", &|o| {
+        o["status"]["timings"]["newTiming"] = json!(1.5);
+    });
+    drop(conn);
+
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.get_cache("c").unwrap().unwrap(), cache_before);
+    assert_eq!(
+        s.list_caches().unwrap(),
+        std::slice::from_ref(&cache_before)
+    );
+    assert_eq!(s.cache_by_id("imc-1").unwrap().unwrap(), cache_before);
+    assert_eq!(s.get_disk("d").unwrap().unwrap(), disk_before);
+    assert_eq!(s.list_disks().unwrap(), std::slice::from_ref(&disk_before));
+    assert_eq!(s.disks_in_phase(DiskPhase::Ready).unwrap(), [disk_before]);
+    // An update reads the widened row itself and writes it back in this version's shape.
+    s.update_cache("c", |c| c.status.as_mut().unwrap().phase = Phase::Ready)
+        .unwrap();
+    s.update_disk("d", |d| {
+        d.status.as_mut().unwrap().phase = DiskPhase::Failed
+    })
+    .unwrap();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    let c = s.get_cache("c").unwrap().unwrap();
+    assert_eq!(c.status.as_ref().unwrap().phase, Phase::Ready);
+    assert_eq!(c.spec, cache_before.spec);
+    assert_eq!(
+        c.status.unwrap().events,
+        cache_before.status.unwrap().events
+    );
+    assert_eq!(
+        phase_of(&s.get_disk("d").unwrap().unwrap()),
+        DiskPhase::Failed
+    );
+}
