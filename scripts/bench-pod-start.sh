@@ -41,45 +41,9 @@ max_shared_ratio=0.3
 target_published_ratio=1.1
 
 bash scripts/setup.sh
-# Built before the temp dir exists, so a build never writes beneath it. The compiled bench is
-# run directly, not through cargo, so a signal reaches it and nothing outlives the script.
-driver_bin=$(cargo bench --locked --bench pod_start --no-run --message-format=json |
-  jq -r 'select(.reason == "compiler-artifact" and .target.name == "pod_start") | .executable')
-[ -x "$driver_bin" ] || { echo "FAIL: no pod_start bench binary built" >&2; exit 1; }
-
-# Short: containerd's sockets end up under it, and unix socket paths are short.
-work=$(mktemp -d /tmp/ic-pod.XXXXXX)
-driver=
-cleanup() {
-  case "$work" in /tmp/ic-pod.?*) ;; *) return ;; esac
-  # Normally the driver has undone everything itself; this is for a driver that died.
-  if [ -n "$driver" ]; then kill "$driver" 2>/dev/null || true; wait "$driver" 2>/dev/null || true; fi
-  # Processes started for this run (containerd, its shims, imagecached, the registry) each
-  # name a path under $work on their command line; killed by pid.
-  for p in /proc/[0-9]*; do
-    if grep -qaF "$work" "$p/cmdline" 2>/dev/null; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
-  done
-  # Containers whose shims were killed, by runc's state under $work.
-  for s in "$work"/*/mnt/cd-*/runc/*/*/state.json; do
-    [ -e "$s" ] || continue
-    id=${s%/state.json}
-    runc --root "${id%/*}" delete --force "${id##*/}" 2>/dev/null || true
-  done
-  # Innermost mounts first; grep finds nothing once everything is gone, which under
-  # pipefail must not fail the run.
-  for _ in 1 2 3; do
-    { grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do
-      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-    done
-    { losetup -a | grep "$work" || true; } | cut -d: -f1 | while read -r d; do
-      losetup -d "$d" 2>/dev/null || true
-    done
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+source scripts/bench-lib.sh
+driver_bin=$(bench_driver pod_start)
+bench_workdir pod
 
 out="$work/out"
 # In the background so the traps above run as soon as a signal comes, not when it ends.
@@ -91,12 +55,7 @@ driver=
 grep -v '^POD_START_RESULT ' "$out"
 
 # The driver checks that nothing of its own is left; this checks the same from outside.
-leaks=$({ grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}'; { losetup -a | grep "$work" || true; } | cut -d: -f1)
-if [ -n "$leaks" ]; then
-  echo "FAIL: left behind under $work:" >&2
-  echo "$leaks" >&2
-  exit 1
-fi
+bench_assert_no_leaks
 
 result=$(grep '^POD_START_RESULT ' "$out" | cut -d' ' -f2-)
 [ -n "$result" ] || { echo "FAIL: the driver printed no POD_START_RESULT line" >&2; exit 1; }

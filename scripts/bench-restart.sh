@@ -32,34 +32,9 @@ while [ $# -gt 0 ]; do
 done
 
 bash scripts/setup.sh
-# Built before the temp dir exists, so a build never writes beneath it; run directly, not
-# through cargo, so a signal reaches it.
-driver_bin=$(cargo bench --locked --bench restart --no-run --message-format=json |
-  jq -r 'select(.reason == "compiler-artifact" and .target.name == "restart") | .executable')
-[ -x "$driver_bin" ] || { echo "FAIL: no restart bench binary built" >&2; exit 1; }
-
-work=$(mktemp -d /tmp/ic-restart.XXXXXX)
-driver=
-cleanup() {
-  case "$work" in /tmp/ic-restart.?*) ;; *) return ;; esac
-  # Normally the driver has undone everything itself; this is for a driver that died.
-  if [ -n "$driver" ]; then kill "$driver" 2>/dev/null || true; wait "$driver" 2>/dev/null || true; fi
-  for p in /proc/[0-9]*; do
-    if grep -qaF "$work" "$p/cmdline" 2>/dev/null; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
-  done
-  for _ in 1 2 3; do
-    { grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do
-      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-    done
-    { losetup -a | grep "$work" || true; } | cut -d: -f1 | while read -r d; do
-      losetup -d "$d" 2>/dev/null || true
-    done
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+source scripts/bench-lib.sh
+driver_bin=$(bench_driver restart)
+bench_workdir restart
 
 out="$work/out"
 TMPDIR="$work" "$driver_bin" --disks "$disks" --caches "$caches" > "$out" &
@@ -67,12 +42,7 @@ driver=$!
 wait "$driver"
 driver=
 
-leaks=$({ grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}'; { losetup -a | grep "$work" || true; } | cut -d: -f1)
-if [ -n "$leaks" ]; then
-  echo "FAIL: left behind under $work:" >&2
-  echo "$leaks" >&2
-  exit 1
-fi
+bench_assert_no_leaks
 
 result=$(grep '^RESTART_RESULT ' "$out" | cut -d' ' -f2-)
 [ -n "$result" ] || { echo "FAIL: the driver printed no RESTART_RESULT line" >&2; exit 1; }
