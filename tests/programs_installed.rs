@@ -675,6 +675,27 @@ fn sh_functions(toks: &[ShTok], out: &mut HashSet<String>) {
     }
 }
 
+/// The functions a script gets from the repository's files it sources (`source scripts/x.sh`
+/// or `. scripts/x.sh`, paths relative to the repository root, where every script `cd`s).
+/// The sourced files are scanned themselves as scripts of their own.
+fn sourced_functions(root: &Path, text: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(path) = line
+            .strip_prefix("source ")
+            .or_else(|| line.strip_prefix(". "))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        let lib = fs::read_to_string(root.join(path))
+            .unwrap_or_else(|e| panic!("a script sources {path}, which cannot be read: {e}"));
+        sh_functions(&ShLexer::new(&lib, 1).tokens(false), &mut out);
+    }
+    out
+}
+
 /// Scans a shell script (a file, or a string a Rust source hands to `sh -c`).
 fn scan_shell(file: &str, text: &str, first_line: usize, found: &mut Found) {
     scan_shell_in(file, text, first_line, &HashSet::new(), found);
@@ -1911,7 +1932,9 @@ fn scan_repo() -> Found {
         if p.extension().is_some_and(|e| e == "rs") {
             rust.push(RFile::new(rel(p), &fs::read_to_string(p).unwrap()));
         } else if is_shell_script(p) {
-            scan_shell(&rel(p), &fs::read_to_string(p).unwrap(), 1, &mut found);
+            let text = fs::read_to_string(p).unwrap();
+            let sourced = sourced_functions(&root, &text);
+            scan_shell_in(&rel(p), &text, 1, &sourced, &mut found);
         }
     }
     RScan {
