@@ -34,7 +34,7 @@ impl Sys for LinuxSys {
     }
 
     fn loop_devices(&self) -> Result<Vec<LoopInfo>> {
-        loopdev::list(Path::new("/sys/block"))
+        loopdev::list(Path::new("/sys/block"), Path::new("/proc/partitions"))
     }
 
     fn mount(

@@ -127,7 +127,7 @@ pub(super) fn claim(control: &File, sources: Sources<'_>) -> Result<Claim> {
 }
 
 /// Loop devices the kernel lists with a size: bound ones (an unbound device has none).
-fn bound_loops(partitions: &Path) -> Result<BTreeSet<u32>> {
+pub(super) fn bound_loops(partitions: &Path) -> Result<BTreeSet<u32>> {
     let text =
         std::fs::read_to_string(partitions).map_err(|e| SysError::io("read", partitions, e))?;
     Ok(text

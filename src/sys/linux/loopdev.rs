@@ -239,28 +239,27 @@ fn clear_with_retries(fd: &File, device: &Path) -> Result<()> {
     }
 }
 
-/// Bound loop devices according to sysfs: `loop/backing_file` exists only while bound.
-pub(super) fn list(sys_block: &Path) -> Result<Vec<LoopInfo>> {
-    let entries =
-        std::fs::read_dir(sys_block).map_err(|e| SysError::io("read_dir", sys_block, e))?;
+/// Bound loop devices and their backing files. The candidates come from `partitions`
+/// (/proc/partitions lists every loop device with a size, i.e. bound to a non-empty file;
+/// the daemon binds nothing empty), and each one's backing file from sysfs, where
+/// `loop/backing_file` exists only while bound. Walking /sys/block instead cost a failed open
+/// per device node, and nodes stay after their devices are detached: a node that once had
+/// 1,000 disks paid ~2 ms per listing, and every disk create lists once, one at a time.
+pub(super) fn list(sys_block: &Path, partitions: &Path) -> Result<Vec<LoopInfo>> {
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| SysError::io("read_dir", sys_block, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let backing = match std::fs::read(entry.path().join("loop/backing_file")) {
+    for number in super::loopclaim::bound_loops(partitions)? {
+        let name = format!("loop{number}");
+        let path = sys_block.join(&name).join("loop/backing_file");
+        let backing = match std::fs::read(&path) {
             Ok(b) => b,
-            // Unbound, or detached between read_dir and here (ENODEV: mid-detach).
+            // Detached since /proc/partitions was read (ENODEV: mid-detach).
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound
                     || e.raw_os_error() == Some(Errno::NODEV.raw_os_error()) =>
             {
                 continue
             }
-            Err(e) => return Err(SysError::io("read", entry.path(), e)),
+            Err(e) => return Err(SysError::io("read", &path, e)),
         };
         let backing = backing.strip_suffix(b"\n").unwrap_or(&backing);
         found.push(LoopInfo {
