@@ -36,6 +36,7 @@ use support::gen::realistic::{realistic_image_sized, REALISTIC_BYTES, REALISTIC_
 use support::oci::{push_image, Compression};
 use support::registry::TestRegistry;
 use support::scratch::{assert_no_leaks, ScratchXfs};
+use support::stats::{median, percentile};
 
 const DISKS: &str = "/apis/imagecache.io/v1/disks";
 const CONCURRENT: usize = 32;
@@ -275,17 +276,6 @@ async fn batch(client: &Client, cache: &str, image: &str) -> Vec<f64> {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     made.into_iter().map(|(_, r)| r.api_ms).collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    percentile(&v, 0.5)
 }
 
 type SizeCase = (String, String, u32, Ready, Vec<Ready>);

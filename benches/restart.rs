@@ -42,6 +42,7 @@ use support::daemon::{cache_yaml, TestDaemon};
 use support::gen::features::feature_set;
 use support::registry::TestRegistry;
 use support::scratch::{assert_no_leaks, ScratchXfs};
+use support::stats::{median, percentile};
 
 const DISKS: &str = "/apis/imagecache.io/v1/disks";
 /// How often a restarted daemon is asked whether it serves (and whether it has adopted
@@ -395,15 +396,4 @@ fn check_adopted(list: &Value, made: &[Made]) {
             m.device
         );
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    percentile(&v, 0.5)
 }

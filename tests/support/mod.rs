@@ -15,4 +15,5 @@ pub mod oracle;
 pub mod proxy;
 pub mod registry;
 pub mod scratch;
+pub mod stats;
 pub mod tree;
