@@ -827,3 +827,26 @@ fn the_leak_oracle_sees_a_loop_device_and_a_mount() {
     );
     // The scratch's drop detaches and unmounts what is left on it.
 }
+
+/// A scratch dropped while the test still holds a file on it (a leaked handle) goes once
+/// the handle is closed: nothing of it stays on the machine.
+#[test]
+fn a_scratch_dropped_while_busy_goes_once_released() {
+    let scratch = support::scratch::ScratchXfs::new(512 << 20);
+    let root = scratch.path().parent().unwrap().to_owned();
+    let held = std::fs::File::create(scratch.path().join("held")).unwrap();
+    drop(scratch);
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (loops, mounts) = support::oracle::held_under(&root);
+        if loops.is_empty() && mounts.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left after the handle closed: {loops:?} {mounts:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

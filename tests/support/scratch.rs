@@ -111,7 +111,15 @@ impl Drop for ScratchXfs {
         }
         for m in mounts.iter().filter(|m| **m == self.mnt) {
             if let Err(e) = imagecache::sys::unmount_settled(&sys, m) {
-                eprintln!("scratch cleanup: {e}");
+                // Still busy: something of the test's process holds a file on it (a leaked
+                // handle, a broken test). Detached lazily, the filesystem and its autoclear
+                // loop device go once that is closed, at the latest when the process exits,
+                // instead of staying on the machine for good.
+                eprintln!("scratch cleanup: {e}; unmounting lazily");
+                let lazy = Command::new("umount").arg("--lazy").arg(m).status();
+                if !lazy.is_ok_and(|s| s.success()) {
+                    eprintln!("scratch cleanup: umount --lazy {} failed", m.display());
+                }
             }
         }
         if let Some(dev) = own {
