@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::{stream, StreamExt as _, TryStreamExt as _};
+use futures_util::{stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::Shareable;
@@ -211,18 +211,33 @@ async fn import_inner(
             }
         })
     };
-    let outcomes: Result<Vec<(Source, u64)>, ShareError> = stream::iter(sourced)
+    // The first failure stops chunks from starting, but those already under way finish and
+    // stay in the image: cancelling them would throw away fetched bytes that the next import
+    // (resuming this image) would only fetch again.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let placed: Vec<Result<Option<(Source, u64)>, ShareError>> = stream::iter(sourced)
         .map(|(index, chunk, source)| {
-            let file = file.clone();
-            let image = image.clone();
-            async move { place_chunk(remote, file, image, resuming, index, chunk, source).await }
+            let (file, image, failed) = (file.clone(), image.clone(), &failed);
+            async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                let placed = place_chunk(remote, file, image, resuming, index, chunk, source).await;
+                if placed.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                placed.map(Some)
+            }
         })
         .buffer_unordered(width)
-        .try_collect()
+        .collect()
         .await;
     writing.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = writeback.await;
-    let outcomes = outcomes?;
+    let outcomes: Vec<(Source, u64)> = placed
+        .into_iter()
+        .filter_map(Result::transpose)
+        .collect::<Result<_, _>>()?;
     let t_chunks = started.elapsed();
     let (mut fetched, mut reused, mut resumed, mut fetched_bytes) = (0, 0, 0, 0);
     for (source, bytes) in &outcomes {
