@@ -5,8 +5,15 @@
 //! hold too), so deleting the cache while containers run from its layers keeps the frozen
 //! file until the last snapshot using it goes. The loop device is autoclear: it goes with the
 //! mount, and both outlive a restart of the daemon, which finds the mount and adopts it.
+//!
+//! Mounting and unmounting take tens of milliseconds, so they happen outside the
+//! snapshotter's lock, under a lock of their digest's own. A Prepare about to record a layer
+//! on an image pins it first: the image stays mounted until the record that keeps it so is
+//! written, even if the last other snapshot on it goes meanwhile.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use tracing::info;
 
@@ -14,9 +21,60 @@ use super::{paths, Daemon, Result, SnapshotError};
 use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
 use crate::sys::{LoopOptions, MountOptions};
 
-/// Mounts the frozen image of `digest` unless it is mounted already; returns the mountpoint.
-/// The first mount takes the snapshotter's reference on the snapshot.
+/// Each cache image's mount lock, holding the count of Prepares that pinned it.
+#[derive(Debug, Default)]
+pub struct CacheMounts {
+    by_digest: Mutex<HashMap<String, Arc<Mutex<u32>>>>,
+}
+
+impl CacheMounts {
+    fn of(&self, digest: &str) -> Arc<Mutex<u32>> {
+        let mut map = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(digest.to_owned()).or_default().clone()
+    }
+}
+
+/// A cache image kept mounted while a Prepare records a layer on it.
+#[derive(Debug)]
+pub struct Pinned {
+    pub mountpoint: PathBuf,
+    pub digest: String,
+    pins: Arc<Mutex<u32>>,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        *pins = pins.saturating_sub(1);
+    }
+}
+
+/// The image of `digest` mounted (now, or already) and pinned until the guard drops.
+pub fn pin(d: &Daemon, digest: &str) -> Result<Pinned> {
+    let pins = d.inner.snapshotter.cache_mounts.of(digest);
+    let mut count = pins.lock().unwrap_or_else(|p| p.into_inner());
+    let mountpoint = mount_unlocked(d, digest)?;
+    *count += 1;
+    drop(count);
+    Ok(Pinned {
+        mountpoint,
+        digest: digest.to_owned(),
+        pins,
+    })
+}
+
+/// Mounts the image of `digest` unless it is mounted already (at start-up, for the layers
+/// recorded on it).
 pub fn ensure_mounted(d: &Daemon, digest: &str) -> Result<PathBuf> {
+    let pins = d.inner.snapshotter.cache_mounts.of(digest);
+    let _locked = pins.lock().unwrap_or_else(|p| p.into_inner());
+    mount_unlocked(d, digest)
+}
+
+/// Mounts the frozen image of `digest` unless it is mounted already; returns the mountpoint.
+/// The first mount takes the snapshotter's reference on the snapshot. The caller holds the
+/// digest's mount lock.
+fn mount_unlocked(d: &Daemon, digest: &str) -> Result<PathBuf> {
     let sys = d.inner.sys.as_ref();
     let at = paths::cache_mount(&d.inner.config.root, digest);
     if sys.mount_source(&at)?.is_some() {
@@ -61,16 +119,22 @@ pub fn ensure_mounted(d: &Daemon, digest: &str) -> Result<PathBuf> {
     Ok(at)
 }
 
-/// Unmounts the image of `digest` once no snapshot uses it, and drops the snapshotter's
-/// reference (removing the frozen files if nothing else holds them).
+/// Unmounts the image of `digest` once no snapshot uses it and no Prepare pinned it, and
+/// drops the snapshotter's reference (removing the frozen files if nothing else holds them).
+/// Also how Cleanup and recovery drop a mountpoint no snapshot needs.
 pub fn release_if_unused(d: &Daemon, digest: &str) -> Result<()> {
-    if d.inner.store.ctr_snapshots_on_digest(digest)? > 0 {
+    let pins = d.inner.snapshotter.cache_mounts.of(digest);
+    let pinned = pins.lock().unwrap_or_else(|p| p.into_inner());
+    if *pinned > 0 || d.inner.store.ctr_snapshots_on_digest(digest)? > 0 {
         return Ok(());
     }
     let at = paths::cache_mount(&d.inner.config.root, digest);
+    let was_mounted = d.inner.sys.mount_source(&at)?.is_some();
     unmount(d, &at)?;
     release_hold(d, digest)?;
-    info!(%digest, "cache image unmounted: no containerd snapshot uses it");
+    if was_mounted {
+        info!(%digest, "cache image unmounted: no containerd snapshot uses it");
+    }
     Ok(())
 }
 
@@ -114,15 +178,6 @@ pub fn mounted_digests(d: &Daemon) -> Result<Vec<String>> {
         }
     }
     Ok(digests)
-}
-
-/// The unmount for Cleanup and recovery: a mountpoint no snapshot needs.
-pub fn drop_stale(d: &Daemon, digest: &str) -> Result<()> {
-    if d.inner.store.ctr_snapshots_on_digest(digest)? > 0 {
-        return Ok(());
-    }
-    unmount(d, &paths::cache_mount(&d.inner.config.root, digest))?;
-    release_hold(d, digest)
 }
 
 /// Drops the snapshotter's reference; the frozen files go with the last reference (the

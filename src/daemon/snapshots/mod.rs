@@ -160,33 +160,35 @@ impl From<crate::sys::SysError> for SnapshotError {
 
 pub type Result<T> = std::result::Result<T, SnapshotError>;
 
-/// Serialises the snapshotter's state changes: containerd unpacks and starts containers
-/// concurrently, and a cache mount's reference count must see every change in order. Each
-/// request is short (a few store writes, a mount at most), far below the work it saves.
+/// The snapshotter's shared state. `changes` serialises the short steps that check and
+/// write its records (containerd unpacks and starts containers concurrently, and a check must
+/// not interleave with the change it guards); reads (Stat, Mounts, List, Usage) never take it,
+/// and no directory walk, removal or mount happens while it is held, so one request's
+/// filesystem work never stalls another's.
 #[derive(Debug, Default)]
 pub struct State {
-    lock: Mutex<()>,
+    changes: Mutex<()>,
+    cache_mounts: cachemount::CacheMounts,
+}
+
+impl State {
+    /// Held for a check and the record change it guards, never across filesystem work.
+    fn changing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Daemon {
     /// Carries out one snapshotter request on a blocking thread (it mounts and walks
-    /// directories), one at a time.
+    /// directories).
     pub async fn snapshot(&self, request: SnapshotRequest) -> Result<SnapshotReply> {
         if let SnapshotRequest::Prepare { parent, labels, .. } = &request {
             cold_pull::before_prepare(self, parent, labels).await;
         }
         let d = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _serial = d
-                .inner
-                .snapshotter
-                .lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            ops::handle(&d, request)
-        })
-        .await
-        .map_err(|e| SnapshotError::Internal(format!("snapshotter task failed: {e}")))?
+        tokio::task::spawn_blocking(move || ops::handle(&d, request))
+            .await
+            .map_err(|e| SnapshotError::Internal(format!("snapshotter task failed: {e}")))?
     }
 
     /// Counts of the snapshotter's snapshots by kind (for `info`).
@@ -199,5 +201,7 @@ impl Daemon {
     }
 }
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
-//! Each snapshotter request, step by step. Called one at a time (see `State`), so a check
-//! and the change it guards never interleave with another request's.
+//! Each snapshotter request, step by step. A check and the record change it guards run
+//! under the snapshotter's lock (`State::changing`), so they never interleave with another
+//! request's; reads and filesystem work (directory walks, removals, cache mounts) run outside
+//! it, beside every other request.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -137,12 +139,44 @@ fn prepare(
     if d.inner.store.get_ctr_snapshot(key)?.is_some() {
         return Err(SnapshotError::AlreadyExists(format!("snapshot {key:?}")));
     }
+    // The image holding the layer is mounted before the lock is taken, and pinned so that it
+    // stays mounted until the record is written.
+    let offer = match labels.get(LABEL_TARGET) {
+        Some(target) => cached_layer(d, target, committed_parent(d, parent)?.as_ref(), &labels)?,
+        None => None,
+    };
+    let prepared = {
+        let _changing = d.inner.snapshotter.changing();
+        prepare_locked(d, key, parent, &labels, offer.as_ref())
+    };
+    if let Some(offer) = offer {
+        let digest = offer.pinned.digest.clone();
+        drop(offer);
+        // A no-op when the layer was recorded on it (the image is in use).
+        if let Err(e) = cachemount::release_if_unused(d, &digest) {
+            warn!(%digest, error = %e, "cannot unmount a cache image no snapshot uses; Cleanup retries");
+        }
+    }
+    mounts_of(d, &prepared?)
+}
+
+/// The steps of a Prepare that check and write records.
+fn prepare_locked(
+    d: &Daemon,
+    key: &str,
+    parent: &str,
+    labels: &BTreeMap<String, String>,
+    offer: Option<&CachedLayer>,
+) -> Result<SnapshotRecord> {
+    if d.inner.store.get_ctr_snapshot(key)?.is_some() {
+        return Err(SnapshotError::AlreadyExists(format!("snapshot {key:?}")));
+    }
     let parent_record = committed_parent(d, parent)?;
     if let Some(target) = labels.get(LABEL_TARGET) {
-        offer_cached_layer(d, target, parent_record.as_ref(), &labels)?;
+        record_cached_layer(d, target, parent_record.as_ref(), labels, offer)?;
     }
     if let Some(disk_id) = labels.get(LABEL_DISK) {
-        return prepare_on_disk(d, key, parent_record, disk_id.clone(), &labels);
+        return prepare_on_disk(d, key, parent_record, disk_id.clone(), labels);
     }
     let root = &d.inner.config.root;
     let record = record_local(
@@ -150,7 +184,7 @@ fn prepare(
         key,
         parent_record.as_ref(),
         SnapshotKind::Active,
-        &labels,
+        labels,
         |id| {
             vec![
                 (paths::fs_dir(root, id), access::LAYER_DIR),
@@ -159,7 +193,7 @@ fn prepare(
         },
     )?;
     debug!(%key, id = record.id, "prepared active snapshot");
-    mounts_of(d, &record)
+    Ok(record)
 }
 
 /// Records a snapshot on node storage and makes its directories (`dirs` of its id, each with
@@ -195,10 +229,22 @@ fn record_local(
     Ok(record)
 }
 
-/// When a Ready cache holds layer `target` over the very chain the request stacks it on,
-/// records it as committed snapshot `target` backed by the cache and answers AlreadyExists:
-/// containerd then looks it up by that label and parent, and fetches and applies nothing.
-/// Returns Ok when no cache holds it so (containerd applies the layer itself).
+/// A layer a Ready cache holds, its image mounted and pinned, checked to have been recorded
+/// over the chain a Prepare stacks it on.
+#[derive(Debug)]
+struct CachedLayer {
+    pinned: cachemount::Pinned,
+    cache_id: String,
+    /// The layer's directory in the mounted image.
+    dir: PathBuf,
+    /// The parent's chainID it was checked against (none: a base layer).
+    parent_chain: Option<String>,
+}
+
+/// The Ready cache holding layer `target` over the very chain the request stacks it on, its
+/// image mounted (outside the lock: a mount takes tens of milliseconds); `None` when no
+/// cache holds it so (containerd applies the layer itself), or a snapshot of that name is
+/// recorded already.
 ///
 /// The label is tenant input: CRI copies a pod's `containerd.io/snapshot.ref` annotation
 /// into its sandbox's Prepare, and containerd's metadata layer later answers a pull of the
@@ -206,25 +252,16 @@ fn record_local(
 /// offered only when the parent's chainID is the one the cache recorded below it and the
 /// chainID recomputes from that parent and the layer's diffID; a record of that name must
 /// never exist over any other chain.
-fn offer_cached_layer(
+fn cached_layer(
     d: &Daemon,
     target: &str,
     parent: Option<&SnapshotRecord>,
     labels: &BTreeMap<String, String>,
-) -> Result<()> {
-    let parent_key = parent.map_or("", |p| p.key.as_str());
-    if let Some(have) = d.inner.store.get_ctr_snapshot(target)? {
-        if have.kind == SnapshotKind::Committed
-            && have.parent.as_deref().unwrap_or("") == parent_key
-        {
-            return Err(SnapshotError::AlreadyExists(format!(
-                "snapshot {target:?} (layer already present)"
-            )));
-        }
-        // A snapshot of that name over another parent: let containerd apply this layer
-        // under its own key rather than hand it a chain that is not its own.
-        return Ok(());
+) -> Result<Option<CachedLayer>> {
+    if d.inner.store.get_ctr_snapshot(target)?.is_some() {
+        return Ok(None);
     }
+    let parent_key = parent.map_or("", |p| p.key.as_str());
     let parent_chain = match parent {
         None => None,
         Some(p) => match chain_id_of(p) {
@@ -233,7 +270,7 @@ fn offer_cached_layer(
             // be matched against what a cache recorded.
             None => {
                 debug!(layer = %target, parent = %p.key, "parent has no chainID: layer not offered");
-                return Ok(());
+                return Ok(None);
             }
         },
     };
@@ -250,53 +287,97 @@ fn offer_cached_layer(
             d.metrics().credentials_refused.inc();
             continue;
         }
-        let mountpoint = match cachemount::ensure_mounted(d, &layer.digest) {
-            Ok(m) => m,
+        let pinned = match cachemount::pin(d, &layer.digest) {
+            Ok(p) => p,
             Err(e) => {
                 warn!(cache = %layer.cache_id, error = %e, "cannot mount cache image; trying the next");
                 continue;
             }
         };
-        let dir = paths::layer_in(&mountpoint, target);
-        if !dir.is_dir() {
+        let dir = paths::layer_in(&pinned.mountpoint, target);
+        let unusable = if !dir.is_dir() {
             warn!(cache = %layer.cache_id, layer = %target, "indexed layer missing from the cache image");
+            Some(false)
+        } else if let Err(why) = recorded_over(&pinned.mountpoint, target, parent_chain) {
+            info!(layer = %target, parent = %parent_key, cache = %layer.cache_id, reason = %why, "cached layer not offered: containerd applies it");
+            Some(true)
+        } else {
+            None
+        };
+        if let Some(give_up) = unusable {
+            drop(pinned);
             cachemount::release_if_unused(d, &layer.digest)?;
+            if give_up {
+                return Ok(None);
+            }
             continue;
         }
-        if let Err(why) = recorded_over(&mountpoint, target, parent_chain) {
-            info!(layer = %target, parent = %parent_key, cache = %layer.cache_id, reason = %why, "cached layer not offered: containerd applies it");
-            cachemount::release_if_unused(d, &layer.digest)?;
-            return Ok(());
-        }
-        let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
-            key: target,
-            parent: parent.map(|p| p.key.as_str()),
-            kind: SnapshotKind::Committed,
-            labels,
-            now: now(),
-            backing: &Backing::Cache {
-                digest: layer.digest.clone(),
-                chain_id: target.to_owned(),
-            },
-        })?;
-        let root = &d.inner.config.root;
-        let linked = access::create_dir_with_mode(
-            &paths::snapshot_dir(root, record.id),
-            access::PRIVATE_DIR,
-        )
-        .and_then(|()| std::os::unix::fs::symlink(&dir, paths::fs_dir(root, record.id)));
-        if let Err(e) = linked {
-            d.inner.store.delete_ctr_snapshot(target)?;
-            cachemount::release_if_unused(d, &layer.digest)?;
-            return Err(io_err("link", &paths::fs_dir(root, record.id), e));
-        }
-        info!(layer = %target, cache = %layer.cache_id, "layer served from cache: containerd fetches nothing");
-        return Err(SnapshotError::AlreadyExists(format!(
-            "snapshot {target:?} (layer held by cache {})",
-            layer.cache_id
-        )));
+        return Ok(Some(CachedLayer {
+            pinned,
+            cache_id: layer.cache_id,
+            dir,
+            parent_chain: parent_chain.map(str::to_owned),
+        }));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Under the lock: answers AlreadyExists when layer `target` is recorded over `parent`
+/// already, or records it as committed snapshot `target` backed by `offer`'s cache and
+/// answers the same: containerd then looks it up by that label and parent, and fetches and
+/// applies nothing. Returns Ok when the layer is not offered (containerd applies it itself).
+fn record_cached_layer(
+    d: &Daemon,
+    target: &str,
+    parent: Option<&SnapshotRecord>,
+    labels: &BTreeMap<String, String>,
+    offer: Option<&CachedLayer>,
+) -> Result<()> {
+    let parent_key = parent.map_or("", |p| p.key.as_str());
+    if let Some(have) = d.inner.store.get_ctr_snapshot(target)? {
+        if have.kind == SnapshotKind::Committed
+            && have.parent.as_deref().unwrap_or("") == parent_key
+        {
+            return Err(SnapshotError::AlreadyExists(format!(
+                "snapshot {target:?} (layer already present)"
+            )));
+        }
+        // A snapshot of that name over another parent: let containerd apply this layer
+        // under its own key rather than hand it a chain that is not its own.
+        return Ok(());
+    }
+    let Some(offer) = offer else {
+        return Ok(());
+    };
+    // The parent was read again under the lock: it must still be the chain checked.
+    if parent.and_then(chain_id_of) != offer.parent_chain.as_deref() {
+        return Ok(());
+    }
+    let digest = &offer.pinned.digest;
+    let record = d.inner.store.insert_ctr_snapshot(&NewSnapshot {
+        key: target,
+        parent: parent.map(|p| p.key.as_str()),
+        kind: SnapshotKind::Committed,
+        labels,
+        now: now(),
+        backing: &Backing::Cache {
+            digest: digest.clone(),
+            chain_id: target.to_owned(),
+        },
+    })?;
+    let root = &d.inner.config.root;
+    let linked =
+        access::create_dir_with_mode(&paths::snapshot_dir(root, record.id), access::PRIVATE_DIR)
+            .and_then(|()| std::os::unix::fs::symlink(&offer.dir, paths::fs_dir(root, record.id)));
+    if let Err(e) = linked {
+        d.inner.store.delete_ctr_snapshot(target)?;
+        return Err(io_err("link", &paths::fs_dir(root, record.id), e));
+    }
+    info!(layer = %target, cache = %offer.cache_id, "layer served from cache: containerd fetches nothing");
+    Err(SnapshotError::AlreadyExists(format!(
+        "snapshot {target:?} (layer held by cache {})",
+        offer.cache_id
+    )))
 }
 
 /// Whether the cache mounted at `cache_root` recorded layer `target` over the chain
@@ -347,7 +428,7 @@ fn prepare_on_disk(
     parent: Option<SnapshotRecord>,
     disk_id: String,
     labels: &BTreeMap<String, String>,
-) -> Result<Vec<MountSpec>> {
+) -> Result<SnapshotRecord> {
     let disk_root = disk_mountpoint(d, &disk_id)?;
     let mut lowers = Vec::new();
     for layer in chain(d, parent.clone())? {
@@ -385,7 +466,7 @@ fn prepare_on_disk(
         return Err(e);
     }
     info!(%key, disk = %disk_id, "container snapshot on disk");
-    mounts_of(d, &record)
+    Ok(record)
 }
 
 fn lay_out_disk_snapshot(d: &Daemon, id: i64, disk_root: &Path, lowers: &[PathBuf]) -> Result<()> {
@@ -445,16 +526,19 @@ fn view(
     labels: BTreeMap<String, String>,
 ) -> Result<Vec<MountSpec>> {
     require_key(key)?;
-    let parent_record = committed_parent(d, parent)?;
     let root = &d.inner.config.root;
-    let record = record_local(
-        d,
-        key,
-        parent_record.as_ref(),
-        SnapshotKind::View,
-        &labels,
-        |id| vec![(paths::fs_dir(root, id), access::LAYER_DIR)],
-    )?;
+    let record = {
+        let _changing = d.inner.snapshotter.changing();
+        let parent_record = committed_parent(d, parent)?;
+        record_local(
+            d,
+            key,
+            parent_record.as_ref(),
+            SnapshotKind::View,
+            &labels,
+            |id| vec![(paths::fs_dir(root, id), access::LAYER_DIR)],
+        )?
+    };
     mounts_of(d, &record)
 }
 
@@ -525,14 +609,25 @@ fn commit(d: &Daemon, name: &str, key: &str, labels: BTreeMap<String, String>) -
         )));
     }
     let root = &d.inner.config.root;
+    // Walked before the lock: an active snapshot is its caller's alone until committed, and
+    // a large tree takes long enough to stall every other request.
     let measured = usage::measure(&paths::fs_dir(root, r.id))?;
-    d.inner.store.commit_ctr_snapshot(
-        key,
-        name,
-        &labels,
-        (measured.size, measured.inodes),
-        now(),
-    )?;
+    {
+        let _changing = d.inner.snapshotter.changing();
+        let now_r = existing(d, key)?;
+        if now_r.id != r.id || now_r.kind != SnapshotKind::Active {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "snapshot {key:?} was removed or committed while this Commit measured it"
+            )));
+        }
+        d.inner.store.commit_ctr_snapshot(
+            key,
+            name,
+            &labels,
+            (measured.size, measured.inodes),
+            now(),
+        )?;
+    }
     crate::fault::point("snapshotter.commit");
     // The work directory is only for overlayfs while the snapshot is active.
     let work = paths::work_dir(root, r.id);
@@ -547,21 +642,34 @@ fn commit(d: &Daemon, name: &str, key: &str, labels: BTreeMap<String, String>) -
 
 fn remove(d: &Daemon, key: &str) -> Result<()> {
     let r = existing(d, key)?;
-    let children = d.inner.store.ctr_children(key)?;
-    if children > 0 {
-        return Err(SnapshotError::FailedPrecondition(format!(
-            "snapshot {key:?} has {children} child snapshot(s): remove them first"
-        )));
-    }
     let disk_root = match &r.backing {
         Backing::Disk { disk_id } => disk_mountpoint(d, disk_id).ok(),
         _ => None,
     };
-    d.inner.store.delete_ctr_snapshot(key)?;
+    {
+        let _changing = d.inner.snapshotter.changing();
+        if existing(d, key)?.id != r.id {
+            return Err(SnapshotError::NotFound(format!("snapshot {key:?}")));
+        }
+        let children = d.inner.store.ctr_children(key)?;
+        if children > 0 {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "snapshot {key:?} has {children} child snapshot(s): remove them first"
+            )));
+        }
+        d.inner.store.delete_ctr_snapshot(key)?;
+    }
     crate::fault::point("snapshotter.remove");
-    remove_dirs(d, &r, disk_root.as_deref())?;
+    // containerd's rule: once its record is gone the snapshot is gone. What its directories
+    // or its cache image's mount leave behind, Cleanup removes later; an error here would
+    // only make containerd retry a Remove of a snapshot that no longer exists.
+    if let Err(e) = remove_dirs(d, &r, disk_root.as_deref()) {
+        warn!(%key, error = %e, "cannot remove a removed snapshot's directories; Cleanup retries");
+    }
     if let Backing::Cache { digest, .. } = &r.backing {
-        cachemount::release_if_unused(d, digest)?;
+        if let Err(e) = cachemount::release_if_unused(d, digest) {
+            warn!(%key, %digest, error = %e, "cannot unmount a cache image no snapshot uses; Cleanup retries");
+        }
     }
     debug!(%key, "removed");
     Ok(())
@@ -591,6 +699,7 @@ fn update(
     labels: BTreeMap<String, String>,
     fields: &[String],
 ) -> Result<SnapshotInfo> {
+    let _changing = d.inner.snapshotter.changing();
     let r = existing(d, name)?;
     let mut new_labels = r.labels.clone();
     if fields.is_empty() {
@@ -650,31 +759,46 @@ fn usage_of(d: &Daemon, r: &SnapshotRecord) -> Result<Usage> {
 }
 
 /// Removes snapshot directories no record names and cache mounts no snapshot uses: what a
-/// crash between a store write and the filesystem change it records can leave.
+/// crash between a store write and the filesystem change it records can leave, or a Remove
+/// whose filesystem work failed. Failures are logged and retried by the next Cleanup.
 fn cleanup(d: &Daemon) -> Result<()> {
     let root = &d.inner.config.root;
-    let known: std::collections::HashSet<i64> = d
-        .inner
-        .store
-        .list_ctr_snapshots()?
-        .iter()
-        .map(|r| r.id)
-        .collect();
-    let dir = paths::snapshots_dir(root);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for entry in entries.flatten() {
-            let id = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i64>().ok());
-            if id.is_some_and(|id| !known.contains(&id)) {
-                info!(dir = %entry.path().display(), "removing snapshot directory no record names");
-                remove_tree(&entry.path())?;
-            }
+    // Listed under the lock, as a Prepare records and makes its directory under it; removed
+    // outside it. Record ids are never reused, so a directory found unnamed stays so.
+    let unnamed: Vec<PathBuf> = {
+        let _changing = d.inner.snapshotter.changing();
+        let known: std::collections::HashSet<i64> = d
+            .inner
+            .store
+            .list_ctr_snapshots()?
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        match std::fs::read_dir(paths::snapshots_dir(root)) {
+            Ok(entries) => entries
+                .flatten()
+                .filter(|entry| {
+                    entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.parse::<i64>().ok())
+                        .is_some_and(|id| !known.contains(&id))
+                })
+                .map(|entry| entry.path())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+    for dir in unnamed {
+        info!(dir = %dir.display(), "removing snapshot directory no record names");
+        if let Err(e) = remove_tree(&dir) {
+            warn!(error = %e, "cannot remove a snapshot directory no record names");
         }
     }
     for digest in cachemount::mounted_digests(d)? {
-        cachemount::drop_stale(d, &digest)?;
+        if let Err(e) = cachemount::release_if_unused(d, &digest) {
+            warn!(%digest, error = %e, "cannot unmount a cache image no snapshot uses");
+        }
     }
     Ok(())
 }

@@ -8,12 +8,12 @@ use super::*;
 use crate::config::Config;
 use crate::sys::FakeSys;
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    d: Daemon,
+    pub(super) d: Daemon,
 }
 
-fn daemon() -> Fixture {
+pub(super) fn daemon() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         root: dir.path().join("state"),
@@ -34,7 +34,7 @@ fn ask(d: &Daemon, r: SnapshotRequest) -> Result<SnapshotReply> {
     ops::handle(d, r)
 }
 
-fn prepare(d: &Daemon, key: &str, parent: &str) -> Result<Vec<MountSpec>> {
+pub(super) fn prepare(d: &Daemon, key: &str, parent: &str) -> Result<Vec<MountSpec>> {
     match ask(
         d,
         SnapshotRequest::Prepare {
@@ -48,7 +48,7 @@ fn prepare(d: &Daemon, key: &str, parent: &str) -> Result<Vec<MountSpec>> {
     }
 }
 
-fn commit(d: &Daemon, name: &str, key: &str) -> Result<SnapshotReply> {
+pub(super) fn commit(d: &Daemon, name: &str, key: &str) -> Result<SnapshotReply> {
     ask(
         d,
         SnapshotRequest::Commit {
@@ -59,14 +59,14 @@ fn commit(d: &Daemon, name: &str, key: &str) -> Result<SnapshotReply> {
     )
 }
 
-fn stat(d: &Daemon, key: &str) -> Result<SnapshotInfo> {
+pub(super) fn stat(d: &Daemon, key: &str) -> Result<SnapshotInfo> {
     match ask(d, SnapshotRequest::Stat { key: key.into() })? {
         SnapshotReply::Info(i) => Ok(i),
         other => panic!("{other:?}"),
     }
 }
 
-fn remove(d: &Daemon, key: &str) -> Result<SnapshotReply> {
+pub(super) fn remove(d: &Daemon, key: &str) -> Result<SnapshotReply> {
     ask(d, SnapshotRequest::Remove { key: key.into() })
 }
 
