@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 # A program is listed once, on the line of the package that ships it (`dpkg -S bin/NAME`), or
 # of a package whose dependency ships it (python3).
 list=$(cat <<'PROGRAMS'
-apt   e2fsprogs: mkfs.ext4 e2fsck resize2fs dumpe2fs filefrag  # the cache's ext4 images
+apt   e2fsprogs: mkfs.ext4 e2fsck resize2fs dumpe2fs filefrag chattr  # the cache's ext4 images; chattr in a test
 apt   xfsprogs: mkfs.xfs xfs_growfs                          # the backing image; scratch XFS in tests
 
 # Tests, benches and the demo
