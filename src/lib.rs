@@ -12,6 +12,7 @@ pub mod cri;
 pub mod daemon;
 pub mod disk;
 pub mod errname;
+pub mod failure;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;

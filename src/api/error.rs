@@ -82,7 +82,7 @@ impl From<DaemonError> for ApiError {
                     })
                     .collect(),
             },
-            DaemonError::Internal(message) => ApiError::Internal(message),
+            DaemonError::Internal(failure) => ApiError::Internal(failure.to_string()),
             DaemonError::Unavailable(message) => ApiError::Unavailable {
                 message,
                 retry_after_secs: RETRY_AFTER_SECS,
@@ -108,7 +108,10 @@ impl From<DaemonError> for ApiError {
             e @ (DaemonError::Setup(_)
             | DaemonError::Store(_)
             | DaemonError::Sys(_)
-            | DaemonError::Snapshot(_)) => ApiError::Internal(e.to_string()),
+            | DaemonError::Snapshot(_)) => {
+                // The whole chain: a store or system error's cause may not be in its message.
+                ApiError::Internal(crate::failure::Failure::of(e).to_string())
+            }
         }
     }
 }
@@ -243,5 +246,23 @@ mod tests {
         }
         .into();
         assert_eq!((bound.code(), bound.retry_after_secs()), (503, Some(10)));
+    }
+
+    /// An internal error's message names what failed and every cause beneath it, each once.
+    #[test]
+    fn an_internal_error_shows_its_whole_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct Sending(#[source] std::io::Error);
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e: ApiError =
+            DaemonError::internal_because("cannot reach the share registry", Sending(refused))
+                .into();
+        assert_eq!(e.code(), 500);
+        assert_eq!(
+            e.to_string(),
+            "internal error: cannot reach the share registry: error sending request: connection refused"
+        );
     }
 }

@@ -31,7 +31,7 @@ pub enum DaemonError {
     },
     /// Something on the node failed; nothing the caller sent is to blame.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] crate::failure::Failure),
     /// The node lacks a resource the request needs right now (no loop device to be had):
     /// the same request can succeed once it is freed; the message says what to free.
     #[error("{0}")]
@@ -90,8 +90,16 @@ impl DaemonError {
         }
     }
 
-    /// Something on the node failed, described by `e`.
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        DaemonError::Internal(e.to_string())
+    /// Something on the node failed: `e`, kept whole (a message where no error lies beneath).
+    pub fn internal(e: impl Into<crate::failure::BoxError>) -> Self {
+        DaemonError::Internal(crate::failure::Failure::of(e))
+    }
+
+    /// `what` failed on the node because of `source`.
+    pub fn internal_because(
+        what: impl Into<String>,
+        source: impl Into<crate::failure::BoxError>,
+    ) -> Self {
+        DaemonError::Internal(crate::failure::Failure::new(what, source))
     }
 }

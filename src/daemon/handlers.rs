@@ -44,7 +44,7 @@ pub async fn dispatch(d: &Daemon, action: Action) -> Result<Reply, DaemonError> 
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> DaemonError {
+fn internal(e: impl Into<crate::failure::BoxError>) -> DaemonError {
     DaemonError::internal(e)
 }
 
@@ -198,7 +198,7 @@ pub(super) async fn delete_cache(d: &Daemon, name: &str) -> Result<Reply, Daemon
 }
 
 /// Drops one reference; the files go with the last one.
-pub(super) fn release_snapshot(d: &Daemon, digest: &str) -> Result<(), Box<dyn std::error::Error>> {
+pub(super) fn release_snapshot(d: &Daemon, digest: &str) -> Result<(), crate::failure::BoxError> {
     if d.inner.store.snapshot_unref(digest)? == 0 {
         d.inner.snapshots.remove(digest)?;
         d.inner.store.forget_snapshot(digest)?;

@@ -3,7 +3,7 @@
 use super::Daemon;
 use crate::disk::CloneMode;
 
-pub fn info(d: &Daemon) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+pub fn info(d: &Daemon) -> Result<serde_json::Value, crate::failure::BoxError> {
     let cfg = &d.inner.config;
     let loops = d.inner.sys.loop_devices()?;
     let ours: Vec<serde_json::Value> = loops

@@ -237,9 +237,10 @@ impl Daemon {
                 work.spawn(async move { handlers::dispatch(&d, action).await })
                     .await
                     .unwrap_or_else(|e| {
-                        Err(DaemonError::Internal(format!(
-                            "the request's task failed: {e}"
-                        )))
+                        Err(DaemonError::internal_because(
+                            "the request's task failed",
+                            e,
+                        ))
                     })
             }
             _ => handlers::dispatch(self, action).await,

@@ -120,7 +120,7 @@ mod tests {
             tonic::Code::PermissionDenied
         );
         assert_eq!(
-            code(SnapshotError::Internal("x".into())),
+            code(SnapshotError::Internal(crate::failure::Failure::msg("x"))),
             tonic::Code::Internal
         );
     }

@@ -71,7 +71,7 @@ pub enum BuildError {
     #[error("the daemon stopped while this cache waited in the build queue; delete the cache and create it again to build it")]
     InterruptedInQueue,
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] crate::failure::Failure),
 }
 
 /// The size to ask for: the files plus room for ext4's metadata and journal, rounded up to

@@ -1,6 +1,7 @@
 //! Freezing the filled, unmounted image into a content-addressed snapshot, and taking (or
 //! giving back) the cache's reference on it.
 
+use crate::failure::Failure;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -52,7 +53,7 @@ pub(super) async fn freeze(
         Ok(snapshots.commit(&image_path, &manifest)?)
     })
     .await
-    .map_err(|e| BuildError::Internal(e.to_string()))?
+    .map_err(|e| BuildError::Internal(Failure::new("the freeze task", e)))?
 }
 
 /// A snapshot frozen for a cancelled build: nobody will reference it, so its space goes back

@@ -2,6 +2,7 @@
 //! download bound. Each layer streams from the registry through a small channel into the
 //! unpacker on a blocking thread: bytes are verified on the way and never held whole.
 
+use crate::failure::Failure;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ pub async fn pull_all(
         };
         let Some(joined) = joined else { break };
         let (chain_id, result) =
-            joined.map_err(|e| BuildError::Internal(format!("layer task: {e}")))?;
+            joined.map_err(|e| BuildError::Internal(Failure::new("layer task", e)))?;
         match result {
             Ok(layer_stats) => {
                 for (i, image) in plan.images.iter().enumerate() {
@@ -271,7 +272,7 @@ async fn fetch_and_unpack(
     drop(tx);
     let unpacked = unpacker
         .await
-        .map_err(|e| BuildError::Internal(format!("unpack task: {e}")))?;
+        .map_err(|e| BuildError::Internal(Failure::new("unpack task", e)))?;
     if let Some(e) = fetch_error {
         return Err(e);
     }
@@ -342,5 +343,5 @@ pub async fn inherit_implicit_dirs(
         Ok(())
     })
     .await
-    .map_err(|e| BuildError::Internal(format!("implicit directories task: {e}")))?
+    .map_err(|e| BuildError::Internal(Failure::new("implicit directories task", e)))?
 }

@@ -17,6 +17,7 @@ mod workdir;
 mod workimage;
 mod writeback;
 
+use crate::failure::Failure;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -142,7 +143,8 @@ async fn run(d: &Daemon, spec: &BuildSpec, cancel: &CancellationToken) {
         work_dir: work_dir.to_string_lossy().into_owned(),
     };
     if let Err(e) = d.inner.store.insert_build(&record) {
-        status::fail(d, spec, &BuildError::Internal(e.to_string()));
+        let e = BuildError::Internal(Failure::new("cannot record the build", e));
+        status::fail(d, spec, &e);
         return;
     }
     let started = Instant::now();
@@ -340,7 +342,7 @@ async fn build(
     };
     let t_resolved = started.elapsed();
     made.await
-        .map_err(|e| BuildError::Internal(e.to_string()))??;
+        .map_err(|e| BuildError::Internal(Failure::new("the image file's task", e)))??;
     let resolved = resolved?;
     let needed_credentials =
         crate::daemon::image_access::needed_credentials(d, &resolved, &keyring).await;

@@ -2,6 +2,7 @@
 //! the parent's frozen image is reflinked into the work directory, so the new snapshot shares
 //! every block the new images do not change, and only the images the parent lacks are pulled.
 
+use crate::failure::Failure;
 use std::path::{Path, PathBuf};
 
 use super::{BuildError, BuildSpec, REUSE_ANNOTATION};
@@ -157,7 +158,7 @@ pub fn clone_parent(
     size_bytes: u64,
 ) -> Result<(), BuildError> {
     sys.reflink(parent, image)
-        .map_err(|e| BuildError::Internal(format!("reflink the parent cache's image: {e}")))?;
+        .map_err(|e| BuildError::Internal(Failure::new("reflink the parent cache's image", e)))?;
     // The frozen parent is read-only; this copy is the new build's to write.
     std::fs::set_permissions(image, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| BuildError::io("make writable", image, e))?;

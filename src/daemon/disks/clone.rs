@@ -22,7 +22,12 @@ pub(super) fn hold_snapshot(d: &Daemon, cache: &ChosenCache) -> Result<HeldSnaps
     d.inner.store.snapshot_ref(&digest).map_err(internal)?;
     match d.inner.snapshots.image_path(&digest) {
         Ok(path) => Ok(HeldSnapshot { digest, path }),
-        Err(e) => Err(give_back(d, &digest, e.to_string(), DaemonError::Internal)),
+        Err(e) => Err(give_back(
+            d,
+            &digest,
+            format!("cannot find snapshot {digest}'s image"),
+            |m| DaemonError::internal_because(m, e),
+        )),
     }
 }
 
@@ -47,10 +52,10 @@ pub(super) async fn clone_disk(
     let created = background::spawn_at(
         "disk-create",
         background::DISK_NICE,
-        move || -> Result<disk::Disk, Failure> {
+        move || -> Result<disk::Disk, CreateFailure> {
             let Some((digest, snapshot_image)) = &source else {
                 return disk::create(sys.as_ref(), &image, DiskSource::Empty, &opts)
-                    .map_err(Failure::from);
+                    .map_err(CreateFailure::from);
             };
             let (from, grown_in) = super::grown::source_for(
                 sys.as_ref(),
@@ -60,7 +65,7 @@ pub(super) async fn clone_disk(
                 opts.size_bytes,
                 opts.clone_mode,
             )
-            .map_err(Failure::other)?;
+            .map_err(CreateFailure::other)?;
             crate::fault::point("disk.grow");
             let mut made = disk::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)?;
             if let Some(took) = grown_in {
@@ -71,7 +76,7 @@ pub(super) async fn clone_disk(
         },
     )
     .await
-    .map_err(DaemonError::Internal)?;
+    .map_err(DaemonError::internal)?;
     created.map_err(|e| {
         warn!(disk = %id, error = %e, "disk creation failed");
         let root = &d.inner.config.root;
@@ -91,13 +96,14 @@ pub(super) async fn clone_disk(
         };
         // No loop device or no room to be had is the node's shortage, not a fault in the
         // daemon: the caller is told it may try again (503) once some is freed.
-        let kind = if e.loop_shortage || full.is_some() {
-            DaemonError::Unavailable
+        let kind: Box<dyn FnOnce(String) -> DaemonError> = if e.loop_shortage || full.is_some() {
+            Box::new(DaemonError::Unavailable)
         } else if e.refused_mount_path {
             // The path the request named cannot be mounted on safely: the caller's to change.
-            refused_mount_path
+            Box::new(refused_mount_path)
         } else {
-            DaemonError::Internal
+            // The message says the error; the error itself is kept as its source.
+            Box::new(move |m| DaemonError::internal_because(m, e))
         };
         match held {
             Some(h) => give_back(d, &h.digest, message, kind),
@@ -130,20 +136,23 @@ fn refused_mount_path(message: String) -> DaemonError {
     DaemonError::invalid_field(crate::objects::KIND_DISK, "", "spec.mountPath", message)
 }
 
-/// Why the blocking part of a disk create failed, and whether for want of a loop device or
-/// of room on the host, or for its mount path.
-struct Failure {
-    message: String,
+/// Why the blocking part of a disk create failed (kept whole, as the error's source), and
+/// whether for want of a loop device or of room on the host, or for its mount path.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}")]
+struct CreateFailure {
+    #[source]
+    cause: crate::failure::BoxError,
     loop_shortage: bool,
     refused_mount_path: bool,
     /// ENOSPC or EDQUOT from the host's filesystem.
     no_space: bool,
 }
 
-impl Failure {
-    fn other(e: impl std::fmt::Display) -> Self {
-        Failure {
-            message: e.to_string(),
+impl CreateFailure {
+    fn other(e: impl Into<crate::failure::BoxError>) -> Self {
+        CreateFailure {
+            cause: e.into(),
             loop_shortage: false,
             refused_mount_path: false,
             no_space: false,
@@ -151,20 +160,14 @@ impl Failure {
     }
 }
 
-impl From<disk::DiskError> for Failure {
+impl From<disk::DiskError> for CreateFailure {
     fn from(e: disk::DiskError) -> Self {
-        Failure {
+        CreateFailure {
             loop_shortage: e.is_loop_shortage(),
             refused_mount_path: e.is_refused_mount_path(),
             no_space: e.is_no_space(),
-            message: e.to_string(),
+            cause: e.into(),
         }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
     }
 }
 
@@ -176,15 +179,18 @@ fn give_back(
     d: &Daemon,
     digest: &str,
     message: String,
-    kind: fn(String) -> DaemonError,
+    kind: impl FnOnce(String) -> DaemonError,
 ) -> DaemonError {
     match crate::daemon::handlers::release_snapshot(d, digest) {
         Ok(()) => kind(message),
         Err(e) => {
             error!(%digest, error = %e, "could not release the snapshot reference of a disk that was not created");
-            DaemonError::Internal(format!(
-                "{message}; releasing the disk's reference on snapshot {digest} failed too ({e}): the snapshot's space is not reclaimed until that reference is removed"
-            ))
+            DaemonError::internal_because(
+                format!(
+                    "{message}; releasing the disk's reference on snapshot {digest} failed too (the snapshot's space is not reclaimed until that reference is removed)"
+                ),
+                e,
+            )
         }
     }
 }

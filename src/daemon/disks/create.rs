@@ -47,9 +47,10 @@ fn loop_lease(d: &Daemon) -> Result<LoopLease, DaemonError> {
                 retry_after_secs: LOOP_CEILING_RETRY_AFTER_SECS,
             })
         }
-        Err(e) => Err(internal(format!(
-            "cannot count the loop devices the daemon holds (max_loop_devices): {e}"
-        ))),
+        Err(e) => Err(DaemonError::internal_because(
+            "cannot count the loop devices the daemon holds (max_loop_devices)",
+            e,
+        )),
     }
 }
 

@@ -50,7 +50,7 @@ fn mount_roots(d: &Daemon) -> [PathBuf; 2] {
     [d.inner.config.disk_mount_root(), own_mount_root(d)]
 }
 
-fn internal(e: impl std::fmt::Display) -> DaemonError {
+fn internal(e: impl Into<crate::failure::BoxError>) -> DaemonError {
     DaemonError::internal(e)
 }
 
@@ -141,7 +141,7 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
             )
         })
         .await
-        .map_err(DaemonError::Internal)?;
+        .map_err(DaemonError::internal)?;
     match deleted {
         Ok(()) => {}
         Err(e @ disk::DiskError::Busy { .. }) => return Err(DaemonError::Conflict(e.to_string())),

@@ -1,6 +1,7 @@
 //! Step 6 of a disk create that lacks images: pull them into the disk in the background, and
 //! record the outcome on the disk.
 
+use crate::failure::Failure;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -104,7 +105,10 @@ async fn pull(
                     .mount(device, &at, "ext4", Default::default(), "")
             })
             .map_err(|e| {
-                BuildError::Internal(format!("mount {} for the pull: {e}", device.display()))
+                BuildError::Internal(Failure::new(
+                    format!("mount {} for the pull", device.display()),
+                    e,
+                ))
             })?;
             Some(at)
         }
@@ -131,7 +135,7 @@ async fn pull(
         unmount_temp(d, at);
     }
     filled?;
-    synced.map_err(|e| BuildError::Internal(format!("sync the disk: {e}")))
+    synced.map_err(|e| BuildError::Internal(Failure::new("sync the disk", e)))
 }
 
 /// Best effort: the pull's outcome stands either way, but a mount left behind is worth a line.

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use tracing::info;
 
 use super::{paths, Daemon, Result, SnapshotError};
+use crate::failure::Failure;
 use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
 use crate::sys::{LoopOptions, MountOptions};
 
@@ -84,9 +85,10 @@ fn mount_unlocked(d: &Daemon, digest: &str) -> Result<PathBuf> {
         .inner
         .snapshots
         .image_path(digest)
-        .map_err(|e| SnapshotError::Internal(e.to_string()))?;
-    crate::access::create_dir_with_mode(&at, crate::access::PRIVATE_DIR)
-        .map_err(|e| SnapshotError::Internal(format!("cannot create {}: {e}", at.display())))?;
+        .map_err(|e| SnapshotError::Internal(Failure::of(e)))?;
+    crate::access::create_dir_with_mode(&at, crate::access::PRIVATE_DIR).map_err(|e| {
+        SnapshotError::Internal(Failure::new(format!("cannot create {}", at.display()), e))
+    })?;
     let opts = LoopOptions {
         read_only: true,
         direct_io: true,
@@ -106,9 +108,9 @@ fn mount_unlocked(d: &Daemon, digest: &str) -> Result<PathBuf> {
         Ok(attached) => attached.device,
         Err(AttachMountError::Attach { source, .. }) => return Err(source.into()),
         Err(e @ AttachMountError::Mount { .. }) => {
-            return Err(SnapshotError::Internal(format!(
-                "cannot mount cache image {}: {e}",
-                file.display()
+            return Err(SnapshotError::Internal(Failure::new(
+                format!("cannot mount cache image {}", file.display()),
+                e,
             )))
         }
     };
@@ -151,9 +153,9 @@ fn unmount(d: &Daemon, at: &Path) -> Result<()> {
     match std::fs::remove_dir(at) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SnapshotError::Internal(format!(
-            "cannot remove {}: {e}",
-            at.display()
+        Err(e) => Err(SnapshotError::Internal(Failure::new(
+            format!("cannot remove {}", at.display()),
+            e,
         ))),
     }
 }
@@ -165,9 +167,9 @@ pub fn mounted_digests(d: &Daemon) -> Result<Vec<String>> {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            return Err(SnapshotError::Internal(format!(
-                "cannot list {}: {e}",
-                dir.display()
+            return Err(SnapshotError::Internal(Failure::new(
+                format!("cannot list {}", dir.display()),
+                e,
             )))
         }
     };
@@ -187,7 +189,7 @@ fn release_hold(d: &Daemon, digest: &str) -> Result<()> {
         d.inner
             .snapshots
             .remove(digest)
-            .map_err(|e| SnapshotError::Internal(e.to_string()))?;
+            .map_err(|e| SnapshotError::Internal(Failure::of(e)))?;
         d.inner.store.forget_snapshot(digest)?;
         info!(%digest, "snapshot removed: no cache, disk or container uses it");
     }

@@ -30,6 +30,7 @@ pub use mounts::MountSpec;
 pub use recover::recover;
 
 use super::Daemon;
+use crate::failure::Failure;
 use crate::store::{SnapshotKind, StoreError};
 
 /// The label containerd's unpacker puts on the snapshot of each layer it prepares: the
@@ -136,7 +137,7 @@ pub enum SnapshotError {
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
-    Internal(String),
+    Internal(#[source] Failure),
     /// Not possible yet, soon (a disk still being adopted after a restart): retry.
     #[error("{0}")]
     Unavailable(String),
@@ -147,14 +148,14 @@ impl From<StoreError> for SnapshotError {
         match e {
             StoreError::NotFound(what) => SnapshotError::NotFound(what),
             StoreError::AlreadyExists(what) => SnapshotError::AlreadyExists(what),
-            other => SnapshotError::Internal(other.to_string()),
+            other => SnapshotError::Internal(Failure::of(other)),
         }
     }
 }
 
 impl From<crate::sys::SysError> for SnapshotError {
     fn from(e: crate::sys::SysError) -> Self {
-        SnapshotError::Internal(e.to_string())
+        SnapshotError::Internal(Failure::of(e))
     }
 }
 
@@ -188,7 +189,7 @@ impl Daemon {
         let d = self.clone();
         tokio::task::spawn_blocking(move || ops::handle(&d, request))
             .await
-            .map_err(|e| SnapshotError::Internal(format!("snapshotter task failed: {e}")))?
+            .map_err(|e| SnapshotError::Internal(Failure::new("snapshotter task failed", e)))?
     }
 
     /// Counts of the snapshotter's snapshots by kind (for `info`).

@@ -15,6 +15,7 @@ use super::{Daemon, Result, SnapshotError, SnapshotInfo, SnapshotReply, Snapshot
 use super::{Usage, LABEL_DISK, LABEL_DISK_TOKEN, LABEL_TARGET};
 use crate::access;
 use crate::daemon::image_access;
+use crate::failure::Failure;
 use crate::store::{Backing, NewSnapshot, SnapshotKind, SnapshotRecord};
 
 pub fn handle(d: &Daemon, request: SnapshotRequest) -> Result<SnapshotReply> {
@@ -70,7 +71,7 @@ pub(super) fn info_of(r: SnapshotRecord) -> SnapshotInfo {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> SnapshotError {
-    SnapshotError::Internal(format!("cannot {what} {}: {e}", path.display()))
+    SnapshotError::Internal(Failure::new(format!("cannot {what} {}", path.display()), e))
 }
 
 fn require_key(key: &str) -> Result<()> {
@@ -108,16 +109,18 @@ fn chain(d: &Daemon, first: Option<SnapshotRecord>) -> Result<Vec<SnapshotRecord
     while let Some(r) = next {
         next = match r.parent.as_deref() {
             Some(p) => Some(d.inner.store.get_ctr_snapshot(p)?.ok_or_else(|| {
-                SnapshotError::Internal(format!(
+                SnapshotError::Internal(Failure::msg(format!(
                     "snapshot {:?} names parent {p:?}, which is not recorded",
                     r.key
-                ))
+                )))
             })?),
             None => None,
         };
         out.push(r);
         if out.len() > 4096 {
-            return Err(SnapshotError::Internal("snapshot chain loops".into()));
+            return Err(SnapshotError::Internal(Failure::msg(
+                "snapshot chain loops",
+            )));
         }
     }
     Ok(out)
@@ -590,7 +593,7 @@ fn mounts_of(d: &Daemon, r: &SnapshotRecord) -> Result<Vec<MountSpec>> {
         lowers
     };
     mounts::for_snapshot(&lowers, upper.as_ref(), &paths::fs_dir(root, r.id))
-        .map_err(|e| SnapshotError::Internal(e.to_string()))
+        .map_err(|e| SnapshotError::Internal(Failure::of(e)))
 }
 
 fn commit(d: &Daemon, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {

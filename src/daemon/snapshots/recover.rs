@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use tracing::{error, info, warn};
 
 use super::{cachemount, ops, paths, Daemon, Result, SnapshotError};
+use crate::failure::Failure;
 use crate::store::Backing;
 
 pub fn recover(d: &Daemon) -> Result<()> {
@@ -17,7 +18,7 @@ pub fn recover(d: &Daemon) -> Result<()> {
         paths::caches_dir(root),
     ] {
         crate::access::create_dir_with_mode(&dir, crate::access::PRIVATE_DIR).map_err(|e| {
-            SnapshotError::Internal(format!("cannot create {}: {e}", dir.display()))
+            SnapshotError::Internal(Failure::new(format!("cannot create {}", dir.display()), e))
         })?;
     }
     finish_interrupted(d)?;
@@ -65,7 +66,10 @@ fn finish_interrupted(d: &Daemon) -> Result<()> {
         if r.kind == crate::store::SnapshotKind::Committed && work.exists() {
             info!(key = %r.key, "removing the work directory an interrupted Commit left");
             std::fs::remove_dir_all(&work).map_err(|e| {
-                SnapshotError::Internal(format!("cannot remove {}: {e}", work.display()))
+                SnapshotError::Internal(Failure::new(
+                    format!("cannot remove {}", work.display()),
+                    e,
+                ))
             })?;
         }
     }

@@ -6,6 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::{Result, SnapshotError, Usage};
+use crate::failure::Failure;
 
 /// Walks `dir` without following symlinks below it (the top may be one: cache-backed
 /// layers are reached through a symlink into the cache's image).
@@ -14,7 +15,7 @@ pub fn measure(dir: &Path) -> Result<Usage> {
     let mut usage = Usage::default();
     let mut stack = vec![dir.to_path_buf()];
     let walk_err = |p: &Path, e: std::io::Error| {
-        SnapshotError::Internal(format!("cannot measure {}: {e}", p.display()))
+        SnapshotError::Internal(Failure::new(format!("cannot measure {}", p.display()), e))
     };
     let top = std::fs::metadata(dir).map_err(|e| walk_err(dir, e))?;
     count(&mut seen, &mut usage, &top);
