@@ -58,7 +58,7 @@ pub struct Config {
     pub snapshotter_socket: PathBuf,
     /// A CRI pull of an image no cache holds goes through the daemon's own puller: the
     /// snapshotter gets the whole image into an auto-created cache before containerd fetches
-    /// a layer (daemon/snapshots/cold_pull.rs). Only with the snapshotter on.
+    /// a layer (daemon/ctr_snapshots/cold_pull.rs). Only with the snapshotter on.
     pub snapshotter_pulls: bool,
     /// containerd's own socket (its gRPC API, CRI included), which the CRI image service
     /// forwards to.

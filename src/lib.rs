@@ -6,11 +6,12 @@
 
 pub mod access;
 pub mod api;
+pub mod block_snapshot;
 pub mod cli;
 pub mod config;
 pub mod cri;
 pub mod daemon;
-pub mod disk;
+pub mod disk_image;
 pub mod errname;
 pub mod failure;
 pub mod fault;
@@ -24,8 +25,7 @@ pub mod objects;
 pub mod registry;
 pub mod root_socket;
 pub mod share;
-pub mod snapshot;
-pub mod snapshotter;
+pub mod snapshotter_grpc;
 pub mod store;
 pub mod sys;
 pub mod unix_grpc;

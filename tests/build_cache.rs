@@ -168,7 +168,7 @@ fn feature_images_build_into_a_frozen_cache_that_matches_the_generator() {
     // ... and a copy with one byte flipped is caught at exactly that chunk.
     let hex = digest.strip_prefix("sha256:").unwrap();
     let snap_dir = root.join("snapshots/sha256").join(hex);
-    let manifest = imagecache::snapshot::ChunkManifest::from_slice(
+    let manifest = imagecache::block_snapshot::ChunkManifest::from_slice(
         &std::fs::read(snap_dir.join("manifest.json")).unwrap(),
     )
     .unwrap();
@@ -182,7 +182,7 @@ fn feature_images_build_into_a_frozen_cache_that_matches_the_generator() {
     let chunk = &manifest.chunks[manifest.chunks.len() / 2];
     let at = chunk.offset + chunk.length / 2;
     flip_byte(&copy, at);
-    let report = imagecache::snapshot::verify_file(&copy, &manifest).unwrap();
+    let report = imagecache::block_snapshot::verify_file(&copy, &manifest).unwrap();
     assert_eq!(report.mismatched.len(), 1, "{report}");
     assert_eq!(report.mismatched[0].offset, chunk.offset);
     // Through the CLI as well, on the stored image itself.

@@ -11,11 +11,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use disk_util::{fs_size, loop_attr, loops_backed_by, make_snapshot, ScratchExt4, FILES, GIB, MIB};
-use imagecache::disk::{
+use imagecache::block_snapshot::hash_file;
+use imagecache::disk_image::{
     self, mount_backing_image, probe_reflink, CloneMode, DiskError, DiskOptions, DiskSource,
     MountTarget,
 };
-use imagecache::snapshot::hash_file;
 use imagecache::sys::{LinuxSys, Sys};
 use support::scratch::{assert_no_leaks, ScratchXfs};
 
@@ -70,7 +70,7 @@ fn clones_grown_or_not_mounted_or_attached() {
 
     // Same size, mounted.
     let mnt_a = scratch.path().join("pods/a");
-    let a = disk::create(
+    let a = disk_image::create(
         &sys,
         &disks.join("disk-a.img"),
         DiskSource::Snapshot(&snap),
@@ -97,7 +97,7 @@ fn clones_grown_or_not_mounted_or_attached() {
 
     // Grown 20 -> 40 GiB, mounted: df inside shows the new size, files are all there.
     let mnt_b = scratch.path().join("pods/b");
-    let b = disk::create(
+    let b = disk_image::create(
         &sys,
         &disks.join("disk-b.img"),
         DiskSource::Snapshot(&snap),
@@ -126,7 +126,7 @@ fn clones_grown_or_not_mounted_or_attached() {
     assert!(!mnt_b.join("new.txt").exists());
 
     // Attach only (for a microVM): no autoclear, else it would vanish with our fd.
-    let c = disk::create(
+    let c = disk_image::create(
         &sys,
         &disks.join("disk-c.img"),
         DiskSource::Snapshot(&snap),
@@ -143,7 +143,7 @@ fn clones_grown_or_not_mounted_or_attached() {
     assert_eq!(loop_attr(&c.device, "size"), (24 * GIB / 512).to_string());
 
     for d in [&a, &b, &c] {
-        disk::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
+        disk_image::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
         assert!(!d.image.exists());
         assert!(loops_backed_by(&d.image).is_empty());
     }
@@ -167,7 +167,7 @@ fn ten_clones_are_isolated_from_each_other_and_the_snapshot() {
     let sys = LinuxSys;
     let made: Vec<_> = (0..10)
         .map(|i| {
-            disk::create(
+            disk_image::create(
                 &sys,
                 &disks.join(format!("disk-{i}.img")),
                 DiskSource::Snapshot(&snap),
@@ -209,7 +209,7 @@ fn ten_clones_are_isolated_from_each_other_and_the_snapshot() {
         }
     }
     for d in &made {
-        disk::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
+        disk_image::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
     }
     assert_eq!(
         hash_file(&snap).unwrap().digest(),
@@ -217,7 +217,7 @@ fn ten_clones_are_isolated_from_each_other_and_the_snapshot() {
         "snapshot changed"
     );
     // And the snapshot's filesystem still says what it said.
-    let fresh = disk::create(
+    let fresh = disk_image::create(
         &sys,
         &disks.join("fresh.img"),
         DiskSource::Snapshot(&snap),
@@ -227,7 +227,7 @@ fn ten_clones_are_isolated_from_each_other_and_the_snapshot() {
     let m = fresh.mountpoint.as_ref().unwrap();
     assert_snapshot_files(m);
     assert!(!m.join("only-0.txt").exists());
-    disk::delete(&sys, &fresh.image, Some(&fresh.device), Some(m)).unwrap();
+    disk_image::delete(&sys, &fresh.image, Some(&fresh.device), Some(m)).unwrap();
     assert_clean(&scratch);
     let root = root_of(&scratch);
     drop(scratch);
@@ -241,14 +241,14 @@ fn writing_past_the_size_fails_inside_that_disk_only() {
     let before = hash_file(&snap).unwrap().digest();
     let disks = disks_dir(&scratch);
     let sys = LinuxSys;
-    let full = disk::create(
+    let full = disk_image::create(
         &sys,
         &disks.join("full.img"),
         DiskSource::Snapshot(&snap),
         &reflink(64 * MIB, Some(scratch.path().join("pods/full"))),
     )
     .unwrap();
-    let other = disk::create(
+    let other = disk_image::create(
         &sys,
         &disks.join("other.img"),
         DiskSource::Snapshot(&snap),
@@ -281,7 +281,7 @@ fn writing_past_the_size_fails_inside_that_disk_only() {
     assert_snapshot_files(om);
     assert_snapshot_files(fm);
     for d in [&full, &other] {
-        disk::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
+        disk_image::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
     }
     assert_eq!(hash_file(&snap).unwrap().digest(), before);
     assert_clean(&scratch);
@@ -301,7 +301,7 @@ fn busy_disk_is_not_deleted_until_released() {
     let disks = disks_dir(&scratch);
     let sys = LinuxSys;
     let mnt = scratch.path().join("pods/busy");
-    let d = disk::create(
+    let d = disk_image::create(
         &sys,
         &disks.join("busy.img"),
         DiskSource::Snapshot(&snap),
@@ -317,7 +317,7 @@ fn busy_disk_is_not_deleted_until_released() {
         .spawn()
         .unwrap();
 
-    let err = disk::delete(&sys, &d.image, Some(&d.device), Some(&mnt)).unwrap_err();
+    let err = disk_image::delete(&sys, &d.image, Some(&d.device), Some(&mnt)).unwrap_err();
     assert!(matches!(err, DiskError::Busy { .. }), "{err}");
     let msg = err.to_string();
     assert!(
@@ -333,11 +333,11 @@ fn busy_disk_is_not_deleted_until_released() {
     assert_snapshot_files(&mnt);
 
     drop(open);
-    let err = disk::delete(&sys, &d.image, Some(&d.device), Some(&mnt)).unwrap_err();
+    let err = disk_image::delete(&sys, &d.image, Some(&d.device), Some(&mnt)).unwrap_err();
     assert!(matches!(err, DiskError::Busy { .. }), "cwd holder: {err}");
     child.kill().unwrap();
     child.wait().unwrap();
-    disk::delete(&sys, &d.image, Some(&d.device), Some(&mnt)).unwrap();
+    disk_image::delete(&sys, &d.image, Some(&d.device), Some(&mnt)).unwrap();
     assert!(!d.image.exists());
     assert!(loops_backed_by(&d.image).is_empty());
     assert_clean(&scratch);
@@ -353,7 +353,7 @@ fn sparse_copy_matches_a_reflink_clone() {
     let disks = disks_dir(&scratch);
     let sys = LinuxSys;
     let mk = |name: &str, mode| {
-        disk::create(
+        disk_image::create(
             &sys,
             &disks.join(format!("{name}.img")),
             DiskSource::Snapshot(&snap),
@@ -372,7 +372,7 @@ fn sparse_copy_matches_a_reflink_clone() {
     let got = support::tree::walk(copied.mountpoint.as_ref().unwrap());
     support::tree::assert_tree_eq("sparse copy vs reflink", &want, &got);
     for d in [&copied, &cloned] {
-        disk::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
+        disk_image::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
     }
     assert_clean(&scratch);
     let root = root_of(&scratch);
@@ -402,7 +402,7 @@ fn ext4_root_refuses_reflink_and_sparse_copy_works_there() {
     // The probe leaves nothing behind.
     assert_eq!(std::fs::read_dir(&disks).unwrap().count(), 0);
 
-    let err = disk::create(
+    let err = disk_image::create(
         &sys,
         &disks.join("a.img"),
         DiskSource::Snapshot(&snap),
@@ -416,7 +416,7 @@ fn ext4_root_refuses_reflink_and_sparse_copy_works_there() {
 
     // The fallback: a real copy of the data extents, holes kept.
     let image = disks.join("b.img");
-    let d = disk::create(
+    let d = disk_image::create(
         &sys,
         &image,
         DiskSource::Snapshot(&snap),
@@ -438,11 +438,11 @@ fn ext4_root_refuses_reflink_and_sparse_copy_works_there() {
         copy_blocks < snap_blocks * 2,
         "copy holds {copy_blocks} blocks, snapshot {snap_blocks}"
     );
-    disk::delete(&sys, &image, Some(&d.device), None).unwrap();
+    disk_image::delete(&sys, &image, Some(&d.device), None).unwrap();
 
     // Attach-only copy compared byte for byte with its source.
     let same = disks.join("c.img");
-    let d = disk::create(
+    let d = disk_image::create(
         &sys,
         &same,
         DiskSource::Snapshot(&snap),
@@ -454,7 +454,7 @@ fn ext4_root_refuses_reflink_and_sparse_copy_works_there() {
     )
     .unwrap();
     assert!(std::fs::read(&same).unwrap() == std::fs::read(&snap).unwrap());
-    disk::delete(&sys, &same, Some(&d.device), None).unwrap();
+    disk_image::delete(&sys, &same, Some(&d.device), None).unwrap();
 
     assert_eq!(std::fs::read_dir(&disks).unwrap().count(), 0);
     drop(ext4);
@@ -491,7 +491,7 @@ fn backing_image_mounts_once_and_shares_extents() {
     std::fs::create_dir_all(root.join("snapshots")).unwrap();
     let snap = make_snapshot(&root.join("snapshots"), "disk.img", 256 * MIB, 0);
     std::fs::create_dir_all(root.join("disks")).unwrap();
-    let d = disk::create(
+    let d = disk_image::create(
         &sys,
         &root.join("disks/x.img"),
         DiskSource::Snapshot(&snap),
@@ -499,7 +499,7 @@ fn backing_image_mounts_once_and_shares_extents() {
     )
     .unwrap();
     assert_snapshot_files(d.mountpoint.as_ref().unwrap());
-    disk::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
+    disk_image::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
 
     // Refusals: a non-empty directory, another filesystem's mount point.
     let busy_root = scratch.path().join("other");

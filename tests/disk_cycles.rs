@@ -7,7 +7,7 @@ mod support;
 use std::time::Instant;
 
 use disk_util::{make_snapshot, percentile, GIB};
-use imagecache::disk::{self, CloneMode, DiskOptions, DiskSource};
+use imagecache::disk_image::{self, CloneMode, DiskOptions, DiskSource};
 use imagecache::sys::LinuxSys;
 use support::scratch::{assert_no_leaks, ScratchXfs};
 
@@ -24,7 +24,7 @@ fn thousand_create_delete_cycles_leave_nothing() {
     let sys = LinuxSys;
     let opts = DiskOptions {
         size_bytes: 20 * GIB,
-        mountpoint: Some(disk::MountTarget::beneath(scratch.path(), &mountpoint).unwrap()),
+        mountpoint: Some(disk_image::MountTarget::beneath(scratch.path(), &mountpoint).unwrap()),
         clone_mode: CloneMode::Reflink,
     };
 
@@ -34,12 +34,12 @@ fn thousand_create_delete_cycles_leave_nothing() {
     for i in 0..CYCLES {
         let image = disks.join(format!("disk-{i:04}.img"));
         let t = Instant::now();
-        let d = disk::create(&sys, &image, DiskSource::Snapshot(&snap), &opts)
+        let d = disk_image::create(&sys, &image, DiskSource::Snapshot(&snap), &opts)
             .unwrap_or_else(|e| panic!("cycle {i}: {e}"));
         create_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         std::fs::write(mountpoint.join("pod-data"), i.to_string()).unwrap();
         let t = Instant::now();
-        disk::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref())
+        disk_image::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref())
             .unwrap_or_else(|e| panic!("cycle {i}: {e}"));
         delete_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         if (i + 1) % 100 == 0 {

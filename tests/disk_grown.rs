@@ -204,7 +204,7 @@ fn concurrent_first_disks_of_a_size_make_one_grown_image_and_few_sizes_are_kept(
     let kept = f.grown_files();
     assert_eq!(
         kept.len(),
-        imagecache::snapshot::KEEP_PER_SNAPSHOT,
+        imagecache::block_snapshot::KEEP_PER_SNAPSHOT,
         "{kept:?}"
     );
     assert!(!kept.contains(&format!("{}.img", 60 * GIB)), "{kept:?}");

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use disk_util::{make_snapshot, percentile, GIB};
-use imagecache::disk::{self, CloneMode, DiskOptions, DiskSource};
+use imagecache::disk_image::{self, CloneMode, DiskOptions, DiskSource};
 use support::scratch::{assert_no_leaks, ScratchXfs};
 
 const ROUNDS: usize = 100;
@@ -60,17 +60,17 @@ fn disk_ready_time_does_not_depend_on_snapshot_size_or_data() {
             let opts = DiskOptions {
                 size_bytes: case.size,
                 mountpoint: Some(
-                    disk::MountTarget::beneath(dir, &dir.join(format!("pods/{i}"))).unwrap(),
+                    disk_image::MountTarget::beneath(dir, &dir.join(format!("pods/{i}"))).unwrap(),
                 ),
                 clone_mode: CloneMode::Reflink,
             };
             let t = Instant::now();
-            let d =
-                disk::create(&sys, &image, DiskSource::Snapshot(&case.snapshot), &opts).unwrap();
+            let d = disk_image::create(&sys, &image, DiskSource::Snapshot(&case.snapshot), &opts)
+                .unwrap();
             case.ready_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             let tm = d.timings;
             case.steps.push([tm.clone_ms, tm.attach_ms, tm.mount_ms]);
-            disk::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
+            disk_image::delete(&sys, &d.image, Some(&d.device), d.mountpoint.as_deref()).unwrap();
         }
     }
 

@@ -9,8 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use imagecache::block_snapshot::{hash_file, verify_file, SnapshotStore};
 use imagecache::image::{self, ImageError, MountConfig};
-use imagecache::snapshot::{hash_file, verify_file, SnapshotStore};
 use imagecache::sys::{LinuxSys, Sys};
 use support::scratch::{assert_no_leaks, ScratchXfs};
 

@@ -41,10 +41,10 @@ use imagecache::api::{
     ApiError, CachedImage, Disk, DiskPhase, DiskSpec, ImageCache, ImageCacheStatus, Phase,
     API_VERSION, KIND_DISK,
 };
+use imagecache::block_snapshot::{hash_file, SnapshotStore};
 use imagecache::config::Config;
 use imagecache::daemon::{Action, Daemon, Reply};
 use imagecache::registry::ImageReference;
-use imagecache::snapshot::{hash_file, SnapshotStore};
 use imagecache::store::Store;
 use imagecache::sys::fake::Call;
 use imagecache::sys::FakeSys;

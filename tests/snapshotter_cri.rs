@@ -77,7 +77,7 @@ fn a_cached_image_is_pulled_without_a_layer_and_runs_from_the_cache() {
         // (the image's three layers, the pause image's one shared with it).
         assert_eq!(
             node.daemon.cli_ok(&["containerd-config"]),
-            imagecache::snapshotter::containerd_config(
+            imagecache::snapshotter_grpc::containerd_config(
                 &node.daemon.snapshotter_socket(),
                 Some(&node.daemon.cri_image_socket())
             )

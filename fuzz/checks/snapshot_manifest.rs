@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use imagecache::snapshot::{compare, verify_file, ChunkManifest};
+use imagecache::block_snapshot::{compare, verify_file, ChunkManifest};
 
 /// Files up to this size are written (sparse) and verified; bigger ones only compared.
 const MAX_FILE: u64 = 16 << 20;

@@ -163,11 +163,11 @@ async fn serve(config: Config, api: tokio::runtime::Handle) -> Result<()> {
     let stop = CancellationToken::new();
     let snapshotter = match &snapshotter_socket {
         Some(path) => {
-            let listener = imagecache::snapshotter::bind(path)?;
+            let listener = imagecache::snapshotter_grpc::bind(path)?;
             let (daemon, stop) = (daemon.clone(), stop.clone());
             info!(socket = %path.display(), "containerd snapshotter serving");
             Some(tokio::spawn(async move {
-                imagecache::snapshotter::serve(daemon, listener, stop.cancelled_owned()).await
+                imagecache::snapshotter_grpc::serve(daemon, listener, stop.cancelled_owned()).await
             }))
         }
         None => None,

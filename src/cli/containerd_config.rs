@@ -48,7 +48,7 @@ pub async fn run(client: &Client, args: Args) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty());
     print!(
         "{}",
-        crate::snapshotter::containerd_config(&socket, cri_image.as_deref())
+        crate::snapshotter_grpc::containerd_config(&socket, cri_image.as_deref())
     );
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The one way into the daemon: each front door (the HTTP API, the containerd snapshotter)
 //! turns every request into an `Action` and the `Reply` into its own protocol's answer.
 
-use super::snapshots::{SnapshotReply, SnapshotRequest};
+use super::ctr_snapshots::{SnapshotReply, SnapshotRequest};
 use crate::objects::{
     Disk, DiskList, ImageCache, ImageCacheList, ValidDisk, ValidImageCache, VerifyResult,
 };
@@ -36,7 +36,7 @@ pub enum Action {
     DeleteDisk(String),
     /// The state root's filesystem, reflink support, loop devices, caches, disks, versions.
     Info,
-    /// One request of containerd's snapshots API (`daemon::snapshots` documents each); the
+    /// One request of containerd's snapshots API (`daemon::ctr_snapshots` documents each); the
     /// snapshotter front door sends these.
     Snapshot(SnapshotRequest),
 }

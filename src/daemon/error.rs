@@ -67,7 +67,7 @@ pub enum DaemonError {
     Sys(#[from] crate::sys::SysError),
     /// A containerd snapshots request failed, in the kinds containerd tells apart.
     #[error(transparent)]
-    Snapshot(#[from] super::snapshots::SnapshotError),
+    Snapshot(#[from] super::ctr_snapshots::SnapshotError),
 }
 
 impl DaemonError {

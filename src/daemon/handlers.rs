@@ -301,7 +301,7 @@ fn uuid_like() -> String {
 }
 
 /// One line per difference, for people and scripts alike.
-fn problems(report: &crate::snapshot::VerifyReport) -> Vec<String> {
+fn problems(report: &crate::block_snapshot::VerifyReport) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(size) = report.size {
         lines.push(format!(

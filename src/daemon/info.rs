@@ -1,7 +1,7 @@
 //! `imagecache info`: what an operator checks first on a node.
 
 use super::Daemon;
-use crate::disk::CloneMode;
+use crate::disk_image::CloneMode;
 
 pub fn info(d: &Daemon) -> Result<serde_json::Value, crate::failure::BoxError> {
     let cfg = &d.inner.config;

@@ -40,7 +40,7 @@ pub struct Metrics {
     pub pulled_bytes: Counter,
     pub layers_unpacked: Counter,
     pub credentials_refused: Counter,
-    /// Cold pulls through the snapshotter by how they ended (daemon/snapshots/cold_pull.rs).
+    /// Cold pulls through the snapshotter by how they ended (daemon/ctr_snapshots/cold_pull.rs).
     snapshotter_pulls: Family<KindLabel, Counter>,
     /// Shared snapshots (daemon/share): chunks and compressed bytes uploaded, fetched, and
     /// chunks taken from a local snapshot instead of fetched.

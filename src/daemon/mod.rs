@@ -4,6 +4,7 @@ pub mod action;
 pub mod background;
 mod build;
 pub mod clock;
+pub mod ctr_snapshots;
 mod disks;
 mod error;
 pub mod events;
@@ -23,7 +24,6 @@ pub mod pull_auth;
 mod record;
 mod recovery;
 mod share;
-pub mod snapshots;
 mod stop_wait;
 mod storage;
 
@@ -37,10 +37,10 @@ use tokio_util::task::TaskTracker;
 pub use action::{Action, Reply};
 pub use error::{DaemonError, FieldError};
 
+use crate::block_snapshot::SnapshotStore;
 use crate::config::Config;
-use crate::disk::CloneMode;
+use crate::disk_image::CloneMode;
 use crate::registry::{RegistryClient, RegistryConfig};
-use crate::snapshot::SnapshotStore;
 use crate::store::Store;
 use crate::sys::Sys;
 
@@ -76,7 +76,7 @@ struct Inner {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     /// The containerd snapshotter's request serialisation.
-    snapshotter: snapshots::State,
+    snapshotter: ctr_snapshots::State,
     metrics: metrics::Metrics,
     /// Store writes that failed, shown on their objects (record.rs).
     unrecorded: record::Unrecorded,
@@ -159,7 +159,7 @@ impl Daemon {
             jobs: jobs::RunningJobs::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            snapshotter: snapshots::State::default(),
+            snapshotter: ctr_snapshots::State::default(),
             metrics: metrics::Metrics::default(),
             unrecorded: record::Unrecorded::default(),
             grants: image_access::Grants::default(),
@@ -172,7 +172,7 @@ impl Daemon {
         };
         let started = std::time::Instant::now();
         let to_adopt = recovery::recover(&daemon)?;
-        snapshots::recover(&daemon)
+        ctr_snapshots::recover(&daemon)
             .map_err(|e| DaemonError::Setup(format!("snapshotter recovery: {e}")))?;
         tracing::info!(
             disks_to_adopt = to_adopt.len(),

@@ -1,5 +1,5 @@
 //! The credentials of the kubelet's PullImage calls in flight, lent to the snapshotter's cold
-//! pull of the same image (daemon/snapshots/cold_pull.rs). containerd's CRI does not pass a
+//! pull of the same image (daemon/ctr_snapshots/cold_pull.rs). containerd's CRI does not pass a
 //! pull's credentials to the snapshotter, so the CRI image service (src/cri) holds them here
 //! for exactly as long as its forwarded PullImage runs: the guard it gets removes them when
 //! the call returns, fails or is cancelled. They are never written anywhere (state.db, the

@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::DaemonError;
 use crate::config::Config;
-use crate::disk::{self, CloneMode};
+use crate::disk_image::{self, CloneMode};
 use crate::sys::Sys;
 
 /// Takes back what a state root made by an earlier version (or by systemd's
@@ -72,7 +72,7 @@ pub fn make_private(root: &Path) -> Result<(), DaemonError> {
 pub fn prepare(config: &Config, sys: &dyn Sys) -> Result<(CloneMode, String), DaemonError> {
     if let Some(backing) = &config.backing_image {
         let size = backing_size(backing)?;
-        disk::mount_backing_image(sys, backing, size, &config.root).map_err(|e| {
+        disk_image::mount_backing_image(sys, backing, size, &config.root).map_err(|e| {
             DaemonError::Setup(format!(
                 "cannot mount backing_image {} at {}: {e}",
                 backing.display(),
@@ -83,7 +83,7 @@ pub fn prepare(config: &Config, sys: &dyn Sys) -> Result<(CloneMode, String), Da
     }
     crate::access::create_dir_with_mode(&config.root, crate::access::PRIVATE_DIR)
         .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", config.root.display())))?;
-    let probe = disk::probe_reflink(sys, &config.root).map_err(|e| {
+    let probe = disk_image::probe_reflink(sys, &config.root).map_err(|e| {
         DaemonError::Setup(format!(
             "cannot probe reflink support in {}: {e}",
             config.root.display()

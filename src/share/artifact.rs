@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::ShareError;
-use crate::snapshot::ChunkManifest;
+use crate::block_snapshot::ChunkManifest;
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const ARTIFACT_TYPE: &str = "application/vnd.imagecache.snapshot.v1";
@@ -140,7 +140,7 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<(ChunkBlob, Vec<ChunkBlob>)
         )));
     }
     for digest in std::iter::once(&m.config.digest).chain(m.layers.iter().map(|l| &l.digest)) {
-        crate::snapshot::parse_digest(digest)
+        crate::block_snapshot::parse_digest(digest)
             .map_err(|_| ShareError::Invalid(format!("digest {digest:?}")))?;
     }
     let blob = |d: &Descriptor| ChunkBlob {

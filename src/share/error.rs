@@ -23,7 +23,7 @@ pub enum ShareError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] crate::block_snapshot::SnapshotError),
     #[error("share registry {registry}: no answer within {secs} s (registry_timeout_secs)")]
     Timeout { registry: String, secs: u64 },
     #[error("cancelled")]

@@ -34,7 +34,7 @@ pub fn content_key(platform: &str, size_gib: u32, images: &[KeyedImage]) -> Stri
         images,
     };
     let bytes = serde_json::to_vec(&input).expect("plain strings and integers serialise");
-    crate::snapshot::sha256_digest(&bytes)
+    crate::block_snapshot::sha256_digest(&bytes)
 }
 
 /// The tag a key is pushed under: a tag may not hold ':'.

@@ -75,7 +75,7 @@ impl std::fmt::Display for SnapshotRef {
 /// A digest must be a whole sha256 one; a tag follows the distribution spec's grammar.
 fn check_tag_or_digest(s: &str) -> Result<String, String> {
     if s.starts_with("sha256:") {
-        return crate::snapshot::parse_digest(s)
+        return crate::block_snapshot::parse_digest(s)
             .map(|_| s.to_owned())
             .map_err(|_| format!("{s:?} is not a digest: expected sha256: and 64 hex digits"));
     }

@@ -13,9 +13,9 @@ use oci_client::Reference;
 
 use super::artifact::{parse_manifest, ChunkBlob, ShareConfig, MANIFEST_MEDIA_TYPE, MAX_METADATA};
 use super::error::ShareError;
+use crate::block_snapshot::sha256_digest as sha256;
 use crate::registry::bounded::{self, ReadError};
 use crate::registry::Keyring;
-use crate::snapshot::sha256_digest as sha256;
 
 /// `host[:port]/repository` of the share registry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,7 +42,7 @@ pub struct ContainerdOptions {
 pub fn cri_snapshotter_config(socket: &Path) -> String {
     // Exactly what `imagecache containerd-config` prints for an operator (the kubelet flag
     // is a comment there: containerd has no part in it).
-    imagecache::snapshotter::containerd_config(socket, None)
+    imagecache::snapshotter_grpc::containerd_config(socket, None)
 }
 
 /// The whole containerd configuration `TestContainerd::start(dir, opts)` runs with.

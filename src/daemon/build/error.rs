@@ -54,7 +54,7 @@ pub enum BuildError {
     #[error("cache image: {0}")]
     Image(Box<crate::image::ImageError>),
     #[error("snapshot: {0}")]
-    Snapshot(Box<crate::snapshot::SnapshotError>),
+    Snapshot(Box<crate::block_snapshot::SnapshotError>),
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -95,8 +95,8 @@ impl From<crate::image::ImageError> for BuildError {
     }
 }
 
-impl From<crate::snapshot::SnapshotError> for BuildError {
-    fn from(e: crate::snapshot::SnapshotError) -> Self {
+impl From<crate::block_snapshot::SnapshotError> for BuildError {
+    fn from(e: crate::block_snapshot::SnapshotError) -> Self {
         BuildError::Snapshot(Box::new(e))
     }
 }

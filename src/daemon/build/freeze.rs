@@ -8,8 +8,8 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::BuildError;
+use crate::block_snapshot::Snapshot;
 use crate::daemon::{background, Daemon};
-use crate::snapshot::Snapshot;
 
 /// Densifies, checks, hashes and commits the image at `image_path`. A `reused` image shares
 /// extents with its parent, so it is not rewritten.
@@ -33,7 +33,7 @@ pub(super) async fn freeze(
         let (checked, hashed) = std::thread::scope(|s| {
             let _writeback =
                 s.spawn(|| std::fs::File::open(&image_path).and_then(|f| f.sync_data()));
-            crate::snapshot::hash_file_beside(&image_path, || crate::image::fsck(&image_path))
+            crate::block_snapshot::hash_file_beside(&image_path, || crate::image::fsck(&image_path))
         });
         checked?;
         let manifest = hashed?;

@@ -31,10 +31,10 @@ use super::events::{NORMAL, WARNING};
 use super::owner::Owner;
 use super::share::{self, Shareable};
 use super::{ids, record, Daemon};
+use crate::block_snapshot::Snapshot;
 use crate::objects::Phase;
 use crate::registry::ImageReference;
 use crate::share::ShareError;
-use crate::snapshot::Snapshot;
 use crate::store::BuildRecord;
 use workimage::WorkImage;
 

@@ -9,7 +9,7 @@ use super::{BuildError, BuildSpec, REUSE_ANNOTATION};
 use crate::daemon::events::{NORMAL, WARNING};
 use crate::daemon::owner::Owner;
 use crate::daemon::Daemon;
-use crate::disk::CloneMode;
+use crate::disk_image::CloneMode;
 use crate::matching::{self, Candidate, DiskRequest, Selection};
 use crate::sys::Sys;
 

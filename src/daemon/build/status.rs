@@ -2,12 +2,12 @@
 
 use super::plan::Plan;
 use super::{BuildError, BuildSpec};
+use crate::block_snapshot::Snapshot;
 use crate::daemon::events::{self, NORMAL, WARNING};
 use crate::daemon::owner::Owner;
 use crate::daemon::share::import::Imported;
 use crate::daemon::{clock, record, Daemon};
 use crate::objects::{CachedImage, Phase};
-use crate::snapshot::Snapshot;
 
 pub(super) fn set_phase(
     d: &Daemon,

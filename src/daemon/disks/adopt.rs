@@ -3,7 +3,7 @@
 //!
 //! The daemon serves while this runs: `begin` marks every disk as waiting (adoption.rs)
 //! before the sockets open, and `spawn` adopts them on a thread of their own, against one
-//! reading of the kernel's loop devices and mounts (disk::Attachments): linear in the disks.
+//! reading of the kernel's loop devices and mounts (disk_image::Attachments): linear in the disks.
 
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::daemon::events::{self, NORMAL, WARNING};
 use crate::daemon::{clock, Daemon, DaemonError};
-use crate::disk::{self, Attachments, Reattached};
+use crate::disk_image::{self, Attachments, Reattached};
 use crate::objects::DiskPhase;
 
 /// Every stored disk waits for adoption from now on; returns their ids, in the store's order.
@@ -91,7 +91,7 @@ pub fn adopt_all(d: &Daemon, ids: &[String]) -> Result<usize, DaemonError> {
         let image = super::image_path(d, id);
         let mountpoint = status.mountpoint.as_ref().map(std::path::PathBuf::from);
         let outcome = if image.exists() {
-            disk::reattach(
+            disk_image::reattach(
                 d.inner.sys.as_ref(),
                 &kernel,
                 &image,

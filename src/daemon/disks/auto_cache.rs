@@ -91,7 +91,7 @@ pub(super) fn add_notes(disk: &mut Disk, notes: Vec<Note>, now: &str) {
 /// The cache's name, made from the images so pods with the same images share one; `None`
 /// when there is none being built for them (logged and noted: the disk itself is fine
 /// without it). `disk_gib` is the size of the disk that asked: the cache is never smaller.
-/// The containerd snapshotter's cold pulls (daemon/snapshots/cold_pull.rs) come here too,
+/// The containerd snapshotter's cold pulls (daemon/ctr_snapshots/cold_pull.rs) come here too,
 /// with `reuse`, so the layers other caches hold are cloned rather than fetched again, and
 /// with `pulled_with`, the credentials of the CRI pull, which only a build it starts gets.
 pub(crate) async fn ensure_cache_of(

@@ -8,7 +8,7 @@ use tracing::{error, warn};
 use super::internal;
 use super::select::{ChosenCache, Plan};
 use crate::daemon::{background, Daemon, DaemonError};
-use crate::disk::{self, DiskOptions, DiskSource, MountTarget};
+use crate::disk_image::{self, DiskOptions, DiskSource, MountTarget};
 
 /// A snapshot with a reference taken for the disk: a concurrent delete of its cache cannot
 /// remove the file from under the clone. The finished disk keeps the reference.
@@ -39,7 +39,7 @@ pub(super) async fn clone_disk(
     mountpoint: Option<MountTarget>,
     plan: &Plan,
     held: Option<&HeldSnapshot>,
-) -> Result<disk::Disk, DaemonError> {
+) -> Result<disk_image::Disk, DaemonError> {
     let opts = DiskOptions {
         size_bytes: u64::from(plan.size_gib) << 30,
         mountpoint,
@@ -52,9 +52,9 @@ pub(super) async fn clone_disk(
     let created = background::spawn_at(
         "disk-create",
         background::DISK_NICE,
-        move || -> Result<disk::Disk, CreateFailure> {
+        move || -> Result<disk_image::Disk, CreateFailure> {
             let Some((digest, snapshot_image)) = &source else {
-                return disk::create(sys.as_ref(), &image, DiskSource::Empty, &opts)
+                return disk_image::create(sys.as_ref(), &image, DiskSource::Empty, &opts)
                     .map_err(CreateFailure::from);
             };
             let (from, grown_in) = super::grown::source_for(
@@ -67,7 +67,8 @@ pub(super) async fn clone_disk(
             )
             .map_err(CreateFailure::other)?;
             crate::fault::point("disk.grow");
-            let mut made = disk::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)?;
+            let mut made =
+                disk_image::create(sys.as_ref(), &image, DiskSource::Snapshot(&from), &opts)?;
             if let Some(took) = grown_in {
                 // This disk waited for its size's grown image; the next ones will not.
                 made.timings.grow_ms += took.as_secs_f64() * 1e3;
@@ -160,8 +161,8 @@ impl CreateFailure {
     }
 }
 
-impl From<disk::DiskError> for CreateFailure {
-    fn from(e: disk::DiskError) -> Self {
+impl From<disk_image::DiskError> for CreateFailure {
+    fn from(e: disk_image::DiskError) -> Self {
         CreateFailure {
             loop_shortage: e.is_loop_shortage(),
             refused_mount_path: e.is_refused_mount_path(),

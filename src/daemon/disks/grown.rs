@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::disk::CloneMode;
-use crate::snapshot::{SnapshotError, SnapshotStore};
+use crate::block_snapshot::{SnapshotError, SnapshotStore};
+use crate::disk_image::CloneMode;
 use crate::sys::Sys;
 
 /// What a disk of `size` bytes starts from, and how long making a grown image took when

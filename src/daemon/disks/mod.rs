@@ -1,4 +1,5 @@
-//! Per-pod disks: pick a cache (matching.rs), clone its snapshot into a disk of the pod's
+//! The API's per-pod Disk objects (the images, loop devices and mounts beneath them are
+//! `crate::disk_image`): pick a cache (matching.rs), clone its snapshot into a disk of the pod's
 //! own, and pull what the cache lacked into the disk in the background. A create runs in
 //! steps, a module each: select, clone, auto-create a cache, build the object, persist (with
 //! the digest of the disk's bind token, token.rs), pull.
@@ -25,7 +26,7 @@ pub use create::create;
 pub use orphans::remove_orphans;
 
 use super::{Daemon, DaemonError, Reply};
-use crate::disk;
+use crate::disk_image;
 use crate::objects::*;
 
 /// Keeps auto-created caches within their budget (the retention pass calls it, so a
@@ -133,7 +134,7 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
     );
     let deleted =
         super::background::spawn_at("disk-delete", super::background::DISK_NICE, move || {
-            disk::delete(
+            disk_image::delete(
                 sys.as_ref(),
                 &image,
                 device.as_deref(),
@@ -144,7 +145,9 @@ pub async fn delete(d: &Daemon, id: &str) -> Result<Reply, DaemonError> {
         .map_err(DaemonError::internal)?;
     match deleted {
         Ok(()) => {}
-        Err(e @ disk::DiskError::Busy { .. }) => return Err(DaemonError::Conflict(e.to_string())),
+        Err(e @ disk_image::DiskError::Busy { .. }) => {
+            return Err(DaemonError::Conflict(e.to_string()))
+        }
         Err(e) => return Err(internal(e)),
     }
     crate::fault::point("disk.delete");

@@ -4,7 +4,7 @@
 use super::select::Plan;
 use crate::daemon::events::{self, NORMAL, WARNING};
 use crate::daemon::Daemon;
-use crate::disk::{self, CloneMode};
+use crate::disk_image::{self, CloneMode};
 use crate::objects::*;
 
 /// Everything the create learnt, for the object.
@@ -12,7 +12,7 @@ pub(super) struct Made<'a> {
     pub id: &'a str,
     pub req: &'a ValidDisk,
     pub plan: &'a Plan,
-    pub created: &'a disk::Disk,
+    pub created: &'a disk_image::Disk,
     /// The cache created in the background for the next pod with these images.
     pub auto_created: Option<String>,
     pub now: &'a str,
@@ -75,7 +75,7 @@ pub(super) fn disk_object(d: &Daemon, made: Made<'_>) -> Disk {
 fn creation_events(
     d: &Daemon,
     plan: &Plan,
-    created: &disk::Disk,
+    created: &disk_image::Disk,
     auto_created: Option<&str>,
     now: &str,
 ) -> Vec<Event> {

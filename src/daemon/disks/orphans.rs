@@ -76,7 +76,7 @@ fn remove_one(d: &Daemon, dir: &Path, id: &str) -> Result<(), DaemonError> {
     let own_dir = dir.join(id);
     let mountpoint = own_dir.join("mnt");
     // Without a device, delete finds the loop devices bound to the file itself.
-    crate::disk::delete(d.inner.sys.as_ref(), &image, None, Some(&mountpoint))
+    crate::disk_image::delete(d.inner.sys.as_ref(), &image, None, Some(&mountpoint))
         .map_err(|e| DaemonError::Setup(format!("cannot remove unrecorded disk {id}: {e}")))?;
     // Without following symlinks: one planted at `<id>` must not make us rmdir elsewhere.
     match crate::sys::fsops::remove_empty_dirs_beneath(dir, &[id, "mnt"]) {

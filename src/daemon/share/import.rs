@@ -20,9 +20,9 @@ use futures_util::{stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::Shareable;
+use crate::block_snapshot::{parse_digest, Chunk, Snapshot, DEFAULT_CHUNK_SIZE};
 use crate::daemon::Daemon;
 use crate::share::{Artifact, ChunkBlob, ShareConfig, ShareError, ShareRemote};
-use crate::snapshot::{parse_digest, Chunk, Snapshot, DEFAULT_CHUNK_SIZE};
 
 /// Where partial imports live, beside `snapshots/` on the same filesystem.
 pub(crate) const IMPORTS_DIR: &str = "imports";
@@ -411,7 +411,7 @@ fn check(raw: &[u8], expected: &Chunk) -> Result<(), String> {
     if raw.len() as u64 != expected.length {
         return Err(format!("{} bytes, not {}", raw.len(), expected.length));
     }
-    let digest = crate::snapshot::sha256_digest(raw);
+    let digest = crate::block_snapshot::sha256_digest(raw);
     if digest != expected.digest {
         return Err(format!(
             "its content hashes to {digest}, the chunk manifest says {}",

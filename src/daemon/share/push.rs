@@ -11,11 +11,11 @@ use futures_util::{stream, StreamExt as _, TryStreamExt as _};
 use tracing::{info, warn};
 
 use super::Shareable;
+use crate::block_snapshot::{sha256_digest, Chunk, Snapshot};
 use crate::daemon::events::{NORMAL, WARNING};
 use crate::daemon::owner::Owner;
 use crate::daemon::{record, Daemon};
 use crate::share::{tag_for_key, ChunkBlob, ShareConfig, ShareError, ShareRemote, FORMAT_VERSION};
-use crate::snapshot::{sha256_digest, Chunk, Snapshot};
 
 /// zstd's default level: chunks compress fast enough to keep up with an upload, and the
 /// same bytes always give the same blob, so nodes pushing the same chunk make one blob.

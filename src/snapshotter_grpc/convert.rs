@@ -8,7 +8,7 @@ use containerd_client::services::v1::snapshots::{Info, Kind};
 use containerd_client::types::Mount;
 use prost_types::Timestamp;
 
-use crate::daemon::snapshots::{MountSpec, SnapshotError, SnapshotInfo};
+use crate::daemon::ctr_snapshots::{MountSpec, SnapshotError, SnapshotInfo};
 use crate::daemon::DaemonError;
 use crate::store::SnapshotKind;
 

@@ -329,7 +329,7 @@ impl SnapshotStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::hash_file;
+    use crate::block_snapshot::hash_file;
     use std::os::unix::fs::FileExt;
 
     fn image(dir: &Path, name: &str, fill: u8) -> PathBuf {
@@ -358,7 +358,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o400);
         let on_disk = std::fs::read(snap.dir.join(MANIFEST_NAME)).unwrap();
         assert_eq!(
-            crate::snapshot::manifest::sha256_digest(&on_disk),
+            crate::block_snapshot::manifest::sha256_digest(&on_disk),
             snap.digest
         );
         assert_eq!(store.get(&snap.digest).unwrap(), snap);

@@ -1,4 +1,6 @@
-//! Freezing a built image into a read-only, content-addressed snapshot (design §6).
+//! Freezing a built image into a read-only, content-addressed block snapshot (design §6):
+//! the frozen file caches are built into and disks are cloned from. containerd's snapshots
+//! (layer directories chained by parent) are another thing: `daemon::ctr_snapshots`.
 //!
 //! The image file is split into fixed-size chunks on a grid of file offsets; only chunks that
 //! overlap data extents (SEEK_DATA/SEEK_HOLE) are read, so a 20 GiB image with 500 MB of

@@ -1,6 +1,7 @@
-//! Per-pod disks: a snapshot's frozen ext4 image cloned copy-on-write (FICLONE) into
-//! `disks/<id>.img`, grown when the pod asks for more room, attached to a loop device with
-//! direct I/O and mounted. Cloning shares every extent with the snapshot, so a disk is ready
+//! Per-pod disk images, on the node: the files, loop devices and mounts (the API's Disk
+//! objects, their requests and records, are `daemon::disks`). A snapshot's frozen ext4
+//! image cloned copy-on-write (FICLONE) into `disks/<id>.img`, grown when the pod asks for
+//! more room, attached to a loop device with direct I/O and mounted. Cloning shares every extent with the snapshot, so a disk is ready
 //! in milliseconds whatever the cache's size, and neither the snapshot nor another disk ever
 //! sees its writes; the disk's size bounds what the pod can write.
 //!

@@ -1,4 +1,5 @@
-//! The second front door: containerd's snapshots API over gRPC on a unix socket, so
+//! The second front door (the gRPC side of the snapshotter; its core is
+//! `daemon::ctr_snapshots`): containerd's snapshots API over gRPC on a unix socket, so
 //! containerd on the node uses imagecache as its snapshotter (`[proxy_plugins.imagecache]`).
 //! Like the HTTP API beside it, it only parses requests into daemon requests and maps the
 //! daemon's errors to its protocol's codes; it never touches the disk.

@@ -2,8 +2,8 @@
 //! committed snapshots chained by parent) kept in the store, with each snapshot's directory
 //! on node storage, in a Ready cache's frozen image, or on a per-pod disk.
 //!
-//! It knows no gRPC: the front door in `crate::snapshotter` turns containerd's requests into
-//! a [`SnapshotRequest`] and maps a [`SnapshotError`] to its status codes.
+//! It knows no gRPC: the front door in `crate::snapshotter_grpc` turns containerd's requests
+//! into a [`SnapshotRequest`] and maps a [`SnapshotError`] to its status codes.
 //!
 //! | request | what happens |
 //! |---|---|

@@ -17,7 +17,7 @@ use tonic::server::{NamedService, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::daemon::snapshots::{SnapshotReply, SnapshotRequest};
+use crate::daemon::ctr_snapshots::{SnapshotReply, SnapshotRequest};
 use crate::daemon::{Action, Daemon, Reply};
 
 const SERVICE: &str = "containerd.services.snapshots.v1.Snapshots";
