@@ -23,6 +23,7 @@ pub mod matching;
 pub mod mount_path;
 pub mod objects;
 pub mod registry;
+pub mod retry;
 pub mod root_socket;
 pub mod share;
 pub mod snapshotter_grpc;

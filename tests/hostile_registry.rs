@@ -232,7 +232,7 @@ fn rate_limits_and_server_errors_are_retried_a_bounded_number_of_times() {
     let root = scratch.path().join("state");
     let reg = HostileRegistry::start();
     let addr = reg.addr().to_owned();
-    for repo in ["limited", "flaky", "broken"] {
+    for repo in ["limited", "flaky", "broken", "broken-blob"] {
         reg.push(repo, "v1", &tiny(repo));
     }
     reg.rule(
@@ -260,11 +260,21 @@ fn rate_limits_and_server_errors_are_retried_a_bounded_number_of_times() {
             retry_after: None,
         },
     );
+    let broken_blob = tiny("broken-blob").layers[0].digest.clone();
+    reg.rule(
+        &blob_path("broken-blob", &broken_blob),
+        Misbehaviour::Status {
+            status: 500,
+            times: u32::MAX,
+            retry_after: None,
+        },
+    );
     let mut daemon = TestDaemon::start(&root, &[&addr]);
     let cases: Vec<(&str, String, &str)> = vec![
         ("rate-limited", format!("{addr}/limited:v1"), ""),
         ("flaky-blob", format!("{addr}/flaky:v1"), ""),
         ("always-500", format!("{addr}/broken:v1"), ""),
+        ("always-500-blob", format!("{addr}/broken-blob:v1"), ""),
     ];
     let outs = build_all(&daemon, &cases);
 
@@ -290,6 +300,19 @@ fn rate_limits_and_server_errors_are_retried_a_bounded_number_of_times() {
     );
     // max_retries (3) retries after the first attempt, then no more.
     assert_eq!(reg.seen_at(&manifest_path("broken", "v1")).len(), 4);
+
+    // A layer is retried at one level only: four tries of the whole transfer, each asking
+    // for the blob once (not four times four).
+    assert_failed(
+        &daemon,
+        "always-500-blob",
+        &outs[3].0,
+        &["HTTP 500", &broken_blob],
+    );
+    assert_eq!(
+        reg.seen_at(&blob_path("broken-blob", &broken_blob)).len(),
+        4
+    );
     stop_and_assert_clean(&mut daemon, &root);
 }
 

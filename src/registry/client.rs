@@ -1,5 +1,6 @@
 //! Talking to registries: resolve a reference to the node's manifest and config, and open
-//! verified layer streams, through mirrors first and with retries of transient failures.
+//! verified layer streams, through mirrors first. Resolving retries transient failures; a
+//! layer is retried whole by its caller.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -18,8 +19,8 @@ use super::error::RegistryError;
 use super::manifest::{self, LayerDescriptor, Parsed, RawBlob, RawManifest};
 use super::platform::{self, Platform};
 use super::reference::{normalize_registry_host, ImageReference};
-use super::retry::with_retries;
 use super::stream::{BlobStream, VerifyingStream};
+use crate::retry::{GaveUp, RetryPolicy, Stop};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default of [`RegistryConfig::timeout`]: a registry that accepts connections and never
@@ -29,6 +30,19 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(45);
 /// The distribution registry refuses to store manifests over 4 MiB, so no registry can
 /// rightly serve a bigger one; reading stops there.
 const MAX_MANIFEST: usize = 4 << 20;
+/// Resolving an image and checking access to a manifest at the upstream registry (mirrors get
+/// one try each, so a dead mirror costs little). `attempts` and `deadline` come from
+/// [`RegistryConfig`]. The waits, 0.1 s to 0.8 s, let a registry restart or a node's network
+/// come up without holding a build that will fail anyway for long.
+const REGISTRY_RETRY: RetryPolicy = RetryPolicy {
+    immediate: 0,
+    first: Duration::from_millis(200),
+    // Keeps a registry's long Retry-After from turning into minutes of silence.
+    max: Duration::from_secs(10),
+    attempts: 4,
+    deadline: DEFAULT_TIMEOUT,
+    log: tracing::Level::WARN,
+};
 const USER_AGENT: &str = concat!("imagecache/", env!("CARGO_PKG_VERSION"));
 /// Registry error bodies can be whole HTML pages.
 const MAX_DETAIL: usize = 300;
@@ -43,7 +57,9 @@ pub struct RegistryConfig {
     /// docker config.json holding credentials for mirrors (pull secrets are never sent to a
     /// mirror: they belong to the upstream registry).
     pub docker_config: Option<PathBuf>,
-    /// Retries of transient failures against the upstream registry.
+    /// Retries of transient failures against the upstream registry when resolving an image
+    /// or checking access to a manifest. Blobs are not retried here: their caller retries the
+    /// whole transfer, a failure mid-stream included, so each try is counted once.
     pub max_retries: u32,
     /// How long resolving an image, or opening one blob, may take in all (every retry and
     /// mirror included), and the longest silence allowed between two reads of a response.
@@ -56,7 +72,7 @@ impl Default for RegistryConfig {
             insecure_registries: Vec::new(),
             mirrors: BTreeMap::new(),
             docker_config: None,
-            max_retries: 3,
+            max_retries: REGISTRY_RETRY.attempts - 1,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -131,7 +147,8 @@ struct Endpoint {
     host: String,
     mirror: bool,
     creds: Credentials,
-    retries: u32,
+    /// Tries of one request here, the first included.
+    attempts: u32,
 }
 
 /// What error messages need to know about an attempt.
@@ -198,15 +215,15 @@ impl RegistryClient {
         creds: &Credentials,
     ) -> Result<ResolvedImage, RegistryError> {
         let what = format!("resolving `{reference}`");
-        self.within_deadline(reference, what, async {
+        self.within_deadline(reference, what.clone(), async {
             let endpoints = self.endpoints(reference, creds);
             let last = endpoints.len() - 1;
             for (i, endpoint) in endpoints.iter().enumerate() {
-                let what = format!("resolve {reference} via {}", endpoint.host);
-                let result = with_retries(endpoint.retries, &what, || {
-                    self.resolve_at(endpoint, reference)
-                })
-                .await;
+                let result = self
+                    .retrying(endpoint, reference, &what, || {
+                        self.resolve_at(endpoint, reference)
+                    })
+                    .await;
                 match result {
                     Err(e) if i < last => {
                         tracing::warn!(mirror = %endpoint.host, image = %reference, error = %e, "mirror failed; trying the next source");
@@ -238,17 +255,18 @@ impl RegistryClient {
             });
         };
         let what = format!("checking access to `{pinned}`");
-        self.within_deadline(pinned, what, async {
+        self.within_deadline(pinned, what.clone(), async {
             let endpoint = Endpoint {
                 host: pinned.registry().to_string(),
                 mirror: false,
                 creds: creds.clone(),
-                retries: self.config.max_retries,
+                attempts: self.config.max_retries.saturating_add(1),
             };
-            let fetched = with_retries(endpoint.retries, "check manifest access", || {
-                self.fetch_manifest(&endpoint, pinned)
-            })
-            .await;
+            let fetched = self
+                .retrying(&endpoint, pinned, &what, || {
+                    self.fetch_manifest(&endpoint, pinned)
+                })
+                .await;
             match fetched {
                 Ok((_, bytes)) => {
                     manifest::verify("manifest", &bytes, digest, None)?;
@@ -275,18 +293,48 @@ impl RegistryClient {
     ) -> Result<T, RegistryError> {
         tokio::time::timeout(self.config.timeout, work)
             .await
-            .unwrap_or_else(|_| {
-                Err(RegistryError::DeadlineExceeded {
-                    registry: reference.registry().to_string(),
-                    what,
-                    timeout_secs: self.config.timeout.as_secs(),
-                })
+            .unwrap_or_else(|_| Err(self.deadline_exceeded(reference, what)))
+    }
+
+    fn deadline_exceeded(&self, reference: &ImageReference, what: String) -> RegistryError {
+        RegistryError::DeadlineExceeded {
+            registry: reference.registry().to_string(),
+            what,
+            timeout_secs: self.config.timeout.as_secs(),
+        }
+    }
+
+    /// `request` at `endpoint`, retried by [`REGISTRY_RETRY`] with this client's attempts and
+    /// deadline. Retries cut short by the deadline fail as the deadline does, as they would
+    /// had the wait been begun.
+    async fn retrying<T, Fut>(
+        &self,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        what: &str,
+        request: impl FnMut() -> Fut,
+    ) -> Result<T, RegistryError>
+    where
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
+        let policy = RetryPolicy {
+            attempts: endpoint.attempts,
+            deadline: self.config.timeout,
+            ..REGISTRY_RETRY
+        };
+        let at = format!("{what} via {}", endpoint.host);
+        policy
+            .run(at, None, request, RegistryError::retry_verdict)
+            .await
+            .map_err(|GaveUp { error, stop, .. }| match stop {
+                Stop::Deadline => self.deadline_exceeded(reference, what.to_owned()),
+                _ => error,
             })
     }
 
-    /// Opens a verified stream of `layer`. Failures before the first byte are retried (and
-    /// fall back from mirrors); failures mid-stream end the stream with an error and the
-    /// caller retries the whole layer.
+    /// Opens a verified stream of `layer`, falling back from mirrors to the registry. Nothing
+    /// is retried here: a failure before the first byte or mid-stream alike reaches the
+    /// caller, which retries the whole layer (retrying here as well would multiply the tries).
     pub async fn open_blob(
         &self,
         reference: &ImageReference,
@@ -298,11 +346,9 @@ impl RegistryClient {
             let endpoints = self.endpoints(reference, creds);
             let last = endpoints.len() - 1;
             for (i, endpoint) in endpoints.iter().enumerate() {
-                let what = format!("open blob {} via {}", layer.digest, endpoint.host);
-                let result = with_retries(endpoint.retries, &what, || {
-                    self.open_blob_at(endpoint, reference, &layer.digest, layer.size)
-                })
-                .await;
+                let result = self
+                    .open_blob_at(endpoint, reference, &layer.digest, layer.size)
+                    .await;
                 match result {
                     Err(e) if i < last => {
                         tracing::warn!(mirror = %endpoint.host, blob = %layer.digest, error = %e, "mirror failed; trying the next source");
@@ -325,7 +371,7 @@ impl RegistryClient {
                     host: mirror.clone(),
                     mirror: true,
                     creds: keyring.credentials_for(mirror),
-                    retries: 0,
+                    attempts: 1,
                 });
             }
         }
@@ -333,7 +379,7 @@ impl RegistryClient {
             host: reference.registry().to_string(),
             mirror: false,
             creds: creds.clone(),
-            retries: self.config.max_retries,
+            attempts: self.config.max_retries.saturating_add(1),
         });
         endpoints
     }

@@ -188,6 +188,17 @@ impl RegistryError {
         }
     }
 
+    /// How [`crate::retry`] treats this error: transient ones again, after the registry's
+    /// Retry-After when it sent one.
+    pub fn retry_verdict(&self) -> crate::retry::Verdict {
+        use crate::retry::Verdict;
+        match self.retry_after() {
+            _ if !self.is_transient() => Verdict::Permanent,
+            Some(after) => Verdict::RetryAfter(after),
+            None => Verdict::Retry,
+        }
+    }
+
     /// Whether trying again may succeed without anyone changing anything.
     ///
     /// Connect errors count: a registry restarting or a node's network coming up is the common
@@ -203,5 +214,55 @@ impl RegistryError {
             RegistryError::Server { status, .. } => *status >= 500,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::Verdict;
+    use std::time::Duration;
+
+    fn server(status: u16) -> RegistryError {
+        RegistryError::Server {
+            image: "i".into(),
+            registry: "r".into(),
+            status,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_are_retried_and_a_hint_is_kept() {
+        assert_eq!(server(503).retry_verdict(), Verdict::Retry);
+        assert_eq!(server(400).retry_verdict(), Verdict::Permanent);
+        let limited = |retry_after| RegistryError::RateLimited {
+            image: "i".into(),
+            registry: "r".into(),
+            retry_after,
+        };
+        assert_eq!(
+            limited(Some(Duration::from_secs(3))).retry_verdict(),
+            Verdict::RetryAfter(Duration::from_secs(3))
+        );
+        assert_eq!(limited(None).retry_verdict(), Verdict::Retry);
+        let not_found = RegistryError::NotFound {
+            image: "i".into(),
+            registry: "r".into(),
+        };
+        assert_eq!(not_found.retry_verdict(), Verdict::Permanent);
+        let mismatch = RegistryError::DigestMismatch {
+            what: "blob",
+            expected: "sha256:a".into(),
+            actual: "sha256:b".into(),
+        };
+        assert_eq!(mismatch.retry_verdict(), Verdict::Permanent);
+        // The deadline already covered every retry.
+        let spent = RegistryError::DeadlineExceeded {
+            registry: "r".into(),
+            what: "resolving".into(),
+            timeout_secs: 3,
+        };
+        assert_eq!(spent.retry_verdict(), Verdict::Permanent);
     }
 }

@@ -15,7 +15,6 @@ mod error;
 pub(crate) mod manifest;
 pub(crate) mod platform;
 mod reference;
-mod retry;
 mod stream;
 
 pub use auth::{decode_basic_auth, split_secret_ref, Credentials, Keyring};

@@ -9,12 +9,15 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use rustix::fs::{
     self as rfs, AtFlags, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
     Uid, XattrFlags,
 };
 use rustix::io::Errno;
+
+use crate::retry::{RetryPolicy, Verdict};
 
 /// The kinds of node `mknod` makes for a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,22 +82,47 @@ fn open_dir_resolving(
     rel: &[u8],
     how: ResolveFlags,
 ) -> Result<OwnedFd, Errno> {
-    let mut attempts = 0;
-    loop {
-        let res = rfs::openat2(
-            root,
-            rel,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            how | ResolveFlags::NO_MAGICLINKS,
-        );
-        // The kernel answers EAGAIN when a rename elsewhere on the system raced a `..` step
-        // of the resolution (a symlink target may contain `..`); the lookup is safe to repeat.
-        match res {
-            Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
-            other => return other,
-        }
-    }
+    openat2_retrying(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        how | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// The kernel answers EAGAIN when a rename elsewhere on the system raced a `..` step of an
+/// openat2 resolution (a symlink target may contain `..`): the lookup is safe to repeat, at
+/// once, as the race is over; only a system renaming without pause loses it every time.
+const RESOLVE_RACE_RETRY: RetryPolicy = RetryPolicy {
+    immediate: 16,
+    first: Duration::ZERO,
+    max: Duration::ZERO,
+    attempts: 17,
+    deadline: Duration::from_secs(1),
+    log: tracing::Level::TRACE,
+};
+
+/// openat2 of `name` under `dir`, with EAGAIN retried by [`RESOLVE_RACE_RETRY`].
+pub(crate) fn openat2_retrying(
+    dir: impl AsFd,
+    name: &[u8],
+    flags: OFlags,
+    how: ResolveFlags,
+) -> Result<OwnedFd, Errno> {
+    let dir = dir.as_fd();
+    RESOLVE_RACE_RETRY
+        .run_blocking(
+            "openat2",
+            || rfs::openat2(dir, name, flags, Mode::empty(), how),
+            |e| {
+                if *e == Errno::AGAIN {
+                    Verdict::Retry
+                } else {
+                    Verdict::Permanent
+                }
+            },
+        )
+        .map_err(|gave_up| gave_up.error)
 }
 
 /// Open directory `rel` in a lower layer the way containerd 1.6 looks a path up there

@@ -6,19 +6,22 @@ use std::time::Duration;
 use rustix::io::Errno;
 
 use super::{Result, Sys};
+use crate::retry::{RetryPolicy, Verdict};
 
-/// Waits between attempts: about 0.3 s in all before a busy mount is believed busy.
-const BUSY_RETRIES: [Duration; 6] = [
-    Duration::from_millis(5),
-    Duration::from_millis(10),
-    Duration::from_millis(20),
-    Duration::from_millis(40),
-    Duration::from_millis(80),
-    Duration::from_millis(160),
-];
+/// Waits of 6 ms doubling (jittered, 0.2–0.4 s in all) before a busy mount is believed busy:
+/// a forked child holds the copied descriptors only until it execs. The deadline is above
+/// every wait, so a truly busy mount is asked exactly `attempts` times.
+const UNMOUNT_RETRY: RetryPolicy = RetryPolicy {
+    immediate: 0,
+    first: Duration::from_millis(6),
+    max: Duration::from_millis(192),
+    attempts: 7,
+    deadline: Duration::from_secs(1),
+    log: tracing::Level::DEBUG,
+};
 
 /// How many times [`unmount_settled`] asks before it believes a busy answer.
-pub const UNMOUNT_ATTEMPTS: usize = BUSY_RETRIES.len() + 1;
+pub const UNMOUNT_ATTEMPTS: usize = UNMOUNT_RETRY.attempts as usize;
 
 /// Unmount `target` (never lazily), retrying for a moment while the kernel says it is busy.
 ///
@@ -37,17 +40,16 @@ pub fn unmount_settled_nofollow(sys: &dyn Sys, target: &Path) -> Result<()> {
     settle(|| sys.unmount_nofollow(target))
 }
 
-fn settle(mut unmount: impl FnMut() -> Result<()>) -> Result<()> {
-    let mut waits = BUSY_RETRIES.iter();
-    loop {
-        match unmount() {
-            Err(e) if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) => match waits.next() {
-                Some(wait) => std::thread::sleep(*wait),
-                None => return Err(e),
-            },
-            other => return other,
-        }
-    }
+fn settle(unmount: impl FnMut() -> Result<()>) -> Result<()> {
+    UNMOUNT_RETRY
+        .run_blocking("unmount", unmount, |e| {
+            if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) {
+                Verdict::Retry
+            } else {
+                Verdict::Permanent
+            }
+        })
+        .map_err(|gave_up| gave_up.error)
 }
 
 #[cfg(test)]
@@ -89,6 +91,13 @@ mod tests {
         let err = unmount_settled(&sys, dir.path()).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(Errno::BUSY.raw_os_error()));
         assert_eq!(unmount_calls(&sys), UNMOUNT_ATTEMPTS);
+    }
+
+    #[test]
+    fn a_lasting_busy_is_asked_every_attempt_within_the_deadline() {
+        let all = UNMOUNT_RETRY.longest_total_wait();
+        assert!(all < UNMOUNT_RETRY.deadline, "{all:?}");
+        assert!(all >= Duration::from_millis(300), "{all:?}");
     }
 
     #[test]

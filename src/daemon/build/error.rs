@@ -110,11 +110,13 @@ impl BuildError {
         }
     }
 
-    /// Worth another attempt: the network or the registry may do better next time.
-    pub fn is_transient(&self) -> bool {
+    /// Whether another attempt is worth it, as [`crate::retry`] asks: a transient fetch
+    /// failure (the network or the registry may do better next time), after the registry's
+    /// Retry-After when it sent one; nothing else.
+    pub fn retry_verdict(&self) -> crate::retry::Verdict {
         match self {
-            BuildError::Fetch { source, .. } => source.is_transient(),
-            _ => false,
+            BuildError::Fetch { source, .. } => source.retry_verdict(),
+            _ => crate::retry::Verdict::Permanent,
         }
     }
 

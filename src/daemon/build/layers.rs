@@ -21,10 +21,23 @@ use crate::daemon::progress::Progress;
 use crate::daemon::{background, clock, pipe, Daemon};
 use crate::layout::layer_dir;
 use crate::registry::Keyring;
+use crate::retry::{GaveUp, RetryPolicy, Stop, Verdict};
 use crate::unpack::{self, Compression, LayerStats, UnpackError};
 
-/// Attempts per layer when the transfer fails for a reason that may pass.
-const ATTEMPTS: u32 = 4;
+/// A layer's whole transfer (open, stream, unpack), the one level at which a layer is retried:
+/// the registry client does not retry a blob beneath it, so a try is counted once. The first
+/// wait, 0.1–0.2 s, lets a dropped connection or a registry restart pass. No try starts later
+/// than ten minutes after the first: a layer failing that long is better failed with its
+/// error. A transfer under way is never cut; the registry timeout bounds only its silences.
+const LAYER_RETRY: RetryPolicy = RetryPolicy {
+    immediate: 0,
+    first: Duration::from_millis(200),
+    // As the registry client's: a long Retry-After does not hold a build for minutes.
+    max: Duration::from_secs(10),
+    attempts: 4,
+    deadline: Duration::from_secs(600),
+    log: tracing::Level::WARN,
+};
 /// How often progress is written to the store while layers stream.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -155,35 +168,43 @@ async fn pull_layer(
         p = d.inner.downloads.clone().acquire_owned() => p.map_err(|_| BuildError::Cancelled)?,
         _ = cancel.cancelled() => return Err(BuildError::Cancelled),
     };
-    let mut backoff = Duration::from_millis(200);
-    for attempt in 1..=ATTEMPTS {
-        reset_dir(dest)?;
-        let mut counted = 0u64;
-        let result =
-            fetch_and_unpack(d, layer, keyring, dest, progress, &mut counted, cancel).await;
-        match result {
-            Ok(stats) => {
-                crate::fault::point("build.layer");
-                d.inner.metrics.layers_unpacked.inc();
-                return Ok(stats);
-            }
-            Err(e) => {
-                progress.sub(counted);
-                // A mismatch or refused layer leaves nothing behind: no partial layer survives.
-                let _ = std::fs::remove_dir_all(dest.parent().unwrap_or(dest));
-                if !e.is_transient() || attempt == ATTEMPTS || cancel.is_cancelled() {
-                    return Err(e);
+    let fetched = LAYER_RETRY
+        .run(
+            format!("layer {}", layer.descriptor.digest),
+            Some(cancel),
+            || async {
+                reset_dir(dest)?;
+                let mut counted = 0u64;
+                let result =
+                    fetch_and_unpack(d, layer, keyring, dest, progress, &mut counted, cancel).await;
+                if result.is_err() {
+                    progress.sub(counted);
+                    // A mismatch or refused layer leaves nothing behind: no partial layer survives.
+                    let _ = std::fs::remove_dir_all(dest.parent().unwrap_or(dest));
                 }
-                tracing::warn!(layer = %layer.descriptor.digest, attempt, error = %e, "layer transfer failed, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = cancel.cancelled() => return Err(BuildError::Cancelled),
+                result
+            },
+            |e| {
+                if cancel.is_cancelled() {
+                    Verdict::Permanent
+                } else {
+                    e.retry_verdict()
                 }
-                backoff *= 2;
-            }
+            },
+        )
+        .await;
+    match fetched {
+        Ok(stats) => {
+            crate::fault::point("build.layer");
+            d.inner.metrics.layers_unpacked.inc();
+            Ok(stats)
         }
+        Err(GaveUp {
+            stop: Stop::Cancelled,
+            ..
+        }) => Err(BuildError::Cancelled),
+        Err(GaveUp { error, .. }) => Err(error),
     }
-    unreachable!("the last attempt returns")
 }
 
 fn reset_dir(dest: &Path) -> Result<(), BuildError> {

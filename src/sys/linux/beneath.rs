@@ -11,7 +11,7 @@
 //! RESOLVE_NO_XDEV also keeps a disk from being mounted inside another mount beneath the
 //! root (another pod's disk, whose contents that pod controls) or stacked on one.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,7 @@ use rustix::io::Errno;
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags};
 
 use crate::mount_path::MountTarget;
+use crate::sys::fsops::openat2_retrying;
 use crate::sys::{MountOptions, Result, SysError};
 
 /// Mode of the directories made on the way to a mount point: a disk's mount point holds a
@@ -28,23 +29,6 @@ const DIR_MODE: u32 = crate::access::PRIVATE_DIR;
 
 fn errno(op: &'static str, path: &Path, e: Errno) -> SysError {
     SysError::io(op, path, std::io::Error::from(e))
-}
-
-/// openat2 with EAGAIN (a concurrent rename elsewhere on the system) retried.
-fn openat2_retrying(
-    dir: impl AsFd,
-    name: &[u8],
-    flags: OFlags,
-    how: ResolveFlags,
-) -> std::result::Result<OwnedFd, Errno> {
-    let dir = dir.as_fd();
-    let mut attempts = 0;
-    loop {
-        match rfs::openat2(dir, name, flags, Mode::empty(), how) {
-            Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
-            other => return other,
-        }
-    }
 }
 
 /// An O_PATH fd on the directory `path` (absolute), reached without following any symlink.

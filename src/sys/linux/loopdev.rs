@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use linux_raw_sys::loop_device::{
     loop_config, loop_info64, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_GET_STATUS64, LO_FLAGS_AUTOCLEAR,
@@ -17,26 +17,44 @@ use rustix::io::Errno;
 use rustix::ioctl::{self, Getter, NoArg, Opcode, Setter};
 
 use super::loopclaim;
+use crate::retry::{GaveUp, RetryPolicy, Stop, Verdict};
 
 use crate::sys::{LoopDevice, LoopInfo, LoopOptions, Result, SysError};
 
-/// How often to claim another device when another process configures the one we claimed
-/// before we do (EBUSY). The usual race is lost once and won at the next claim, so the first
-/// few retries are immediate; after them each waits a little longer (1 ms doubling up to
-/// 50 ms), so something attaching in a tight loop gets room to finish. Whichever bound comes
-/// first ends it with an error naming EBUSY: a caller (a disk create the kubelet waits on)
-/// is better answered in ~2 s than left spinning.
-const CLAIM_ATTEMPTS: u32 = 64;
-const BUSY_IMMEDIATE_RETRIES: u32 = 8;
-const BUSY_MAX_DELAY: Duration = Duration::from_millis(50);
-const BUSY_DEADLINE: Duration = Duration::from_secs(2);
+/// Claiming another device when another process configures the one we claimed before we do
+/// (EBUSY). The usual race is lost once and won at the next claim, so the first few retries
+/// are immediate; after them each waits a little longer (1 ms doubling up to 50 ms), so
+/// something attaching in a tight loop gets room to finish. Whichever bound comes first ends
+/// it with an error naming EBUSY: a caller (a disk create the kubelet waits on) is better
+/// answered in ~2 s than left spinning.
+const CLAIM_RETRY: RetryPolicy = RetryPolicy {
+    immediate: 8,
+    first: Duration::from_millis(1),
+    max: Duration::from_millis(50),
+    attempts: 64,
+    deadline: Duration::from_secs(2),
+    log: tracing::Level::TRACE,
+};
 /// devtmpfs creates /dev/loopN when the device is added, but a udev running on the node
-/// may briefly remove and recreate it.
-const OPEN_ATTEMPTS: u32 = 20;
-const OPEN_RETRY_DELAY: Duration = Duration::from_millis(5);
-/// LOOP_CLR_FD answers EBUSY while the kernel is still tearing down a recent user.
-const DETACH_ATTEMPTS: u32 = 50;
-const DETACH_RETRY_DELAY: Duration = Duration::from_millis(20);
+/// may briefly remove and recreate it: about 0.1 s for it to come back.
+const OPEN_RETRY: RetryPolicy = RetryPolicy {
+    immediate: 0,
+    first: Duration::from_millis(1),
+    max: Duration::from_millis(10),
+    attempts: 21,
+    deadline: Duration::from_millis(250),
+    log: tracing::Level::DEBUG,
+};
+/// LOOP_CLR_FD answers EBUSY while the kernel is still tearing down a recent user: about a
+/// second for it to finish.
+const DETACH_RETRY: RetryPolicy = RetryPolicy {
+    immediate: 0,
+    first: Duration::from_millis(5),
+    max: Duration::from_millis(40),
+    attempts: 50,
+    deadline: Duration::from_secs(1),
+    log: tracing::Level::DEBUG,
+};
 /// Matches ext4's block size, so direct I/O never needs read-modify-write on the backing file.
 const DIRECT_IO_BLOCK_SIZE: u32 = 4096;
 
@@ -84,15 +102,35 @@ fn config_for(backing: &File, file: &Path, opts: LoopOptions, direct_io: bool) -
 }
 
 fn open_device(path: &Path, read_only: bool) -> Result<File> {
-    let mut attempt = 0;
-    loop {
-        match OpenOptions::new().read(true).write(!read_only).open(path) {
-            Ok(f) => return Ok(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < OPEN_ATTEMPTS => {
-                attempt += 1;
-                std::thread::sleep(OPEN_RETRY_DELAY);
+    OPEN_RETRY
+        .run_blocking(
+            format_args!("open {}", path.display()),
+            || OpenOptions::new().read(true).write(!read_only).open(path),
+            |e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Verdict::Retry
+                } else {
+                    Verdict::Permanent
+                }
+            },
+        )
+        .map_err(|gave_up| SysError::io("open", path, gave_up.error))
+}
+
+/// Why one try at attaching failed.
+enum AttachFailure {
+    /// Another process configured the claimed device first: claim another.
+    Busy(PathBuf),
+    Failed(SysError),
+}
+
+impl std::fmt::Display for AttachFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachFailure::Busy(device) => {
+                write!(f, "{} taken by another process", device.display())
             }
-            Err(e) => return Err(SysError::io("open", path, e)),
+            AttachFailure::Failed(e) => std::fmt::Display::fmt(e, f),
         }
     }
 }
@@ -110,51 +148,18 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
         .map_err(|e| SysError::io("open", "/dev/loop-control", e))?;
 
     let mut direct_io = opts.direct_io;
-    let started = Instant::now();
-    let mut busy = 0;
-    loop {
-        // Held until LOOP_CONFIGURE answers, so no other attach here is handed this number.
-        let claim = loopclaim::claim(&control, loopclaim::Sources::kernel())?;
-        let number = claim.number();
-        let path = PathBuf::from(format!("/dev/loop{number}"));
-        let device = open_device(&path, opts.read_only)?;
-        match configure(&device, config_for(&backing, file, opts, direct_io)) {
-            Ok(()) => {
-                tracing::debug!(?file, device = ?path, ?opts, direct_io, "attached loop device");
-                crate::fault::point("loop.attached");
-                // Without autoclear the binding outlives any fd; holding one would only
-                // turn a later LOOP_CLR_FD into a deferred detach.
-                return Ok(if opts.autoclear {
-                    LoopDevice::with_holder(number, OwnedFd::from(device))
-                } else {
-                    LoopDevice::new(number)
-                });
-            }
-            Err(Errno::BUSY) => {
-                // Another process configured this device between our claim and our ioctl.
-                busy += 1;
-                let elapsed = started.elapsed();
-                if busy >= CLAIM_ATTEMPTS || elapsed >= BUSY_DEADLINE {
-                    tracing::warn!(
-                        ?file,
-                        attempts = busy,
-                        ?elapsed,
-                        "every loop device claimed was taken by another process"
-                    );
-                    return Err(SysError::LoopDevicesBusy {
-                        file: file.to_owned(),
-                        attempts: busy,
-                        elapsed,
-                    });
-                }
-                tracing::trace!(device = ?path, busy, "loop device taken, asking for another");
-                if busy > BUSY_IMMEDIATE_RETRIES {
-                    // Not holding the number while waiting: it is someone else's anyway.
-                    drop((device, claim));
-                    std::thread::sleep(busy_delay(busy).min(BUSY_DEADLINE - elapsed));
-                }
-            }
-            Err(Errno::INVAL) if direct_io => {
+    let attached = CLAIM_RETRY.run_blocking(
+        format_args!("attach {}", file.display()),
+        || {
+            // Held until LOOP_CONFIGURE answers, so no other attach here is handed this
+            // number; dropped before any wait, as the number is someone else's by then.
+            let claim = loopclaim::claim(&control, loopclaim::Sources::kernel())
+                .map_err(AttachFailure::Failed)?;
+            let number = claim.number();
+            let path = PathBuf::from(format!("/dev/loop{number}"));
+            let device = open_device(&path, opts.read_only).map_err(AttachFailure::Failed)?;
+            let mut configured = configure(&device, config_for(&backing, file, opts, direct_io));
+            if configured == Err(Errno::INVAL) && direct_io {
                 // The backing filesystem cannot do O_DIRECT at this block size (tmpfs, some
                 // FUSE filesystems): buffered I/O is slower but correct.
                 tracing::debug!(
@@ -162,17 +167,60 @@ pub(super) fn attach(file: &Path, opts: LoopOptions) -> Result<LoopDevice> {
                     "direct I/O refused for loop backing file, using buffered I/O"
                 );
                 direct_io = false;
+                configured = configure(&device, config_for(&backing, file, opts, direct_io));
             }
-            Err(e) => return Err(SysError::io("LOOP_CONFIGURE", path, e)),
+            match configured {
+                Ok(()) => Ok((number, device, path)),
+                // Another process configured this device between our claim and our ioctl.
+                Err(Errno::BUSY) => Err(AttachFailure::Busy(path)),
+                Err(e) => Err(AttachFailure::Failed(SysError::io(
+                    "LOOP_CONFIGURE",
+                    path,
+                    e,
+                ))),
+            }
+        },
+        |e| match e {
+            AttachFailure::Busy(_) => Verdict::Retry,
+            AttachFailure::Failed(_) => Verdict::Permanent,
+        },
+    );
+    match attached {
+        Ok((number, device, path)) => {
+            tracing::debug!(?file, device = ?path, ?opts, direct_io, "attached loop device");
+            crate::fault::point("loop.attached");
+            // Without autoclear the binding outlives any fd; holding one would only turn a
+            // later LOOP_CLR_FD into a deferred detach.
+            Ok(if opts.autoclear {
+                LoopDevice::with_holder(number, OwnedFd::from(device))
+            } else {
+                LoopDevice::new(number)
+            })
+        }
+        Err(GaveUp {
+            error: AttachFailure::Failed(e),
+            ..
+        }) => Err(e),
+        Err(GaveUp {
+            error: AttachFailure::Busy(_),
+            stop,
+            tries,
+            elapsed,
+        }) => {
+            tracing::warn!(
+                ?file,
+                attempts = tries,
+                ?elapsed,
+                deadline_reached = stop == Stop::Deadline,
+                "every loop device claimed was taken by another process"
+            );
+            Err(SysError::LoopDevicesBusy {
+                file: file.to_owned(),
+                attempts: tries,
+                elapsed,
+            })
         }
     }
-}
-
-/// The wait before the `busy`-th retry past the immediate ones: 1 ms, doubling, at most
-/// [`BUSY_MAX_DELAY`].
-fn busy_delay(busy: u32) -> Duration {
-    let doublings = busy.saturating_sub(BUSY_IMMEDIATE_RETRIES + 1).min(16);
-    Duration::from_millis(1 << doublings).min(BUSY_MAX_DELAY)
 }
 
 fn get_status(device: impl AsFd) -> rustix::io::Result<loop_info64> {
@@ -223,19 +271,27 @@ pub(super) fn detach_if_backed_by(device: &Path, file: &Path) -> Result<bool> {
 }
 
 fn clear_with_retries(fd: &File, device: &Path) -> Result<()> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match clear_fd(fd) {
-            Ok(()) => {
-                tracing::debug!(?device, "detached loop device");
-                return Ok(());
+    let cleared = DETACH_RETRY.run_blocking(
+        format_args!("detach {}", device.display()),
+        || clear_fd(fd),
+        |e| {
+            if *e == Errno::BUSY {
+                Verdict::Retry
+            } else {
+                Verdict::Permanent
             }
-            // Already unbound: what the caller wanted.
-            Err(Errno::NXIO) => return Ok(()),
-            Err(Errno::BUSY) if attempt < DETACH_ATTEMPTS => std::thread::sleep(DETACH_RETRY_DELAY),
-            Err(e) => return Err(SysError::io("LOOP_CLR_FD", device, e)),
+        },
+    );
+    match cleared {
+        Ok(()) => {
+            tracing::debug!(?device, "detached loop device");
+            Ok(())
         }
+        // Already unbound: what the caller wanted.
+        Err(GaveUp {
+            error: Errno::NXIO, ..
+        }) => Ok(()),
+        Err(GaveUp { error, .. }) => Err(SysError::io("LOOP_CLR_FD", device, error)),
     }
 }
 
@@ -277,22 +333,10 @@ mod tests {
 
     #[test]
     fn busy_retries_back_off_and_stay_within_the_deadline() {
-        assert_eq!(
-            busy_delay(BUSY_IMMEDIATE_RETRIES + 1),
-            Duration::from_millis(1)
-        );
-        assert_eq!(
-            busy_delay(BUSY_IMMEDIATE_RETRIES + 2),
-            Duration::from_millis(2)
-        );
-        assert_eq!(busy_delay(BUSY_IMMEDIATE_RETRIES + 7), BUSY_MAX_DELAY);
-        assert_eq!(busy_delay(u32::MAX), BUSY_MAX_DELAY);
         // Waiting through every attempt would take longer than the deadline: the deadline,
         // a few seconds, is what a caller waits at most.
-        let all: Duration = (BUSY_IMMEDIATE_RETRIES + 1..CLAIM_ATTEMPTS)
-            .map(busy_delay)
-            .sum();
-        assert!(all >= BUSY_DEADLINE, "{all:?}");
-        assert!(BUSY_DEADLINE <= Duration::from_secs(3));
+        let all = CLAIM_RETRY.longest_total_wait();
+        assert!(all >= CLAIM_RETRY.deadline, "{all:?}");
+        assert!(CLAIM_RETRY.deadline <= Duration::from_secs(3));
     }
 }
