@@ -291,9 +291,18 @@ impl RegistryClient {
         what: String,
         work: impl Future<Output = Result<T, RegistryError>>,
     ) -> Result<T, RegistryError> {
-        tokio::time::timeout(self.config.timeout, work)
-            .await
-            .unwrap_or_else(|_| Err(self.deadline_exceeded(reference, what)))
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(self.config.timeout, work).await {
+            Err(_) => Err(self.deadline_exceeded(reference, what)),
+            // The per-read timeout is registry_timeout_secs too, and races this one on a
+            // registry that never answers: once the whole deadline has passed, either means
+            // the registry stayed silent that long, so it is said (and not retried) the one
+            // way, naming the setting. An earlier one (a connect timeout) stays itself.
+            Ok(Err(RegistryError::Timeout { .. })) if started.elapsed() >= self.config.timeout => {
+                Err(self.deadline_exceeded(reference, what))
+            }
+            Ok(result) => result,
+        }
     }
 
     fn deadline_exceeded(&self, reference: &ImageReference, what: String) -> RegistryError {
