@@ -8,9 +8,10 @@ use std::time::Instant;
 use rustix::io::Errno;
 
 use crate::image::{self, ImageError, MountConfig, BLOCK_SIZE};
-use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
-use crate::sys::{FsType, LoopDevice, LoopOptions, MountOptions, MountTarget, Sys, SysError};
+use crate::sys::attach_mount::{attach_and_mount, AttachMountError};
+use crate::sys::{FsType, LoopDevice, MountTarget, Sys, SysError};
 
+use super::attach_spec;
 use super::error::{DiskError, Result};
 use super::{CloneMode, Disk, DiskOptions, DiskSource, DiskTimings, EMPTY_LABEL, IMAGE_MODE};
 
@@ -80,25 +81,11 @@ fn build(
         timings.grow_ms = ms(started);
     }
 
-    let loop_opts = LoopOptions {
-        read_only: config.read_only,
-        direct_io: config.direct_io,
-        // A mounted disk's device goes when its mount does. An attach-only disk has no mount
-        // to hold it, so autoclear would detach it as soon as our fd closed.
-        autoclear: opts.mountpoint.is_some(),
-    };
-    // Never through a symlink: the mount lands on the directory the walk opened beneath
-    // the target's root, whatever is renamed or swapped meanwhile.
-    let mount = opts.mountpoint.as_ref().map(|target| MountSpec {
-        at: MountAt::Beneath(target),
-        fstype: "ext4",
-        opts: MountOptions {
-            read_only: config.read_only,
-            // Pod data behaves like any disk's: relatime, barriers on.
-            noatime: false,
-        },
-        data: &config.data,
-    });
+    let loop_opts = attach_spec::loop_options(&config, opts.mountpoint.is_some());
+    let mount = opts
+        .mountpoint
+        .as_ref()
+        .map(|target| attach_spec::mount_at(&config, target));
     let attached = attach_and_mount(sys, image, loop_opts, mount, Some("disk.attach")).map_err(
         |e| match e {
             AttachMountError::Attach { source, .. } => DiskError::Attach {

@@ -13,6 +13,7 @@
 //! Where the state root cannot share extents (ext4), `mount_backing_image` puts it on an
 //! XFS filesystem in a sparse file, and `CloneMode::SparseCopy` is the slow, loud fallback.
 
+mod attach_spec;
 mod attachments;
 mod backing;
 mod create;

@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::image::MountConfig;
-use crate::sys::attach_mount::{attach_and_mount, AttachMountError, MountAt, MountSpec};
-use crate::sys::{LoopOptions, MountOptions, MountTarget, Sys};
+use crate::sys::attach_mount::{attach_and_mount, AttachMountError};
+use crate::sys::{MountTarget, Sys};
 
 use super::Attachments;
 
+use super::attach_spec;
 use super::error::{DiskError, Result};
 
 /// What `reattach` found or did.
@@ -63,20 +64,10 @@ pub fn reattach(
         .map(|at| MountTarget::beneath_any(mount_roots, at))
         .transpose()?;
     let config = MountConfig::writable();
-    let loop_opts = LoopOptions {
-        read_only: config.read_only,
-        direct_io: config.direct_io,
-        autoclear: target.is_some(),
-    };
-    let mount = target.as_ref().map(|target| MountSpec {
-        at: MountAt::Beneath(target),
-        fstype: "ext4",
-        opts: MountOptions {
-            read_only: config.read_only,
-            noatime: false,
-        },
-        data: &config.data,
-    });
+    let loop_opts = attach_spec::loop_options(&config, target.is_some());
+    let mount = target
+        .as_ref()
+        .map(|target| attach_spec::mount_at(&config, target));
     let mut device = match attach_and_mount(sys, image, loop_opts, mount, None) {
         Ok(attached) => attached.device,
         Err(AttachMountError::Attach { source, .. }) => {
