@@ -194,6 +194,73 @@ struct Steps {
     layer_blobs_fetched: usize,
     /// Layer blobs the daemon downloaded (its cold pulls).
     daemon_layer_blobs: usize,
+    /// The node's (every process's) major page faults, and KiB read from its disks and
+    /// through loop devices, during RunPodSandbox and during the whole pod start: with the
+    /// page cache dropped, what each case reads back from disk.
+    sandbox_io: NodeIo,
+    io: NodeIo,
+}
+
+/// Counters of /proc/vmstat and /proc/diskstats, or their difference over a step.
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeIo {
+    major_faults: u64,
+    /// Read from the node's disks (what a loop device reads lands here too).
+    disk_read_kib: u64,
+    /// Read through loop devices (a cache image's filesystem).
+    loop_read_kib: u64,
+}
+
+impl NodeIo {
+    fn now() -> Self {
+        let vmstat = std::fs::read_to_string("/proc/vmstat").expect("read /proc/vmstat");
+        let counter = |name: &str| {
+            vmstat
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("/proc/vmstat has no {name}"))
+        };
+        let (mut disk_sectors, mut loop_sectors) = (0, 0);
+        let diskstats = std::fs::read_to_string("/proc/diskstats").expect("read /proc/diskstats");
+        for line in diskstats.lines() {
+            // major minor name reads merged sectors-read ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(name), Some(sectors)) = (fields.get(2), fields.get(5)) else {
+                continue;
+            };
+            let sectors: u64 = sectors.parse().unwrap_or(0);
+            if name.starts_with("loop") {
+                loop_sectors += sectors;
+            } else if std::path::Path::new("/sys/block").join(name).exists() {
+                // Whole disks only: a partition's reads are its disk's too.
+                disk_sectors += sectors;
+            }
+        }
+        NodeIo {
+            major_faults: counter("pgmajfault"),
+            disk_read_kib: disk_sectors / 2,
+            loop_read_kib: loop_sectors / 2,
+        }
+    }
+
+    fn since(self, start: NodeIo) -> NodeIo {
+        NodeIo {
+            major_faults: self.major_faults - start.major_faults,
+            disk_read_kib: self.disk_read_kib - start.disk_read_kib,
+            loop_read_kib: self.loop_read_kib - start.loop_read_kib,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} major faults, {} KiB read from disk ({} KiB through loop devices)",
+            self.major_faults, self.disk_read_kib, self.loop_read_kib
+        )
+    }
 }
 
 /// What every run shares.
@@ -326,7 +393,7 @@ fn main() {
         for (case, steps) in results.iter_mut() {
             let s = pod_start(&env, *case, run);
             eprintln!(
-                "run {run} {}: total {} (disk {}, RunPodSandbox {}, PullImage {}, CreateContainer {}, StartContainer {}, first line {}), layer blobs fetched {}",
+                "run {run} {}: total {} (disk {}, RunPodSandbox {}, PullImage {}, CreateContainer {}, StartContainer {}, first line {}), layer blobs fetched {}; {} ({} in RunPodSandbox)",
                 case.title(),
                 ms(s.total),
                 ms(s.disk),
@@ -335,7 +402,9 @@ fn main() {
                 ms(s.create),
                 ms(s.start),
                 ms(s.first_line),
-                s.layer_blobs_fetched
+                s.layer_blobs_fetched,
+                s.io,
+                s.sandbox_io
             );
             steps.push(s);
         }
@@ -512,6 +581,7 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
 
     let mut s = Steps::default();
     let mark = env.registry.log_mark();
+    let io_at_start = NodeIo::now();
     let t0 = Instant::now();
     let disk = (case == Case::Disk).then(|| {
         let (disk, daemon_ms) = create_disk(env);
@@ -519,8 +589,10 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
         disk
     });
     let t = lap(t0, &mut s.disk);
+    let io_before_sandbox = NodeIo::now();
     let pod = cri.run_pod_sandbox_with(&pod_config);
     let t = lap(t, &mut s.sandbox);
+    s.sandbox_io = NodeIo::now().since(io_before_sandbox);
     // A kubelet with IfNotPresent pulls only what containerd does not have.
     if !case.present() {
         cri.pull_image(&env.app_ref);
@@ -553,6 +625,7 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     let line = first_line(&log);
     lap(t, &mut s.first_line);
     s.total = t0.elapsed();
+    s.io = NodeIo::now().since(io_at_start);
     assert_eq!(line, FIRST_LINE, "the container's first line");
     let fetched = env.registry.blobs_fetched_by_since(mark);
     let layers_by = |agent: &str| {
