@@ -250,7 +250,7 @@ mod tests {
         log: Level::DEBUG,
     };
 
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug, Clone, Copy, PartialEq)]
     enum Failure {
         Busy,
         Gone,
@@ -451,35 +451,25 @@ mod tests {
             attempts: 4,
             ..POLICY
         };
-        let calls = Cell::new(0);
-        let e = policy
-            .run(
-                "x",
-                None,
-                || {
-                    calls.set(calls.get() + 1);
-                    async { Err::<(), _>(Failure::Busy) }
-                },
-                verdict,
-            )
-            .await
-            .unwrap_err();
-        assert_eq!((e.stop, e.tries, calls.get()), (Stop::Attempts, 4, 4));
-
-        calls.set(0);
-        let e = policy
-            .run(
-                "x",
-                None,
-                || {
-                    calls.set(calls.get() + 1);
-                    async { Err::<(), _>(Failure::Gone) }
-                },
-                verdict,
-            )
-            .await
-            .unwrap_err();
-        assert_eq!((e.stop, e.tries, calls.get()), (Stop::Permanent, 1, 1));
+        for (failure, stop, tries) in [
+            (Failure::Busy, Stop::Attempts, 4),
+            (Failure::Gone, Stop::Permanent, 1),
+        ] {
+            let calls = Cell::new(0);
+            let e = policy
+                .run(
+                    "x",
+                    None,
+                    || {
+                        calls.set(calls.get() + 1);
+                        async move { Err::<(), _>(failure) }
+                    },
+                    verdict,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!((e.stop, e.tries, calls.get()), (stop, tries, tries));
+        }
     }
 
     #[tokio::test]

@@ -131,8 +131,7 @@ pub fn release_if_unused(d: &Daemon, digest: &str) -> Result<()> {
         return Ok(());
     }
     let at = paths::cache_mount(&d.inner.config.root, digest);
-    let was_mounted = d.inner.sys.mount_source(&at)?.is_some();
-    unmount(d, &at)?;
+    let was_mounted = unmount(d, &at)?;
     release_hold(d, digest)?;
     if was_mounted {
         info!(%digest, "cache image unmounted: no containerd snapshot uses it");
@@ -140,9 +139,11 @@ pub fn release_if_unused(d: &Daemon, digest: &str) -> Result<()> {
     Ok(())
 }
 
-fn unmount(d: &Daemon, at: &Path) -> Result<()> {
+/// Unmounts `at` if mounted and removes the directory; whether it was mounted.
+fn unmount(d: &Daemon, at: &Path) -> Result<bool> {
     let sys = d.inner.sys.as_ref();
-    if sys.mount_source(at)?.is_some() {
+    let mounted = sys.mount_source(at)?.is_some();
+    if mounted {
         crate::sys::unmount_settled(sys, at).map_err(|e| {
             SnapshotError::FailedPrecondition(format!(
                 "cannot unmount cache image at {}: {e} (a process still uses it)",
@@ -151,8 +152,8 @@ fn unmount(d: &Daemon, at: &Path) -> Result<()> {
         })?;
     }
     match std::fs::remove_dir(at) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(mounted),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(mounted),
         Err(e) => Err(SnapshotError::Internal(Failure::new(
             format!("cannot remove {}", at.display()),
             e,
