@@ -37,6 +37,10 @@ impl Sys for LinuxSys {
         loopdev::list(Path::new("/sys/block"), Path::new("/proc/partitions"))
     }
 
+    fn bound_loop_count(&self) -> Result<usize> {
+        Ok(loopclaim::bound_loops(Path::new("/proc/partitions"))?.len())
+    }
+
     fn mount(
         &self,
         source: &Path,

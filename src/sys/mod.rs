@@ -218,6 +218,9 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     fn detach_loop(&self, device: &Path) -> Result<()>;
     /// Every bound loop device and its backing file (from sysfs).
     fn loop_devices(&self) -> Result<Vec<LoopInfo>>;
+    /// How many loop devices are bound on the node, whoever bound them: one read of
+    /// /proc/partitions, where `loop_devices` also reads each device's backing file.
+    fn bound_loop_count(&self) -> Result<usize>;
     /// mount(2). `data` is the filesystem's option string, passed through unchanged.
     fn mount(
         &self,
