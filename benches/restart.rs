@@ -98,12 +98,7 @@ fn main() {
         &[&addr],
         &format!("max_loop_devices = {}\n", most + 64),
     );
-    let out = daemon.create(&cache_yaml("c", std::slice::from_ref(&image), ""), true);
-    assert!(out.status.success(), "{}", daemon.log());
-    let cache_id = daemon.get_json("c")["status"]["imageCacheId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cache_id = daemon.ready_cache("c", std::slice::from_ref(&image), "");
     let t = Instant::now();
     for n in 1..args.caches {
         let yaml = cache_yaml(&format!("c{n}"), std::slice::from_ref(&image), "");

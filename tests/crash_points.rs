@@ -164,12 +164,7 @@ impl Node {
 
 /// A Ready cache `name` of `image`; its imageCacheId.
 fn build_cache(d: &TestDaemon, name: &str, image: &str) -> String {
-    let out = d.create(&cache_yaml(name, &[image.to_owned()], ""), true);
-    assert!(out.status.success(), "{}", d.log());
-    d.get_json(name)["status"]["imageCacheId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    d.ready_cache(name, &[image.to_owned()], "")
 }
 
 fn disk_create(

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::daemon::{cache_yaml, TestDaemon};
+use support::daemon::TestDaemon;
 use support::gen::features::feature_set;
 use support::registry::TestRegistry;
 use support::scratch::{assert_no_leaks, ScratchXfs};
@@ -32,12 +32,7 @@ fn start() -> (ScratchXfs, TestRegistry, TestDaemon, String, String) {
     let addr = registry.addr();
     let image = feature_set(1).push_all(&addr, None).remove(0);
     let daemon = TestDaemon::start(&scratch.path().join("state"), &[&addr]);
-    let out = daemon.create(&cache_yaml("c", std::slice::from_ref(&image), ""), true);
-    assert!(out.status.success(), "{}", daemon.log());
-    let cache_id = daemon.get_json("c")["status"]["imageCacheId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cache_id = daemon.ready_cache("c", std::slice::from_ref(&image), "");
     (scratch, registry, daemon, image, cache_id)
 }
 

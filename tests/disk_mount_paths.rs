@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::daemon::{cache_yaml, TestDaemon};
+use support::daemon::TestDaemon;
 use support::gen::features::feature_set;
 use support::registry::TestRegistry;
 use support::scratch::{assert_no_leaks, ScratchXfs};
@@ -47,12 +47,7 @@ impl Fixture {
         let addr = registry.addr();
         let image = feature_set(1).push_all(&addr, None).remove(0);
         let daemon = TestDaemon::start(&scratch.path().join("state"), &[&addr]);
-        let out = daemon.create(&cache_yaml("c", std::slice::from_ref(&image), ""), true);
-        assert!(out.status.success(), "{}", daemon.log());
-        let cache_id = daemon.get_json("c")["status"]["imageCacheId"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let cache_id = daemon.ready_cache("c", std::slice::from_ref(&image), "");
         let victim = scratch.path().join("victim-etc");
         std::fs::create_dir(&victim).unwrap();
         Fixture {

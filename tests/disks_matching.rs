@@ -37,19 +37,7 @@ const NO_AUTO_CREATE: [&str; 4] = [
 ];
 
 fn build(daemon: &TestDaemon, name: &str, images: &[String], size: u32) -> String {
-    let out = daemon.create(
-        &cache_yaml(name, images, &format!("  imageCacheSize: {size}\n")),
-        true,
-    );
-    assert!(
-        out.status.success(),
-        "create {name}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    let cache = daemon.get_json(name);
-    assert_eq!(cache["status"]["phase"], "Ready", "{cache:#}");
-    cache["status"]["imageCacheId"].as_str().unwrap().to_owned()
+    daemon.ready_cache(name, images, &format!("  imageCacheSize: {size}\n"))
 }
 
 /// Creates a disk with `args`, returns it, and deletes it.

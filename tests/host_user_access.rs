@@ -194,10 +194,7 @@ fn a_host_user_reaches_nothing_the_daemon_made_and_setuid_still_works_in_contain
     std::fs::copy("/bin/busybox", control.join("true")).unwrap();
     std::fs::set_permissions(control.join("true"), std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    let cache_id = node.daemon.get_json("node-images")["status"]["imageCacheId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cache_id = node.daemon.cache_id("node-images");
     // Larger than the cache: a grown image backs it.
     let disk: serde_json::Value = serde_json::from_str(&node.daemon.cli_ok(&[
         "disk", "create", "--image", &image_ref, "--cache", &cache_id, "--size", "24", "-o", "json",

@@ -144,10 +144,7 @@ fn large_caches_cost_what_small_ones_do_hold_their_images_and_clone_into_bigger_
 
     // A disk larger than the cache: grown (resize2fs on a clustered filesystem), mounted,
     // writable, and as big as asked.
-    let cache_id = daemon.get_json("clustered")["status"]["imageCacheId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cache_id = daemon.cache_id("clustered");
     let out = daemon.cli_ok(&[
         "disk", "create", "--image", &refs[0], "--cache", &cache_id, "--size", "2100", "-o", "json",
     ]);

@@ -99,10 +99,7 @@ fn metrics_move_with_builds_disks_and_failures() {
     );
 
     // A disk: timed, counted by phase, and its loop device seen.
-    let cache_id = daemon.get_json("m")["status"]["imageCacheId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cache_id = daemon.cache_id("m");
     let made = daemon.cli_ok(&[
         "disk", "create", "--image", &image, "--cache", &cache_id, "-o", "json",
     ]);

@@ -36,17 +36,7 @@ fn a_reused_cache_pulls_only_what_its_parent_lacks_and_shares_its_blocks() {
     let root = scratch.path().join("state");
     let mut daemon = TestDaemon::start(&root, &[&addr]);
 
-    let out = daemon.create(&cache_yaml("parent", &refs[..2], ""), true);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    let parent_id = daemon.get_json("parent")["status"]["imageCacheId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let parent_id = daemon.ready_cache("parent", &refs[..2], "");
 
     let child_images = vec![refs[0].clone(), refs[2].clone()];
     let yaml = cache_yaml("child", &child_images, "").replace(

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use snapshotter_util::*;
-use support::daemon::cache_yaml;
 
 const DISK_LABEL: &str = "containerd.io/snapshot/imagecache.io/disk";
 const DISK_TOKEN_LABEL: &str = "containerd.io/snapshot/imagecache.io/disk-token";
@@ -230,19 +229,9 @@ fn a_disk_that_lacks_the_image_is_refused_with_the_reason() {
     // A disk cloned from a cache of the pause image alone holds the busybox base layer but
     // not the image's own layers.
     let pause_ref = node.image_ref("pause");
-    let out = node.daemon.create(
-        &cache_yaml("pause-only", std::slice::from_ref(&pause_ref), ""),
-        true,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cache_id = node.daemon.get_json("pause-only")["status"]["imageCacheId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cache_id = node
+        .daemon
+        .ready_cache("pause-only", std::slice::from_ref(&pause_ref), "");
     let disk = create_disk(&node, &["--image", &pause_ref, "--cache", &cache_id]);
     let disk_id = disk.id.clone();
     {

@@ -284,6 +284,31 @@ impl TestDaemon {
         serde_json::from_str(&self.cli_ok(&["get", name, "-o", "json"])).unwrap()
     }
 
+    /// The imageCacheId of cache `name`.
+    pub fn cache_id(&self, name: &str) -> String {
+        let cache = self.get_json(name);
+        cache["status"]["imageCacheId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no imageCacheId: {cache:#}"))
+            .to_owned()
+    }
+
+    /// Creates cache `name` of `images` (`extra`: more lines of its spec, see `cache_yaml`)
+    /// and waits until it is Ready; its imageCacheId. Panics with the CLI's and the daemon's
+    /// output if it is not.
+    pub fn ready_cache(&self, name: &str, images: &[String], extra: &str) -> String {
+        let out = self.create(&cache_yaml(name, images, extra), true);
+        assert!(
+            out.status.success(),
+            "create {name}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        let cache = self.get_json(name);
+        assert_eq!(cache["status"]["phase"], "Ready", "{cache:#}");
+        self.cache_id(name)
+    }
+
     /// Writes a manifest file and runs `create -f FILE --wait`, returning the CLI's output.
     pub fn create(&self, yaml: &str, wait: bool) -> Output {
         let path = self.dir.path().join(format!(
