@@ -209,6 +209,13 @@ struct NodeIo {
     disk_read_kib: u64,
     /// Read through loop devices (a cache image's filesystem).
     loop_read_kib: u64,
+    /// Read requests completed by the disks, and the ms they spent on them (summed over
+    /// requests, so overlapping ones count twice).
+    disk_reads: u64,
+    disk_read_ms: u64,
+    /// The same for loop devices.
+    loop_reads: u64,
+    loop_read_ms: u64,
 }
 
 impl NodeIo {
@@ -221,26 +228,37 @@ impl NodeIo {
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or_else(|| panic!("/proc/vmstat has no {name}"))
         };
-        let (mut disk_sectors, mut loop_sectors) = (0, 0);
+        let (mut disk, mut through_loops) = ([0u64; 3], [0u64; 3]);
         let diskstats = std::fs::read_to_string("/proc/diskstats").expect("read /proc/diskstats");
         for line in diskstats.lines() {
-            // major minor name reads merged sectors-read ...
+            // major minor name reads merged sectors-read ms-reading ...
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(name), Some(sectors)) = (fields.get(2), fields.get(5)) else {
+            let Some(name) = fields.get(2) else {
                 continue;
             };
-            let sectors: u64 = sectors.parse().unwrap_or(0);
-            if name.starts_with("loop") {
-                loop_sectors += sectors;
+            let field =
+                |i: usize| -> u64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
+            let read = [field(3), field(5), field(6)];
+            let into = if name.starts_with("loop") {
+                &mut through_loops
             } else if std::path::Path::new("/sys/block").join(name).exists() {
                 // Whole disks only: a partition's reads are its disk's too.
-                disk_sectors += sectors;
+                &mut disk
+            } else {
+                continue;
+            };
+            for (sum, v) in into.iter_mut().zip(read) {
+                *sum += v;
             }
         }
         NodeIo {
             major_faults: counter("pgmajfault"),
-            disk_read_kib: disk_sectors / 2,
-            loop_read_kib: loop_sectors / 2,
+            disk_read_kib: disk[1] / 2,
+            loop_read_kib: through_loops[1] / 2,
+            disk_reads: disk[0],
+            disk_read_ms: disk[2],
+            loop_reads: through_loops[0],
+            loop_read_ms: through_loops[2],
         }
     }
 
@@ -249,6 +267,10 @@ impl NodeIo {
             major_faults: self.major_faults - start.major_faults,
             disk_read_kib: self.disk_read_kib - start.disk_read_kib,
             loop_read_kib: self.loop_read_kib - start.loop_read_kib,
+            disk_reads: self.disk_reads - start.disk_reads,
+            disk_read_ms: self.disk_read_ms - start.disk_read_ms,
+            loop_reads: self.loop_reads - start.loop_reads,
+            loop_read_ms: self.loop_read_ms - start.loop_read_ms,
         }
     }
 }
@@ -257,8 +279,14 @@ impl std::fmt::Display for NodeIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} major faults, {} KiB read from disk ({} KiB through loop devices)",
-            self.major_faults, self.disk_read_kib, self.loop_read_kib
+            "{} major faults, {} KiB read from disk in {} requests, {} ms ({} KiB through loop devices in {} requests, {} ms)",
+            self.major_faults,
+            self.disk_read_kib,
+            self.disk_reads,
+            self.disk_read_ms,
+            self.loop_read_kib,
+            self.loop_reads,
+            self.loop_read_ms
         )
     }
 }
