@@ -30,22 +30,10 @@ bash scripts/setup.sh
 cargo build --release --locked --bins --example gen-image
 bin=target/release
 
-work=$(mktemp -d /tmp/imagecache-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  # Innermost mounts first, then the scratch filesystem itself.
-  # grep finds nothing once everything is gone: under pipefail that must not fail the run.
-  { grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do
-    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-  done
-  { losetup -a | grep "$work" || true; } | cut -d: -f1 | while read -r d; do
-    losetup -d "$d" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/bench-lib.sh
+# The temp dir; on exit, every process started, mount made and loop device attached beneath
+# it goes too.
+bench_workdir vs-ctr
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
@@ -74,7 +62,8 @@ storage:
 http: { addr: $registry }
 EOF
 docker-registry serve "$work/registry/config.yml" > "$work/registry/log" 2>&1 &
-pids+=($!)
+# Not this shell's job any more: the cleanup ends it, and bash need not report that.
+disown
 for _ in $(seq 1 100); do curl -sf "http://$registry/v2/" >/dev/null && break; sleep 0.1; done
 
 for variant in gzip zstd; do
