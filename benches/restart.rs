@@ -98,7 +98,7 @@ fn main() {
         &[&addr],
         &format!("max_loop_devices = {}\n", most + 64),
     );
-    let cache_id = daemon.ready_cache("c", std::slice::from_ref(&image), "");
+    let cache_id = daemon.ready_cache_id("c", std::slice::from_ref(&image), "");
     let t = Instant::now();
     for n in 1..args.caches {
         let yaml = cache_yaml(&format!("c{n}"), std::slice::from_ref(&image), "");

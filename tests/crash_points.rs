@@ -164,7 +164,7 @@ impl Node {
 
 /// A Ready cache `name` of `image`; its imageCacheId.
 fn build_cache(d: &TestDaemon, name: &str, image: &str) -> String {
-    d.ready_cache(name, &[image.to_owned()], "")
+    d.ready_cache_id(name, &[image.to_owned()], "")
 }
 
 fn disk_create(

@@ -32,7 +32,7 @@ fn start() -> (ScratchXfs, TestRegistry, TestDaemon, String, String) {
     let addr = registry.addr();
     let image = feature_set(1).push_all(&addr, None).remove(0);
     let daemon = TestDaemon::start(&scratch.path().join("state"), &[&addr]);
-    let cache_id = daemon.ready_cache("c", std::slice::from_ref(&image), "");
+    let cache_id = daemon.ready_cache_id("c", std::slice::from_ref(&image), "");
     (scratch, registry, daemon, image, cache_id)
 }
 

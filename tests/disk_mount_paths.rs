@@ -47,7 +47,7 @@ impl Fixture {
         let addr = registry.addr();
         let image = feature_set(1).push_all(&addr, None).remove(0);
         let daemon = TestDaemon::start(&scratch.path().join("state"), &[&addr]);
-        let cache_id = daemon.ready_cache("c", std::slice::from_ref(&image), "");
+        let cache_id = daemon.ready_cache_id("c", std::slice::from_ref(&image), "");
         let victim = scratch.path().join("victim-etc");
         std::fs::create_dir(&victim).unwrap();
         Fixture {

@@ -37,7 +37,7 @@ const NO_AUTO_CREATE: [&str; 4] = [
 ];
 
 fn build(daemon: &TestDaemon, name: &str, images: &[String], size: u32) -> String {
-    daemon.ready_cache(name, images, &format!("  imageCacheSize: {size}\n"))
+    daemon.ready_cache_id(name, images, &format!("  imageCacheSize: {size}\n"))
 }
 
 /// Creates a disk with `args`, returns it, and deletes it.

@@ -317,7 +317,7 @@ impl Node {
         one_layer_image(&reg, "first");
         one_layer_image(&reg, "second");
         let daemon = TestDaemon::start(&scratch.path().join("state"), &[&addr]);
-        let cache_id = daemon.ready_cache("first", &[format!("{addr}/first:v1")], "");
+        let cache_id = daemon.ready_cache_id("first", &[format!("{addr}/first:v1")], "");
         let out = disk_create(&daemon, &format!("{addr}/first:v1"), &cache_id);
         assert!(out.status.success(), "{}", daemon.log());
         let kept: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -120,16 +120,7 @@ fn assert_interrupted(cache: &Value) {
 }
 
 fn build_ready(daemon: &TestDaemon, name: &str, reference: &str) -> Value {
-    let out = daemon.create(&cache_yaml(name, &[reference.to_owned()], ""), true);
-    assert!(
-        out.status.success(),
-        "{name} must build: {}\n--- daemon log ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    let cache = daemon.get_json(name);
-    assert_eq!(phase(&cache), "Ready", "{cache:#}");
-    cache
+    daemon.ready_cache(name, &[reference.to_owned()], "")
 }
 
 /// A daemon on a scratch XFS whose build of cache `name` is caught mid-pull: the registry sits

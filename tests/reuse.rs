@@ -36,7 +36,7 @@ fn a_reused_cache_pulls_only_what_its_parent_lacks_and_shares_its_blocks() {
     let root = scratch.path().join("state");
     let mut daemon = TestDaemon::start(&root, &[&addr]);
 
-    let parent_id = daemon.ready_cache("parent", &refs[..2], "");
+    let parent_id = daemon.ready_cache_id("parent", &refs[..2], "");
 
     let child_images = vec![refs[0].clone(), refs[2].clone()];
     let yaml = cache_yaml("child", &child_images, "").replace(

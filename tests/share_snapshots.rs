@@ -34,16 +34,7 @@ fn node(root: &Path, registries: &[&str], share: &str) -> TestDaemon {
 }
 
 fn ready(daemon: &TestDaemon, name: &str, images: &[String]) -> Value {
-    let out = daemon.create(&cache_yaml(name, images, "  imageCacheSize: 20\n"), true);
-    assert!(
-        out.status.success(),
-        "create {name}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    let cache = daemon.get_json(name);
-    assert_eq!(cache["status"]["phase"], "Ready", "{cache:#}");
-    cache
+    daemon.ready_cache(name, images, "  imageCacheSize: 20\n")
 }
 
 /// Waits for the cache's push to end; its `sharedAs`.

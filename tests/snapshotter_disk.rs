@@ -231,7 +231,7 @@ fn a_disk_that_lacks_the_image_is_refused_with_the_reason() {
     let pause_ref = node.image_ref("pause");
     let cache_id = node
         .daemon
-        .ready_cache("pause-only", std::slice::from_ref(&pause_ref), "");
+        .ready_cache_id("pause-only", std::slice::from_ref(&pause_ref), "");
     let disk = create_disk(&node, &["--image", &pause_ref, "--cache", &cache_id]);
     let disk_id = disk.id.clone();
     {

@@ -294,19 +294,28 @@ impl TestDaemon {
     }
 
     /// Creates cache `name` of `images` (`extra`: more lines of its spec, see `cache_yaml`)
-    /// and waits until it is Ready; its imageCacheId. Panics with the CLI's and the daemon's
-    /// output if it is not.
-    pub fn ready_cache(&self, name: &str, images: &[String], extra: &str) -> String {
+    /// and waits until it is Ready; the cache as `get -o json` shows it. Panics with the
+    /// CLI's and the daemon's output if it is not.
+    pub fn ready_cache(&self, name: &str, images: &[String], extra: &str) -> serde_json::Value {
         let out = self.create(&cache_yaml(name, images, extra), true);
         assert!(
             out.status.success(),
-            "create {name}: {}\n{}",
+            "create {name}: {}\n--- daemon log ---\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );
         let cache = self.get_json(name);
         assert_eq!(cache["status"]["phase"], "Ready", "{cache:#}");
-        self.cache_id(name)
+        cache
+    }
+
+    /// `ready_cache`, for its imageCacheId.
+    pub fn ready_cache_id(&self, name: &str, images: &[String], extra: &str) -> String {
+        let cache = self.ready_cache(name, images, extra);
+        cache["status"]["imageCacheId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no imageCacheId: {cache:#}"))
+            .to_owned()
     }
 
     /// Writes a manifest file and runs `create -f FILE --wait`, returning the CLI's output.
