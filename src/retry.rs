@@ -97,12 +97,8 @@ impl RetryPolicy {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let elapsed = started.elapsed();
-            let wait = match self.next_wait(tries, elapsed, verdict(&error), random()) {
-                Ok(wait) => wait,
-                Err(stop) => return Err(gave_up(error, stop, tries, elapsed)),
-            };
-            self.log_retry(&what, tries, wait, &error);
+            let judged = verdict(&error);
+            let (error, wait) = self.after_failure(&what, tries, started, error, judged)?;
             if wait.is_zero() {
                 continue;
             }
@@ -137,12 +133,8 @@ impl RetryPolicy {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let elapsed = started.elapsed();
-            let wait = match self.next_wait(tries, elapsed, verdict(&error), random()) {
-                Ok(wait) => wait,
-                Err(stop) => return Err(gave_up(error, stop, tries, elapsed)),
-            };
-            self.log_retry(&what, tries, wait, &error);
+            let judged = verdict(&error);
+            let (_, wait) = self.after_failure(&what, tries, started, error, judged)?;
             if !wait.is_zero() {
                 std::thread::sleep(wait);
             }
@@ -153,6 +145,27 @@ impl RetryPolicy {
     /// Against `deadline`, it tells which bound ends the retries.
     pub fn longest_total_wait(&self) -> Duration {
         (1..self.attempts).map(|retry| self.nominal(retry)).sum()
+    }
+
+    /// After try number `tries` (the first began at `started`) failed with `error`: the
+    /// error back and the wait before the next try, logged; or how the retries ended. What
+    /// both runners do between tries but sleep.
+    fn after_failure<E: Display>(
+        &self,
+        what: &dyn Display,
+        tries: u32,
+        started: Instant,
+        error: E,
+        verdict: Verdict,
+    ) -> Result<(E, Duration), GaveUp<E>> {
+        let elapsed = started.elapsed();
+        match self.next_wait(tries, elapsed, verdict, random()) {
+            Ok(wait) => {
+                self.log_retry(what, tries, wait, &error);
+                Ok((error, wait))
+            }
+            Err(stop) => Err(gave_up(error, stop, tries, elapsed)),
+        }
     }
 
     /// After `tries` failed tries, `elapsed` since the first began: the wait before the next
