@@ -50,6 +50,17 @@ pub enum Verdict {
     RetryAfter(Duration),
 }
 
+impl Verdict {
+    /// [`Verdict::Retry`] when `passes` (the error is one that may pass), else permanent.
+    pub fn retry_if(passes: bool) -> Verdict {
+        if passes {
+            Verdict::Retry
+        } else {
+            Verdict::Permanent
+        }
+    }
+}
+
 /// Why the retries stopped without success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {

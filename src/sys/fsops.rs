@@ -114,13 +114,7 @@ pub(crate) fn openat2_retrying(
         .run_blocking(
             "openat2",
             || rfs::openat2(dir, name, flags, Mode::empty(), how),
-            |e| {
-                if *e == Errno::AGAIN {
-                    Verdict::Retry
-                } else {
-                    Verdict::Permanent
-                }
-            },
+            |e| Verdict::retry_if(*e == Errno::AGAIN),
         )
         .map_err(|gave_up| gave_up.error)
 }

@@ -43,11 +43,7 @@ pub fn unmount_settled_nofollow(sys: &dyn Sys, target: &Path) -> Result<()> {
 fn settle(unmount: impl FnMut() -> Result<()>) -> Result<()> {
     UNMOUNT_RETRY
         .run_blocking("unmount", unmount, |e| {
-            if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) {
-                Verdict::Retry
-            } else {
-                Verdict::Permanent
-            }
+            Verdict::retry_if(e.raw_os_error() == Some(Errno::BUSY.raw_os_error()))
         })
         .map_err(|gave_up| gave_up.error)
 }

@@ -106,13 +106,7 @@ fn open_device(path: &Path, read_only: bool) -> Result<File> {
         .run_blocking(
             format_args!("open {}", path.display()),
             || OpenOptions::new().read(true).write(!read_only).open(path),
-            |e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Verdict::Retry
-                } else {
-                    Verdict::Permanent
-                }
-            },
+            |e| Verdict::retry_if(e.kind() == std::io::ErrorKind::NotFound),
         )
         .map_err(|gave_up| SysError::io("open", path, gave_up.error))
 }
@@ -274,13 +268,7 @@ fn clear_with_retries(fd: &File, device: &Path) -> Result<()> {
     let cleared = DETACH_RETRY.run_blocking(
         format_args!("detach {}", device.display()),
         || clear_fd(fd),
-        |e| {
-            if *e == Errno::BUSY {
-                Verdict::Retry
-            } else {
-                Verdict::Permanent
-            }
-        },
+        |e| Verdict::retry_if(*e == Errno::BUSY),
     );
     match cleared {
         Ok(()) => {
