@@ -376,8 +376,12 @@ mod tests {
         assert_eq!(e.tries, tries.get());
         // Two immediate retries, then waits of 5 to 10 ms within 100 ms.
         assert!((10..=25).contains(&e.tries), "{} tries", e.tries);
-        assert!(started.elapsed() < Duration::from_millis(150));
-        assert!(e.elapsed < policy.deadline);
+        // The policy begins no wait that would end past the deadline, but a sleep begun
+        // in time may end late on a busy machine (the whole lib's tests at once on 2 cores
+        // overshot it now and then): the bound is the deadline plus that slack, and the
+        // rule itself is checked exactly, without sleeping, below.
+        assert!(started.elapsed() < policy.deadline + Duration::from_millis(50));
+        assert!(e.elapsed < policy.deadline + Duration::from_millis(50));
         // A wait that would end past the deadline is not begun, even the first.
         assert_eq!(
             policy.next_wait(3, Duration::from_millis(95), Verdict::Retry, 0),
