@@ -37,7 +37,13 @@
 //!   blob from the image registry (checked).
 //!
 //! The page cache is dropped before each timed run (after containerd has started), as in
-//! scripts/bench-vs-containerd.sh; `--keep-page-cache` skips that.
+//! scripts/bench-vs-containerd.sh; `--keep-page-cache` skips that. The node's runtime
+//! (containerd, the runc shim, runc and their libraries) is then read back, as it is on any
+//! node that runs pods, so the images are what comes from disk; `--cold-runtime` leaves it
+//! out too.
+//!
+//! (w) and (b2) run `--published-runs` times (21), the others `--runs` times (3): those two
+//! are compared with each other, ~1 ms apart.
 //!
 //! Output: a table of medians (and every run) on standard output, per-step medians, and one
 //! `POD_START_RESULT {json}` line that scripts/bench-pod-start.sh reads for its thresholds.
@@ -88,9 +94,18 @@ struct Args {
     /// Timed runs of each case.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Timed runs of (w) and (b2), at least `--runs`. Their medians are compared with each
+    /// other (~1 ms apart at ~63 ms, where one run in five or so is 10-30 ms slow on this
+    /// 2-core machine), so they need more runs than the others for a ratio that holds still.
+    #[arg(long, default_value_t = 21)]
+    published_runs: usize,
     /// Leave the page cache alone between runs.
     #[arg(long)]
     keep_page_cache: bool,
+    /// After dropping the page cache, leave the node's runtime (containerd, its shim, runc and
+    /// their libraries) cold too, as on a node that has not run a pod since it booted.
+    #[arg(long)]
+    cold_runtime: bool,
     /// Uncompressed bytes of the generated image's 4 layers (smaller for a quick try).
     #[arg(long, default_value_t = REALISTIC_BYTES)]
     bytes: u64,
@@ -307,8 +322,20 @@ struct Env<'a> {
     /// Layer blobs of both images: any of them in the registry's access log is a download.
     layer_digests: HashSet<String>,
     drop_page_cache: bool,
+    /// The runtime's own files read back after each drop (empty with `--cold-runtime`).
+    runtime_files: Vec<PathBuf>,
     rt: tokio::runtime::Runtime,
     api: Client,
+}
+
+impl Args {
+    fn runs_of(&self, case: Case) -> usize {
+        if case.present() {
+            self.runs.max(self.published_runs)
+        } else {
+            self.runs
+        }
+    }
 }
 
 fn main() {
@@ -402,6 +429,11 @@ fn main() {
             .map(|l| l.digest.clone())
             .collect(),
         drop_page_cache: !args.keep_page_cache,
+        runtime_files: if args.cold_runtime {
+            vec![]
+        } else {
+            node_runtime_files()
+        },
         rt: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -417,8 +449,11 @@ fn main() {
         .filter(|c| wanted(c))
         .map(|c| (*c, vec![]))
         .collect();
-    for run in 1..=args.runs {
+    for run in 1..=args.runs.max(args.published_runs) {
         for (case, steps) in results.iter_mut() {
+            if run > args.runs_of(*case) {
+                continue;
+            }
             let s = pod_start(&env, *case, run);
             eprintln!(
                 "run {run} {}: total {} (disk {}, RunPodSandbox {}, PullImage {}, CreateContainer {}, StartContainer {}, first line {}), layer blobs fetched {}; {} ({} in RunPodSandbox)",
@@ -605,6 +640,7 @@ fn pod_start(env: &Env, case: Case, run: usize) -> Steps {
     }
     if env.drop_page_cache {
         drop_page_cache();
+        warm(&env.runtime_files);
     }
 
     let mut s = Steps::default();
@@ -825,6 +861,50 @@ fn drop_page_cache() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the page cache");
 }
 
+/// The files every pod start on a node runs, whatever its image: containerd, the runc shim,
+/// runc and the libraries they link. A node that runs pods has them in its page cache; a
+/// run that read them back from disk (~33 MB here, at a time per request that varies from run
+/// to run) would measure the node's disk more than where the image comes from.
+fn node_runtime_files() -> Vec<PathBuf> {
+    let mut files = vec![];
+    for program in ["containerd", "containerd-shim-runc-v2", "runc"] {
+        let path = which(program);
+        let out = std::process::Command::new("ldd")
+            .arg(&path)
+            .output()
+            .expect("run ldd");
+        assert!(out.status.success(), "ldd {}", path.display());
+        files.push(path);
+        // Lines are "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x…)"; the vDSO has no file.
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let lib = line.split("=>").last().unwrap_or("").trim();
+            if let Some(path) = lib.split_whitespace().next().filter(|p| p.starts_with('/')) {
+                files.push(PathBuf::from(path));
+            }
+        }
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+fn which(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}
+
+/// Reads each file whole, so the run finds it in the page cache.
+fn warm(files: &[PathBuf]) {
+    for file in files {
+        std::fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
@@ -861,12 +941,15 @@ fn report(results: &[(Case, Vec<Steps>)], args: &Args) {
 
     println!();
     println!(
-        "Pod start through CRI, {} runs per case, medians (every run in brackets), seconds; page cache {}",
+        "Pod start through CRI, {} runs per case ({} of (w) and (b2)), medians (every run in brackets), seconds; page cache {}",
         args.runs,
+        args.runs_of(Case::Published),
         if args.keep_page_cache {
             "kept"
-        } else {
+        } else if args.cold_runtime {
             "dropped before each run"
+        } else {
+            "dropped before each run, then the node's runtime (containerd, shim, runc) read back"
         }
     );
     println!("| case | pod start | PullImage |");
@@ -949,6 +1032,12 @@ fn report(results: &[(Case, Vec<Steps>)], args: &Args) {
     }
     println!(
         "POD_START_RESULT {}",
-        json!({ "runs": args.runs, "page_cache_dropped": !args.keep_page_cache, "cases": cases })
+        json!({
+            "runs": args.runs,
+            "published_runs": args.runs_of(Case::Published),
+            "page_cache_dropped": !args.keep_page_cache,
+            "runtime_warm": !args.cold_runtime,
+            "cases": cases
+        })
     );
 }
