@@ -62,6 +62,7 @@ base  tar: tar
 base  gzip: gzip
 base  dpkg: dpkg-query
 base  apt: apt-get
+base  libc-bin: ldd
 base  systemd: systemctl systemd-analyze systemd-socket-activate journalctl
 
 # Not from Debian: cargo builds and runs everything; `cargo fmt` and `cargo clippy` in test.sh
