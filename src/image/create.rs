@@ -209,6 +209,16 @@ mod tests {
         assert_eq!(inode_count(4096 * GIB), Some(16 << 20));
     }
 
+    /// `dumpe2fs -h`: the superblock's fields, features among them.
+    fn superblock_header(path: &Path) -> String {
+        let out = std::process::Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     #[test]
     fn formats_ext4_that_checks_clean() {
         let dir = tempfile::tempdir().unwrap();
@@ -219,12 +229,7 @@ mod tests {
         // Superblocks, bitmaps and the root directory only: a few MiB at most.
         assert!(blocks * 512 < 16 << 20, "mkfs wrote {} bytes", blocks * 512);
         // Small directories in their inodes: a pod's walk to its layers reads no more blocks.
-        let header = std::process::Command::new("dumpe2fs")
-            .arg("-h")
-            .arg(&path)
-            .output()
-            .unwrap();
-        let header = String::from_utf8_lossy(&header.stdout);
+        let header = superblock_header(&path);
         assert!(header.contains("inline_data"), "{header}");
     }
 
@@ -234,12 +239,7 @@ mod tests {
         let path = dir.path().join("img");
         create(&path, (2 << 40) + (1 << 30), "unit").unwrap();
         crate::image::fsck(&path).unwrap();
-        let header = std::process::Command::new("dumpe2fs")
-            .arg("-h")
-            .arg(&path)
-            .output()
-            .unwrap();
-        let header = String::from_utf8_lossy(&header.stdout);
+        let header = superblock_header(&path);
         assert!(header.contains("bigalloc"), "{header}");
         assert!(
             header.contains("Cluster size:             8192"),
