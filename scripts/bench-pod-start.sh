@@ -97,8 +97,8 @@ done
 # (b2) against (w), reported, not checked: two pod starts of ~63 ms, where one run in five or
 # so is 10-30 ms slow on a 2-core machine whatever the case, hence their extra runs
 # (--published-runs). With 9 or 21 runs each, whole runs of this script put (b2) at
-# 0.98-1.13x of (w) against the 1.1x target (docs/BENCHMARKS.md): a gate would have failed
-# two of the five whole runs measured, on that spread between runs.
+# 0.96-1.13x of (w) against the 1.1x target (docs/BENCHMARKS.md): a gate would have failed
+# two of the six whole runs measured, on that spread between runs.
 r=$(ratio b2 w total)
 printf '(b2) published cache: pod start %.3fx of (w), images present on overlayfs (target %s; reported, not checked)\n' "$r" "$target_published_ratio"
 r=$(ratio b a pull)
