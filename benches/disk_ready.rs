@@ -36,7 +36,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use imagecache::api::{Disk, DiskPhase, DiskSpec, API_VERSION, KIND_DISK};
 use imagecache::cli::Client;
 use imagecache::matching::ECI_AUTO_IMC;
-use support::daemon::{cache_yaml, TestDaemon};
+use support::daemon::TestDaemon;
 use support::gen::features::feature_set;
 use support::gen::realistic::realistic_image_sized;
 use support::oci::{push_image, Compression};
@@ -85,21 +85,11 @@ impl Setup {
         ];
         for (_, name, image, size) in &cases {
             let t = Instant::now();
-            let out = daemon.create(
-                &cache_yaml(
-                    name,
-                    std::slice::from_ref(image),
-                    &format!("  imageCacheSize: {size}\n"),
-                ),
-                true,
+            let c = daemon.ready_cache(
+                name,
+                std::slice::from_ref(image),
+                &format!("  imageCacheSize: {size}\n"),
             );
-            assert!(
-                out.status.success(),
-                "build {name}: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                daemon.log()
-            );
-            let c = daemon.get_json(name);
             eprintln!(
                 "cache {name}: {size} GiB, data {}, built in {:?}",
                 c["status"]["dataSize"],

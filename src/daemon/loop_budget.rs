@@ -105,18 +105,26 @@ mod tests {
     use crate::sys::fake::Call;
     use crate::sys::{FakeSys, LoopOptions};
 
+    /// A node whose loop devices are bound to `backing_files`.
+    fn node_with(backing_files: &[&str]) -> FakeSys {
+        let sys = FakeSys::new();
+        for file in backing_files {
+            sys.attach_loop(Path::new(file), LoopOptions::default())
+                .unwrap();
+        }
+        sys
+    }
+
     #[test]
     fn counts_devices_under_the_root_and_leases_but_not_builds_work_images_or_others() {
-        let sys = FakeSys::new();
+        // A build's work image (the third): its build's lease counts it.
+        let sys = node_with(&[
+            "/state/disks/d-1.img",
+            "/elsewhere/x.img",
+            "/state/work/b-1/disk.img",
+        ]);
         let budget = LoopBudget::new(3, PathBuf::from("/state"));
         let opts = LoopOptions::default();
-        sys.attach_loop(Path::new("/state/disks/d-1.img"), opts)
-            .unwrap();
-        sys.attach_loop(Path::new("/elsewhere/x.img"), opts)
-            .unwrap();
-        // A build's work image: its build's lease counts it.
-        sys.attach_loop(Path::new("/state/work/b-1/disk.img"), opts)
-            .unwrap();
         let first = budget.lease(&sys).unwrap().expect("1 held + 0 leased < 3");
         let second = budget.lease(&sys).unwrap().expect("1 held + 1 leased < 3");
         assert_eq!(
@@ -148,13 +156,8 @@ mod tests {
 
     #[test]
     fn reads_backing_files_only_when_the_node_count_leaves_no_room() {
-        let sys = FakeSys::new();
+        let sys = node_with(&["/state/disks/d-1.img", "/elsewhere/x.img"]);
         let budget = LoopBudget::new(4, PathBuf::from("/state"));
-        let opts = LoopOptions::default();
-        sys.attach_loop(Path::new("/state/disks/d-1.img"), opts)
-            .unwrap();
-        sys.attach_loop(Path::new("/elsewhere/x.img"), opts)
-            .unwrap();
         // 2 bound on the node + 0 leased < 4: the daemon's own are fewer still.
         let first = budget.lease(&sys).unwrap().expect("room");
         assert_eq!(lists(&sys), 0, "{:?}", sys.calls());
