@@ -17,50 +17,66 @@
 # The page cache is dropped before each run; the node's runtime (containerd, shim, runc) is
 # read back, as on any node that runs pods, so what comes from disk is the images.
 #
-# Usage: scripts/bench-pod-start.sh [--check] [--runs N] [--published-runs N] [--cases a2,w,b2]
+# (w) and (b2) also run with the kernel's RCU grace periods expedited (/sys/kernel/rcu_expedited
+# is 1 during their timed part, and put back after it, or by this script if the driver died):
+# runc waits for a grace period in every pod start, 7-16 ms here under the kernel's default,
+# and that wait alone moved (b2) against (w) from 0.95x to 1.17x between runs of this script
+# (the driver's comment and docs/BENCHMARKS.md say how it was found).
+#
+# Usage: scripts/bench-pod-start.sh [--check] [--runs N] [--published-runs N]
+#                                   [--expedited-runs N] [--cases a2,w,b2]
 #   --runs   timed runs of each case (3)
-#   --published-runs  timed runs of (w) and (b2) (21, and never fewer than --runs): their
-#            medians are compared with each other, ~1 ms apart at ~63 ms with runs spread
-#            over 55-100 ms: medians of 3 moved the ratio by up to 0.15 from one run of the
-#            script to the next, medians of 21 by less (see below)
+#   --published-runs  timed runs of (w) and (b2) under the kernel's default grace periods
+#            (21, and never fewer than --runs), reported
+#   --expedited-runs  timed runs of (w) and (b2) with expedited grace periods (9; 0: none)
 #   --cases  only these cases besides (a), reported without thresholds (scripts/demo.sh)
 #   --check  fail unless (b) and (c) each start a pod in at most 0.1x of (a)'s time, (a2) in
-#            at most 0.5x, (a3) in at most 0.3x, and (b)'s PullImage takes at most 0.05x of
-#            (a)'s (medians of the runs). (b2) against (w) is reported, not checked.
+#            at most 0.5x, (a3) in at most 0.3x, (b)'s PullImage takes at most 0.05x of
+#            (a)'s, and (b2) starts it in at most 1.1x of (w)'s time with expedited grace
+#            periods (medians of the runs). (b2) against (w) under the default is reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 check=0
 runs=3
 published_runs=21
+expedited_runs=9
 cases=
 while [ $# -gt 0 ]; do
   case "$1" in
     --check) check=1 ;;
     --runs) runs="$2"; shift ;;
     --published-runs) published_runs="$2"; shift ;;
+    --expedited-runs) expedited_runs="$2"; shift ;;
     --cases) cases="$2"; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
+if [ "$check" = 1 ] && [ "$expedited_runs" -lt 1 ]; then
+  echo "--check compares (b2) with (w) on their runs with expedited grace periods: give --expedited-runs 1 or more" >&2
+  exit 2
+fi
 max_start_ratio=0.1
 max_pull_ratio=0.05
 max_cold_ratio=0.5
 max_shared_ratio=0.3
-target_published_ratio=1.1
+max_published_ratio=1.1
 
 bash scripts/setup.sh
 source scripts/bench-lib.sh
 driver_bin=$(bench_driver pod_start)
 bench_workdir pod
+rcu_expedited=/sys/kernel/rcu_expedited
+rcu_expedited_before=$(cat "$rcu_expedited")
+trap 'echo "$rcu_expedited_before" > "$rcu_expedited"; bench_cleanup' EXIT
 
 out="$work/out"
 # In the background so the traps above run as soon as a signal comes, not when it ends.
 # Progress goes to standard error as it happens; the tables come at the end.
 published_runs=$((published_runs > runs ? published_runs : runs))
 TMPDIR="$work" "$driver_bin" --runs "$runs" --published-runs "$published_runs" \
-  ${cases:+--cases "$cases"} > "$out" &
+  --expedited-runs "$expedited_runs" ${cases:+--cases "$cases"} > "$out" &
 driver=$!
 wait "$driver"
 driver=
@@ -72,7 +88,7 @@ bench_assert_no_leaks
 result=$(grep '^POD_START_RESULT ' "$out" | cut -d' ' -f2-)
 [ -n "$result" ] || { echo "FAIL: the driver printed no POD_START_RESULT line" >&2; exit 1; }
 echo
-echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), $(containerd --version | awk '{print $1, $3}'); $runs runs ($published_runs of (w) and (b2)), medians"
+echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), $(containerd --version | awk '{print $1, $3}'); $runs runs ($published_runs of (w) and (b2), $expedited_runs more of each with RCU grace periods expedited), medians"
 
 # Some cases only (the demo): the driver's own table and ratios, no thresholds.
 if [ -n "$cases" ]; then
@@ -94,13 +110,20 @@ for bound in "b $max_start_ratio" "c $max_start_ratio" "a2 $max_cold_ratio" "a3 
     status=1
   fi
 done
-# (b2) against (w), reported, not checked: two pod starts of ~63 ms, where one run in five or
-# so is 10-30 ms slow on a 2-core machine whatever the case, hence their extra runs
-# (--published-runs). With 9 or 21 runs each, whole runs of this script put (b2) at
-# 0.96-1.13x of (w) against the 1.1x target (docs/BENCHMARKS.md): a gate would have failed
-# two of the six whole runs measured, on that spread between runs.
+# (b2) against (w), ~1 ms apart at ~52 ms with expedited grace periods, checked; under the
+# kernel's default grace periods, reported.
+if [ "$expedited_runs" -gt 0 ]; then
+  r=$(ratio b2-expedited w-expedited total)
+  printf '(b2) published cache: pod start %.3fx of (w), images present on overlayfs, RCU grace periods expedited (at most %s)\n' "$r" "$max_published_ratio"
+  if over "$r" "$max_published_ratio"; then
+    printf 'FAIL: (b2) pod start %.3f s is %.3fx of (w)'"'"'s %.3f s, RCU grace periods expedited (at most %sx allowed)\n' \
+      "$(jq -r '.cases["b2-expedited"].total' <<<"$result")" "$r" \
+      "$(jq -r '.cases["w-expedited"].total' <<<"$result")" "$max_published_ratio" >&2
+    status=1
+  fi
+fi
 r=$(ratio b2 w total)
-printf '(b2) published cache: pod start %.3fx of (w), images present on overlayfs (target %s; reported, not checked)\n' "$r" "$target_published_ratio"
+printf '(b2) published cache: pod start %.3fx of (w), RCU grace periods as the kernel has them (reported)\n' "$r"
 r=$(ratio b a pull)
 printf '(b) PullImage %.3fx of (a)'"'"'s (at most %s)\n' "$r" "$max_pull_ratio"
 if over "$r" "$max_pull_ratio"; then

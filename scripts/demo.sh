@@ -91,5 +91,5 @@ if [ "$keep" = 0 ]; then
   # and from a cache published into containerd (b2, beside (w): containerd with the image
   # already present).
   echo "== pod start through CRI: containerd alone, cold through imagecache, from a published cache"
-  bash scripts/bench-pod-start.sh --runs 1 --published-runs 5 --cases a2,w,b2
+  bash scripts/bench-pod-start.sh --runs 1 --published-runs 5 --expedited-runs 5 --cases a2,w,b2
 fi
