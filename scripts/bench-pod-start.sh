@@ -67,9 +67,16 @@ bash scripts/setup.sh
 source scripts/bench-lib.sh
 driver_bin=$(bench_driver pod_start)
 bench_workdir pod
-rcu_expedited=/sys/kernel/rcu_expedited
-rcu_expedited_before=$(cat "$rcu_expedited")
-trap 'echo "$rcu_expedited_before" > "$rcu_expedited"; bench_cleanup' EXIT
+# The driver sets this during the timed part of each expedited run and puts it back; this
+# puts it back too, for a driver that died in the middle of one.
+if [ "$expedited_runs" -gt 0 ]; then
+  rcu_expedited=/sys/kernel/rcu_expedited
+  rcu_expedited_before=$(cat "$rcu_expedited") || {
+    echo "FAIL: cannot read $rcu_expedited, which the runs with expedited grace periods set (--expedited-runs 0 runs none)" >&2
+    exit 1
+  }
+  trap '{ echo "$rcu_expedited_before" > "$rcu_expedited"; } 2>/dev/null || true; bench_cleanup' EXIT
+fi
 
 out="$work/out"
 # In the background so the traps above run as soon as a signal comes, not when it ends.
