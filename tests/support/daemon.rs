@@ -286,11 +286,7 @@ impl TestDaemon {
 
     /// The imageCacheId of cache `name`.
     pub fn cache_id(&self, name: &str) -> String {
-        let cache = self.get_json(name);
-        cache["status"]["imageCacheId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{name} has no imageCacheId: {cache:#}"))
-            .to_owned()
+        image_cache_id(name, &self.get_json(name))
     }
 
     /// Creates cache `name` of `images` (`extra`: more lines of its spec, see `cache_yaml`)
@@ -311,11 +307,7 @@ impl TestDaemon {
 
     /// `ready_cache`, for its imageCacheId.
     pub fn ready_cache_id(&self, name: &str, images: &[String], extra: &str) -> String {
-        let cache = self.ready_cache(name, images, extra);
-        cache["status"]["imageCacheId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{name} has no imageCacheId: {cache:#}"))
-            .to_owned()
+        image_cache_id(name, &self.ready_cache(name, images, extra))
     }
 
     /// Writes a manifest file and runs `create -f FILE --wait`, returning the CLI's output.
@@ -434,4 +426,12 @@ fn merged(base: &str, extra: &str) -> String {
         .unwrap_or_else(|e| panic!("extra config is not TOML ({e}):\n{extra}"));
     table.extend(extra);
     toml::to_string(&table).expect("a TOML table serialises")
+}
+
+/// The imageCacheId in `cache` (cache `name` as `get -o json` shows it).
+fn image_cache_id(name: &str, cache: &serde_json::Value) -> String {
+    cache["status"]["imageCacheId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} has no imageCacheId: {cache:#}"))
+        .to_owned()
 }
