@@ -8,7 +8,8 @@
 //! top, so its containers have a shell to run. The pod sandbox ("pause") image comes from the
 //! same local registry and shares no blob with it.
 //!
-//! Cases, run side by side in each round (a, b, c, then the next round):
+//! Cases, run side by side in each round (in the order below, then (w) and (b2) with expedited
+//! grace periods, then the next round):
 //!
 //! - (a) `overlayfs`: containerd's own snapshotter, cold: every run starts a containerd on an
 //!   empty state root, so both images are pulled and unpacked.
@@ -46,15 +47,17 @@
 //! are compared with each other, ~1 ms apart.
 //!
 //! (w) and (b2) also run `--expedited-runs` times (9) with the kernel's RCU grace periods
-//! expedited (`/sys/kernel/rcu_expedited` set to 1 for the timed part only, then put back).
+//! expedited (`/sys/kernel/rcu_expedited` set to 1 for the timed part only, then put back;
+//! a signal that kills the driver skips that, which scripts/bench-pod-start.sh makes good).
 //! Every pod start waits for a grace period inside runc: its write to the new cgroup's
 //! `cgroup.procs` takes `cgroup_threadgroup_rwsem`, whose writer waits in `synchronize_rcu`.
 //! On this machine's kernel (250 Hz) that wait took 7-16 ms of a ~65 ms start, by where the
-//! call landed against the grace periods under way, and (b2) against (w) came out anywhere
-//! from 0.95x to 1.17x from one run of the driver to the next. Expedited, the wait is well
-//! under a millisecond, runs of either case spread over a few ms, and (b2) came out at
-//! 0.99-1.03x of (w) in six runs of the driver: these runs compare where the images come
-//! from. The runs under the kernel's default are reported beside them (docs/BENCHMARKS.md).
+//! call landed against the grace periods under way; it made the whole gap between (w) and
+//! (b2) in the two sets traced (one each way), and whole runs of the driver put (b2) at
+//! 0.95-1.17x of (w). No imagecached thread waited for a grace period. Expedited, the pod
+//! starts are ~10 ms shorter and their runs spread over a few ms instead of ~25, so these
+//! runs compare the two with that wait all but taken out; the runs under the kernel's
+//! default are reported beside them. docs/BENCHMARKS.md has the traces and the figures.
 //!
 //! Output: a table of medians (and every run) on standard output, per-step medians, and one
 //! `POD_START_RESULT {json}` line that scripts/bench-pod-start.sh reads for its thresholds.
@@ -105,9 +108,9 @@ struct Args {
     /// Timed runs of each case.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Timed runs of (w) and (b2), at least `--runs`. Their medians are compared with each
-    /// other (~1 ms apart at ~63 ms, where one run in five or so is 10-30 ms slow on this
-    /// 2-core machine), so they need more runs than the others for a ratio that holds still.
+    /// Timed runs of (w) and (b2) under the kernel's default grace periods, at least `--runs`:
+    /// their medians are compared with each other (reported), ~1-3 ms apart at ~65 ms where
+    /// runs spread over ~25 ms, so they get more runs than the others.
     #[arg(long, default_value_t = 21)]
     published_runs: usize,
     /// Timed runs of (w) and (b2) with the kernel's RCU grace periods expedited, besides their
@@ -235,27 +238,39 @@ impl Series {
 
 const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
 
-/// The kernel's RCU grace periods expedited until this is dropped, then as they were.
+/// The kernel's RCU grace periods expedited until this is dropped, then as they were (a
+/// signal that kills the process skips that).
 struct ExpeditedGracePeriods {
     before: String,
 }
 
 impl ExpeditedGracePeriods {
+    /// The setting as it is; panics, saying so, when it cannot be read or written back (not
+    /// root, or sysfs read-only), so a run finds out before its first timed part.
+    fn current() -> String {
+        let value = std::fs::read_to_string(RCU_EXPEDITED)
+            .unwrap_or_else(|e| panic!("read {RCU_EXPEDITED}: {e}; --expedited-runs 0 runs none"));
+        let value = value.trim().to_string();
+        std::fs::write(RCU_EXPEDITED, &value)
+            .unwrap_or_else(|e| panic!("write {RCU_EXPEDITED}: {e}; --expedited-runs 0 runs none"));
+        value
+    }
+
     fn on() -> Self {
-        let before = std::fs::read_to_string(RCU_EXPEDITED)
-            .unwrap_or_else(|e| panic!("read {RCU_EXPEDITED}: {e}"));
+        let before = Self::current();
         std::fs::write(RCU_EXPEDITED, "1")
             .unwrap_or_else(|e| panic!("write 1 to {RCU_EXPEDITED}: {e}"));
-        ExpeditedGracePeriods {
-            before: before.trim().into(),
-        }
+        ExpeditedGracePeriods { before }
     }
 }
 
 impl Drop for ExpeditedGracePeriods {
     fn drop(&mut self) {
+        // Left at 1, every later run under the "default" would be expedited too.
         if let Err(e) = std::fs::write(RCU_EXPEDITED, &self.before) {
-            eprintln!("put {} back into {RCU_EXPEDITED}: {e}", self.before);
+            if !std::thread::panicking() {
+                panic!("put {} back into {RCU_EXPEDITED}: {e}", self.before);
+            }
         }
     }
 }
@@ -415,6 +430,30 @@ fn main() {
         "pod_start needs root (containerd, loop devices, mounts)"
     );
 
+    let wanted = |c: &Case| {
+        *c == Case::Overlayfs || args.cases.is_empty() || args.cases.iter().any(|k| k == c.key())
+    };
+    let series_of = |expedited: bool| {
+        Case::ALL
+            .into_iter()
+            .filter(move |c| wanted(c) && (!expedited || c.present()))
+            .map(move |case| Series {
+                case,
+                expedited,
+                steps: vec![],
+            })
+    };
+    let mut results: Vec<Series> = series_of(false).collect();
+    if args.expedited_runs > 0 {
+        results.extend(series_of(true));
+    }
+    // As the kernel has it, which the runs "under the default" run with; read (and written
+    // back) before anything is set up, so a node where it cannot be set fails at once.
+    let rcu_expedited_at_start = results
+        .iter()
+        .any(|s| s.expedited)
+        .then(ExpeditedGracePeriods::current);
+
     // Dropped last: everything else lives on it.
     let scratch = ScratchXfs::new(64 << 30);
     let registry = TestRegistry::start();
@@ -510,23 +549,6 @@ fn main() {
         api: Client::new(&daemon.socket),
     };
 
-    let wanted = |c: &Case| {
-        *c == Case::Overlayfs || args.cases.is_empty() || args.cases.iter().any(|k| k == c.key())
-    };
-    let series = |expedited: bool| {
-        Case::ALL
-            .into_iter()
-            .filter(move |c| wanted(c) && (!expedited || c.present()))
-            .map(move |case| Series {
-                case,
-                expedited,
-                steps: vec![],
-            })
-    };
-    let mut results: Vec<Series> = series(false).collect();
-    if args.expedited_runs > 0 {
-        results.extend(series(true));
-    }
     let rounds = args.runs.max(args.published_runs).max(args.expedited_runs);
     for run in 1..=rounds {
         for series in results.iter_mut() {
@@ -551,7 +573,7 @@ fn main() {
             series.steps.push(s);
         }
     }
-    report(&results, &args);
+    report(&results, &args, rcu_expedited_at_start.as_deref());
 
     drop(env);
     for d in [daemon, cold, shared, publisher] {
@@ -1017,16 +1039,24 @@ fn runs(steps: &[Steps], f: impl Fn(&Steps) -> f64) -> String {
         .join(" / ")
 }
 
-fn report(results: &[Series], args: &Args) {
+fn report(results: &[Series], args: &Args, rcu_expedited_at_start: Option<&str>) {
     let total = |s: &Steps| secs(s.total);
     let pull = |s: &Steps| secs(s.pull);
 
     println!();
+    let expedited = if results.iter().any(|s| s.expedited) {
+        format!(
+            ", and {} more of each with RCU grace periods expedited ({RCU_EXPEDITED} was {} otherwise)",
+            args.expedited_runs,
+            rcu_expedited_at_start.unwrap_or("?")
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "Pod start through CRI, {} runs per case ({} of (w) and (b2), and {} more of each with RCU grace periods expedited), medians (every run in brackets), seconds; page cache {}",
+        "Pod start through CRI, {} runs per case ({} of (w) and (b2){expedited}), medians (every run in brackets), seconds; page cache {}",
         args.runs,
         args.runs_of(Case::Published, false),
-        args.expedited_runs,
         if args.keep_page_cache {
             "kept"
         } else if args.cold_runtime {
@@ -1090,7 +1120,8 @@ fn report(results: &[Series], args: &Args) {
     let a = &results[0].steps;
     let ratio = |steps: &[Steps], f: fn(&Steps) -> f64| med(steps, f) / med(a, f);
     println!();
-    for series in &results[1..] {
+    // Against (a), which runs under the kernel's default only.
+    for series in results[1..].iter().filter(|s| !s.expedited) {
         println!(
             "{}: pod start {:.3}× of (a), PullImage {:.3}× of (a)'s",
             series.title(),
@@ -1131,6 +1162,7 @@ fn report(results: &[Series], args: &Args) {
             "runs": args.runs,
             "published_runs": args.runs_of(Case::Published, false),
             "expedited_runs": args.expedited_runs,
+            "rcu_expedited_at_start": rcu_expedited_at_start,
             "page_cache_dropped": !args.keep_page_cache,
             "runtime_warm": !args.cold_runtime,
             "cases": cases

@@ -18,10 +18,9 @@
 # read back, as on any node that runs pods, so what comes from disk is the images.
 #
 # (w) and (b2) also run with the kernel's RCU grace periods expedited (/sys/kernel/rcu_expedited
-# is 1 during their timed part, and put back after it, or by this script if the driver died):
-# runc waits for a grace period in every pod start, 7-16 ms here under the kernel's default,
-# and that wait alone moved (b2) against (w) from 0.95x to 1.17x between runs of this script
-# (the driver's comment and docs/BENCHMARKS.md say how it was found).
+# is 1 during their timed part and put back after it, or by this script if the driver died),
+# which takes out a 7-16 ms wait inside runc that moved (b2) against (w) between runs of this
+# script; the driver's comment says why, docs/BENCHMARKS.md how it was found.
 #
 # Usage: scripts/bench-pod-start.sh [--check] [--runs N] [--published-runs N]
 #                                   [--expedited-runs N] [--cases a2,w,b2]
@@ -53,6 +52,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ "$check" = 1 ] && [ -n "$cases" ]; then
+  echo "--check needs every case: leave out --cases" >&2
+  exit 2
+fi
 if [ "$check" = 1 ] && [ "$expedited_runs" -lt 1 ]; then
   echo "--check compares (b2) with (w) on their runs with expedited grace periods: give --expedited-runs 1 or more" >&2
   exit 2
@@ -68,14 +71,14 @@ source scripts/bench-lib.sh
 driver_bin=$(bench_driver pod_start)
 bench_workdir pod
 # The driver sets this during the timed part of each expedited run and puts it back; this
-# puts it back too, for a driver that died in the middle of one.
+# puts it back too, for a driver that died in the middle of one, once the driver is gone.
 if [ "$expedited_runs" -gt 0 ]; then
   rcu_expedited=/sys/kernel/rcu_expedited
-  rcu_expedited_before=$(cat "$rcu_expedited") || {
-    echo "FAIL: cannot read $rcu_expedited, which the runs with expedited grace periods set (--expedited-runs 0 runs none)" >&2
+  if ! rcu_expedited_before=$(cat "$rcu_expedited") || ! echo "$rcu_expedited_before" > "$rcu_expedited"; then
+    echo "FAIL: cannot read and write $rcu_expedited, which the runs with expedited grace periods set (--expedited-runs 0 runs none)" >&2
     exit 1
-  }
-  trap '{ echo "$rcu_expedited_before" > "$rcu_expedited"; } 2>/dev/null || true; bench_cleanup' EXIT
+  fi
+  trap '{ bench_cleanup; } || true; { echo "$rcu_expedited_before" > "$rcu_expedited"; } 2>/dev/null || echo "could not put $rcu_expedited back to $rcu_expedited_before" >&2' EXIT
 fi
 
 out="$work/out"
@@ -94,12 +97,13 @@ bench_assert_no_leaks
 
 result=$(grep '^POD_START_RESULT ' "$out" | cut -d' ' -f2-)
 [ -n "$result" ] || { echo "FAIL: the driver printed no POD_START_RESULT line" >&2; exit 1; }
+expedited_clause=
+[ "$expedited_runs" = 0 ] || expedited_clause=", $expedited_runs more of each with RCU grace periods expedited"
 echo
-echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), $(containerd --version | awk '{print $1, $3}'); $runs runs ($published_runs of (w) and (b2), $expedited_runs more of each with RCU grace periods expedited), medians"
+echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), $(containerd --version | awk '{print $1, $3}'); $runs runs ($published_runs of (w) and (b2)$expedited_clause), medians"
 
 # Some cases only (the demo): the driver's own table and ratios, no thresholds.
 if [ -n "$cases" ]; then
-  [ "$check" = 0 ] || { echo "FAIL: --check needs every case (no --cases)" >&2; exit 2; }
   exit 0
 fi
 status=0
