@@ -256,8 +256,12 @@ impl ExpeditedGracePeriods {
         value
     }
 
+    /// Expedited; `current` has shown the setting can be written.
     fn on() -> Self {
-        let before = Self::current();
+        let before = std::fs::read_to_string(RCU_EXPEDITED)
+            .unwrap_or_else(|e| panic!("read {RCU_EXPEDITED}: {e}"))
+            .trim()
+            .to_string();
         std::fs::write(RCU_EXPEDITED, "1")
             .unwrap_or_else(|e| panic!("write 1 to {RCU_EXPEDITED}: {e}"));
         ExpeditedGracePeriods { before }

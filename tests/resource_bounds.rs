@@ -203,13 +203,13 @@ fn builds_beyond_the_limit_wait_queued_in_order_and_a_full_queue_answers_429() {
         assert!(Instant::now() < deadline, "{}", daemon.log());
         // One listing, so every phase is read at the same moment: reading the caches one by
         // one could see one still Freezing and the next already dequeued after it.
-        let list: Value = serde_json::from_str(&daemon.cli_ok(&["get", "-o", "json"])).unwrap();
+        let list = daemon.list();
         let mut building = Vec::new();
         for name in names {
-            let cache = list["items"]
-                .as_array()
-                .and_then(|items| items.iter().find(|c| c["metadata"]["name"] == name))
-                .unwrap_or_else(|| panic!("{name} is not listed: {list:#}"));
+            let cache = list
+                .iter()
+                .find(|c| c["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{name} is not listed: {list:#?}"));
             match phase(cache) {
                 "Ready" if !ready.contains(&name) => ready.push(name),
                 "Pending" | "Pulling" | "Freezing" => building.push(name),

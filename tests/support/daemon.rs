@@ -362,13 +362,19 @@ impl TestDaemon {
         }
     }
 
+    /// Every cache as one `get -o json` lists them: one store query, so one moment.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let mut list: serde_json::Value =
+            serde_json::from_str(&self.cli_ok(&["get", "-o", "json"])).unwrap();
+        match list["items"].take() {
+            serde_json::Value::Array(items) => items,
+            _ => panic!("get -o json lists no items: {list:#}"),
+        }
+    }
+
     /// The names `get -o json` lists.
     pub fn list_names(&self) -> Vec<String> {
-        let list: serde_json::Value =
-            serde_json::from_str(&self.cli_ok(&["get", "-o", "json"])).unwrap();
-        list["items"]
-            .as_array()
-            .unwrap_or_else(|| panic!("get -o json lists no items: {list:#}"))
+        self.list()
             .iter()
             .map(|c| c["metadata"]["name"].as_str().unwrap().to_owned())
             .collect()
